@@ -1,0 +1,144 @@
+"""The model registry and the progressive depth-factorization schedule.
+
+A registered model is a function returning its baseline ``ModelSpec`` (level 0, width 1.0).
+``model_spec(name, level, width)`` derives every variant from it with two functions of data:
+``scale_width`` and ``factorize`` (the schedule). ``create_model`` builds the Keras model.
+
+FactorizeNet (our definition; the seed paper's exact baseline is not public):
+    a VGG-style CNN for 32x32 inputs, 3 stages of two 3x3 conv-BN-ReLU (32, 64, 128 filters)
+    with 2x2 max pooling between stages, global average pooling, one dense layer.
+    Level 0 is this baseline (38.6 M MACs). At level l >= 1 every 3x3 conv but the stem is
+    depth-factorized: its spatial part becomes a 3x3 conv over ``2**l`` groups (capped at the
+    input channels, where it becomes depthwise) followed by a 1x1 pointwise conv. Each level
+    doubles the groups, so the last level (7, where 2**7 >= 128 channels) is fully
+    depthwise-separable.
+"""
+import math
+from dataclasses import replace
+
+from fnet_tf.errors import UserError
+from fnet_tf.spec import Conv, MaxPool, ModelSpec, basic_block, build_model, summarize
+
+_REGISTRY = {}
+
+
+def register_model(fn):
+    """Register ``fn`` (no arguments, returns the baseline ModelSpec) under its name."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models():
+    return sorted(_REGISTRY)
+
+
+# --- the schedule --------------------------------------------------------------------------
+
+def spatial_groups(level, in_channels):
+    """Groups of a factorized conv's spatial part at ``level`` (None at level 0: no factorizing).
+
+    ``2**level`` groups, capped at the input channels (depthwise). Where ``2**level`` does not
+    divide the channels (widths other than 1.0), the largest divisor below it.
+    """
+    if level == 0:
+        return None
+    target = 2 ** level
+    if target >= in_channels:
+        return in_channels
+    return max(d for d in range(1, target + 1) if in_channels % d == 0)
+
+
+def _factorizable(conv):
+    return conv.factorizable and conv.kernel > 1 and conv.bn
+
+
+def max_level(spec):
+    """The level at which every factorizable conv is depthwise-separable."""
+    widest = max((cin for conv, cin in spec.convs_with_inputs() if _factorizable(conv)),
+                 default=1)
+    return math.ceil(math.log2(widest))
+
+
+def factorize(spec, level):
+    """The schedule: ``spec`` with every factorizable conv factorized as ``level`` says."""
+
+    def at_level(conv, cin):
+        if not _factorizable(conv):
+            return conv
+        return replace(conv, spatial_groups=spatial_groups(level, cin))
+
+    return spec.map_convs(at_level)
+
+
+def make_divisible(value, divisor=8):
+    """Round a channel count to the nearest multiple of ``divisor``, never down by over 10%."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def scale_width(spec, width):
+    if width == 1.0:
+        return spec
+    return spec.map_convs(lambda conv, cin: replace(conv, filters=make_divisible(conv.filters * width)))
+
+
+# --- lookup --------------------------------------------------------------------------------
+
+def model_spec(name, level=0, width=1.0):
+    """The spec of registered model ``name`` at ``level`` and ``width``; UserError if unknown."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
+    if not width > 0:
+        raise UserError(f"--width must be positive, got {width}")
+    base = scale_width(_REGISTRY[name](), width)
+    top = max_level(base)
+    if not isinstance(level, int) or not 0 <= level <= top:
+        raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}")
+    spec = factorize(base, level)
+    tag = f"{name}-l{level}" + ("" if width == 1.0 else f"-w{width:g}")
+    return replace(spec, name=tag.replace(".", "_"),
+                   meta={"model": name, "level": level, "width": width, "max_level": top})
+
+
+def create_model(name, level=0, width=1.0, *, keras=None, kernel_initializer="he_normal"):
+    """Build registered model ``name`` as a Keras model (tf_keras unless ``keras`` is given)."""
+    return build_model(model_spec(name, level, width), keras=keras,
+                       kernel_initializer=kernel_initializer)
+
+
+def describe(name, level=0, width=1.0):
+    """One row of the model table: name, level, params, MACs, size at 8 and 32 bits."""
+    spec = model_spec(name, level, width)
+    return {"model": name, "level": level, "width": width, **summarize(spec)}
+
+
+# --- the registered models -------------------------------------------------------------------
+
+@register_model
+def factorizenet():
+    """FactorizeNet baseline: VGG-style 32-64-128, two 3x3 convs a stage (level 0: 38.6 M MACs)."""
+    stem = Conv(32, 3, factorizable=False)
+    return ModelSpec("factorizenet", (
+        stem, Conv(32),
+        MaxPool(2), Conv(64), Conv(64),
+        MaxPool(2), Conv(128), Conv(128),
+    ))
+
+
+@register_model
+def resnet8():
+    """The MLPerf Tiny image-classification reference: ResNet-8, 16/32/64 filters (12.5 M MACs).
+
+    As in MLPerf Tiny's keras_model.py, the 1x1 shortcut convs have a bias and no BN; the
+    other convs are conv-BN (without a conv bias, which BN makes redundant).
+    """
+    return ModelSpec("resnet8", (
+        Conv(16, 3, factorizable=False),
+        basic_block(16, 1, in_channels=16),
+        replace(basic_block(32, 2), shortcut=Conv(32, 1, 2, relu=False, bn=False,
+                                                  factorizable=False)),
+        replace(basic_block(64, 2), shortcut=Conv(64, 1, 2, relu=False, bn=False,
+                                                  factorizable=False)),
+    ))

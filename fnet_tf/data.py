@@ -1,0 +1,338 @@
+"""CIFAR-10 and image-folder data: loading, caching, augmentation, calibration samples.
+
+``--data`` accepts:
+- ``cifar10``: the ``tensorflow-datasets`` loader (needs internet on first use);
+- an image-folder tree ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (``ROOT`` may
+  also hold a single folder that has them, such as ``cifar10/``);
+- a ``.tar.gz``/``.tgz``/``.tar``/``.zip`` of such a tree (e.g.
+  ``../shared/data/cifar10-jpeg.tar.gz``), extracted once into the cache directory.
+
+Decoded images are kept as uint8 arrays in memory (CIFAR-10 is 150 MB) and cached on disk as
+``.npy`` files keyed by the archive's sha256 (or the tree's file listing), so the second load
+takes about a second and no epoch waits for JPEG decoding. Images are raw pixels 0..255: the
+models normalise in their first conv + BN, so a device feeds ``pixel - 128`` to an INT8 model.
+"""
+import dataclasses
+import hashlib
+import os
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+
+from fnet_tf import fileio
+from fnet_tf.errors import UserError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+ARCHIVE_EXTENSIONS = (".tar.gz", ".tgz", ".tar", ".zip")
+CACHE_VERSION = 1  # bump when the decoded-array format changes
+
+
+def default_cache_dir():
+    return os.environ.get("FNET_TF_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "fnet_tf")
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8, raw pixels
+    labels: np.ndarray  # (N,) int32
+
+    def __len__(self):
+        return len(self.labels)
+
+    def take(self, indices):
+        return Split(self.images[indices], self.labels[indices])
+
+
+@dataclasses.dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: tuple
+    source: str
+    val: Split = None
+    skipped: int = 0  # unreadable image files left out
+
+    @property
+    def image_shape(self):
+        return tuple(self.train.images.shape[1:])
+
+    def describe(self):
+        val = f", val {len(self.val)}" if self.val is not None else ""
+        return (f"{self.source}: train {len(self.train)}{val}, test {len(self.test)}, "
+                f"{len(self.classes)} classes, images {self.image_shape}")
+
+
+# --- loading -----------------------------------------------------------------------------
+
+def load(source, *, cache_dir=None, val_split=0, image_size=(32, 32)):
+    """Load ``source`` (see module docstring) as a ``Dataset``.
+
+    ``val_split`` images are carved from the training split (the same number from every
+    class, the last ones in file order), so tuning never touches the test split.
+    """
+    cache_dir = cache_dir or default_cache_dir()
+    kind = check_source(source)
+    if kind == "tfds":
+        data = _load_tfds_cifar10(cache_dir)
+    elif kind == "archive":
+        data = _load_archive(source, cache_dir, image_size)
+    else:
+        data = _load_folder(source, cache_dir, image_size)
+    if val_split:
+        data.train, data.val = split_validation(data.train, val_split, len(data.classes))
+    return data
+
+
+def check_source(source):
+    """What kind of source ``source`` is ('tfds', 'archive', 'folder'); UserError if none.
+
+    Cheap (no decoding), so a CLI can reject a bad ``--data`` before it loads TensorFlow.
+    """
+    if source == "cifar10":
+        return "tfds"
+    if not os.path.exists(source):
+        raise UserError(f"dataset {source!r} does not exist: pass --data cifar10, an image-folder "
+                        f"tree or its .tar.gz (e.g. ../shared/data/cifar10-jpeg.tar.gz)")
+    if os.path.isfile(source) and source.lower().endswith(ARCHIVE_EXTENSIONS):
+        return "archive"
+    if os.path.isdir(source):
+        return "folder"
+    raise UserError(f"cannot read dataset {source!r}: expected 'cifar10', a directory with "
+                    f"train/ and test/ class folders, or a {'/'.join(ARCHIVE_EXTENSIONS)} of one")
+
+
+def split_validation(train, count, num_classes):
+    """(rest, val): ``count`` images, the last of each class in file order, stratified."""
+    if not 0 < count < len(train):
+        raise UserError(f"--val_split {count} must be between 0 and the {len(train)} training "
+                        f"images")
+    val_idx = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(train.labels == c)
+        n = count // num_classes + (1 if c < count % num_classes else 0)
+        val_idx.extend(idx[len(idx) - n:])
+    mask = np.zeros(len(train), bool)
+    mask[val_idx] = True
+    return train.take(np.flatnonzero(~mask)), train.take(np.flatnonzero(mask))
+
+
+def _load_tfds_cifar10(cache_dir):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise UserError(f"--data cifar10 needs tensorflow-datasets ({e}): pip install "
+                        f"tensorflow-datasets, or pass an image-folder archive") from None
+    try:
+        (xtr, ytr), (xte, yte) = tfds.as_numpy(tfds.load(
+            "cifar10", split=["train", "test"], batch_size=-1, as_supervised=True,
+            data_dir=os.path.join(cache_dir, "tfds")))
+    except Exception as e:  # noqa: BLE001  (tfds raises many types for "no network")
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"tensorflow-datasets could not load cifar10 ({first}): without "
+                        f"internet pass --data ../shared/data/cifar10-jpeg.tar.gz") from None
+    return Dataset(Split(xtr.astype(np.uint8), ytr.astype(np.int32)),
+                   Split(xte.astype(np.uint8), yte.astype(np.int32)),
+                   CIFAR10_CLASSES, "cifar10 (tensorflow-datasets)")
+
+
+def _load_archive(path, cache_dir, image_size):
+    digest = fileio.sha256_file(path)
+    arrays = _cached_arrays(cache_dir, digest, image_size)
+    if arrays is not None:
+        return _dataset_from_arrays(arrays, f"{os.path.basename(path)} (sha256 {digest[:12]})")
+    root = _extract(path, digest, cache_dir)
+    data = _decode_tree(_find_tree_root(root, path), image_size)
+    _save_arrays(cache_dir, digest, image_size, data)
+    data.source = f"{os.path.basename(path)} (sha256 {digest[:12]})"
+    return data
+
+
+def _load_folder(path, cache_dir, image_size):
+    root = _find_tree_root(path, path)
+    listing = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            st = os.stat(os.path.join(dirpath, name))
+            listing.update(f"{os.path.relpath(dirpath, root)}/{name}:{st.st_size}:"
+                           f"{st.st_mtime_ns}\n".encode())
+    key = "tree-" + listing.hexdigest()
+    arrays = _cached_arrays(cache_dir, key, image_size)
+    if arrays is not None:
+        return _dataset_from_arrays(arrays, os.path.abspath(path))
+    data = _decode_tree(root, image_size)
+    _save_arrays(cache_dir, key, image_size, data)
+    data.source = os.path.abspath(path)
+    return data
+
+
+def _extract(path, digest, cache_dir):
+    """Extract the archive once into ``cache_dir/extracted/<sha256>``; reuse it afterwards."""
+    target = os.path.join(cache_dir, "extracted", digest[:24])
+    if os.path.isfile(os.path.join(target, ".complete")):
+        return target
+    print(f"extracting {path} to {target} (once)", file=sys.stderr)
+    try:
+        with fileio.atomic_dir(target) as tmp:
+            if path.lower().endswith(".zip"):
+                with zipfile.ZipFile(path) as z:
+                    for name in z.namelist():
+                        dest = os.path.realpath(os.path.join(tmp, name))
+                        if not dest.startswith(os.path.realpath(tmp) + os.sep):
+                            raise UserError(f"archive {path!r} holds an unsafe path {name!r}")
+                    z.extractall(tmp)
+            else:
+                with tarfile.open(path) as t:
+                    t.extractall(tmp, filter="data")
+            fileio.write_text(os.path.join(tmp, ".complete"), digest + "\n")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise UserError(f"dataset archive {path!r} is corrupt or unreadable ({e}): download "
+                        f"or copy it again") from None
+    return target
+
+
+def _find_tree_root(path, shown):
+    """The folder holding train/ and test/: ``path`` itself or its single subfolder."""
+    candidates = [path] + [os.path.join(path, d) for d in sorted(os.listdir(path))
+                           if os.path.isdir(os.path.join(path, d)) and not d.startswith(".")]
+    for c in candidates:
+        if os.path.isdir(os.path.join(c, "train")) and os.path.isdir(os.path.join(c, "test")):
+            return c
+    raise UserError(f"dataset {shown!r} has no train/ and test/ folders: expected "
+                    f"train/<class>/*.jpg and test/<class>/*.jpg")
+
+
+def _decode_tree(root, image_size):
+    from PIL import Image
+
+    classes = tuple(sorted(d for d in os.listdir(os.path.join(root, "train"))
+                           if os.path.isdir(os.path.join(root, "train", d))))
+    test_classes = tuple(sorted(d for d in os.listdir(os.path.join(root, "test"))
+                                if os.path.isdir(os.path.join(root, "test", d))))
+    if not classes:
+        raise UserError(f"dataset {root!r}: train/ has no class folders")
+    if classes != test_classes:
+        missing = sorted(set(classes) ^ set(test_classes))
+        raise UserError(f"dataset {root!r}: train/ and test/ have different class folders "
+                        f"({', '.join(missing)}): every class needs a folder in both")
+    splits, skipped = {}, []
+    for split in ("train", "test"):
+        images, labels = [], []
+        for label, cls in enumerate(classes):
+            folder = os.path.join(root, split, cls)
+            names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+            for name in names:
+                try:
+                    with Image.open(os.path.join(folder, name)) as im:
+                        im = im.convert("RGB")
+                        if im.size != (image_size[1], image_size[0]):
+                            im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
+                        images.append(np.asarray(im, np.uint8))
+                        labels.append(label)
+                except (OSError, ValueError, SyntaxError):
+                    skipped.append(os.path.join(split, cls, name))
+            if not any(lbl == label for lbl in labels):
+                raise UserError(f"dataset {root!r}: {split}/{cls} has no readable images")
+        splits[split] = Split(np.stack(images), np.asarray(labels, np.int32))
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} "
+              f"(first: {skipped[0]})", file=sys.stderr)
+    return Dataset(splits["train"], splits["test"], classes, root, skipped=len(skipped))
+
+
+def _cache_path(cache_dir, key, image_size):
+    return os.path.join(cache_dir, "arrays", f"{key[:40]}-{image_size[0]}x{image_size[1]}"
+                                             f"-v{CACHE_VERSION}.npz")
+
+
+def _cached_arrays(cache_dir, key, image_size):
+    path = _cache_path(cache_dir, key, image_size)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        print(f"warning: decoded-image cache {path} is unreadable; decoding again",
+              file=sys.stderr)
+        return None
+
+
+def _save_arrays(cache_dir, key, image_size, data):
+    with fileio.atomic_path(_cache_path(cache_dir, key, image_size)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, x_train=data.train.images, y_train=data.train.labels,
+                     x_test=data.test.images, y_test=data.test.labels,
+                     classes=np.asarray(data.classes), skipped=np.asarray(data.skipped))
+
+
+def _dataset_from_arrays(a, source):
+    return Dataset(Split(a["x_train"], a["y_train"]), Split(a["x_test"], a["y_test"]),
+                   tuple(str(c) for c in a["classes"]), source, skipped=int(a["skipped"]))
+
+
+# --- augmentation and batching -------------------------------------------------------------
+
+def augment_batch(images, rng, pad=4, flip=True, cutout=0):
+    """Standard CIFAR augmentation on a uint8 batch: pad-and-crop, horizontal flip, cutout.
+
+    Vectorised numpy (one fancy-indexing gather for the crops), so a whole epoch costs well
+    under a second on one core.
+    """
+    n, h, w, _ = images.shape
+    out = images
+    if pad:
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        oy = rng.integers(0, 2 * pad + 1, n)
+        ox = rng.integers(0, 2 * pad + 1, n)
+        rows = (oy[:, None] + np.arange(h))[:, :, None]
+        cols = (ox[:, None] + np.arange(w))[:, None, :]
+        out = padded[np.arange(n)[:, None, None], rows, cols]
+    if flip:
+        flips = rng.random(n) < 0.5
+        out = out.copy() if out is images else out
+        out[flips] = out[flips, :, ::-1]
+    if cutout:
+        cy = rng.integers(0, h, n)[:, None, None]
+        cx = rng.integers(0, w, n)[:, None, None]
+        yy = np.arange(h)[None, :, None]
+        xx = np.arange(w)[None, None, :]
+        hole = (np.abs(yy - cy) <= cutout // 2) & (np.abs(xx - cx) <= cutout // 2)
+        out = out.copy() if out is images else out
+        out[hole] = 0
+    return out
+
+
+def epoch_order(n, seed, epoch):
+    """The shuffled order of epoch ``epoch``: a function of (seed, epoch) alone, so a resumed
+    run sees the same batches an uninterrupted one would."""
+    return np.random.default_rng([seed, epoch, 0]).permutation(n)
+
+
+def epoch_batches(split, batch_size, *, seed, epoch, augment=True, cutout=0):
+    """Yield the (images uint8, labels int32) batches of one training epoch."""
+    order = epoch_order(len(split), seed, epoch)
+    rng = np.random.default_rng([seed, epoch, 1])
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        images = split.images[idx]
+        if augment:
+            images = augment_batch(images, rng, cutout=cutout)
+        yield images, split.labels[idx]
+
+
+def representative_dataset(split, num_samples=500, seed=0):
+    """A calibration generator for the TFLite converter over ``split`` (use the training split,
+    never test): ``num_samples`` images, one per yield, as float32 raw pixels."""
+    count = min(num_samples, len(split))
+    idx = np.random.default_rng(seed).choice(len(split), count, replace=False)
+
+    def generate():
+        for i in idx:
+            yield [split.images[i:i + 1].astype(np.float32)]
+
+    return generate

@@ -1,0 +1,11 @@
+"""User-facing errors: one line that names the problem and the fix, exit code 2."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad flag, missing file, corrupt artifact).
+
+    The message is printed as one line by the CLI wrapper in ``fnet_tf.cli``; it should say
+    what is wrong and what to do about it.
+    """
+
+    exit_code = 2

@@ -1,0 +1,93 @@
+"""Keras layer factories: the building blocks every architecture is made of.
+
+Each factory takes a tensor and returns a tensor, with deterministic layer names (so weights
+and per-layer statistics can be matched across builds) and the Keras module as a keyword, so
+the same code builds a tf_keras model (QAT, export) or, where TensorFlow is absent, a Keras 3
+model for float training on an accelerator.
+
+Quantization rules these factories follow (TF-MOT folds BN into the conv before it, and the
+TFLite int8 kernels fuse ReLU):
+- a conv followed by BN has no bias and no activation of its own;
+- ReLU is a separate ``ReLU`` layer, never an ``activation=`` argument;
+- a factorized conv is ``DepthwiseConv2D`` (or a grouped ``Conv2D``) -> BN -> ReLU ->
+  ``Conv2D 1x1`` -> BN -> ReLU, never ``SeparableConv2D`` (which TF-MOT does not quantize as
+  two convs and TFLite cannot fold BN into).
+"""
+
+
+def _keras(keras):
+    if keras is None:
+        from fnet_tf.backend import keras
+    return keras
+
+
+def conv_bn(x, filters, kernel=3, stride=1, *, name, keras=None, init="he_normal",
+            groups=1, relu=True, bn=True):
+    """Conv2D -> BatchNorm -> ReLU. With ``bn=False`` the conv keeps its bias and BN is left out."""
+    k = _keras(keras)
+    x = k.layers.Conv2D(filters, kernel, strides=stride, padding="same", groups=groups,
+                        use_bias=not bn, kernel_initializer=init, name=f"{name}_conv")(x)
+    if bn:
+        x = k.layers.BatchNormalization(name=f"{name}_bn")(x)
+    if relu:
+        x = k.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def spatial_conv_bn_relu(x, kernel=3, stride=1, groups=None, *, name, keras=None,
+                         init="he_normal"):
+    """The spatial half of a factorized conv: a kxk conv that keeps the channel count.
+
+    ``groups`` equal to the input channels gives a ``DepthwiseConv2D``; fewer gives a grouped
+    ``Conv2D`` (each group of ``channels/groups`` channels mixed spatially on its own).
+    """
+    k = _keras(keras)
+    channels = x.shape[-1]
+    groups = channels if groups is None else groups
+    if channels % groups:
+        raise ValueError(f"{name}: {channels} channels cannot be split into {groups} groups")
+    if groups == channels:
+        x = k.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                     depthwise_initializer=init, name=f"{name}_dw")(x)
+    else:
+        x = k.layers.Conv2D(channels, kernel, strides=stride, padding="same", groups=groups,
+                            use_bias=False, kernel_initializer=init, name=f"{name}_gconv")(x)
+    x = k.layers.BatchNormalization(name=f"{name}_spatial_bn")(x)
+    return k.layers.ReLU(name=f"{name}_spatial_relu")(x)
+
+
+def factorized_conv(x, filters, kernel=3, stride=1, groups=None, *, name, keras=None,
+                    init="he_normal", relu=True):
+    """A depth-factorized kxk conv: grouped/depthwise kxk spatial conv + 1x1 pointwise conv.
+
+    ``groups=None`` (or the input channel count) makes it depthwise-separable.
+    """
+    x = spatial_conv_bn_relu(x, kernel, stride, groups, name=name, keras=keras, init=init)
+    k = _keras(keras)
+    x = k.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=init,
+                        name=f"{name}_pw")(x)
+    x = k.layers.BatchNormalization(name=f"{name}_pw_bn")(x)
+    if relu:
+        x = k.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def residual(x, body, shortcut=None, *, name, keras=None):
+    """``relu(body(x) + shortcut(x))``; identity shortcut when ``shortcut`` is None.
+
+    ``body`` and ``shortcut`` are callables from tensor to tensor, so any conv factory (plain
+    or factorized) can form the branches: the ResNet basic block and the bottleneck block are
+    this function with two 3x3 convs or a 1x1-3x3-1x1 body (see ``fnet_tf.spec``).
+    """
+    k = _keras(keras)
+    y = body(x)
+    s = x if shortcut is None else shortcut(x)
+    y = k.layers.Add(name=f"{name}_add")([y, s])
+    return k.layers.ReLU(name=f"{name}_relu")(y)
+
+
+def classifier_head(x, num_classes, *, keras=None, init="he_normal"):
+    """Global average pooling and one dense layer producing logits (no softmax)."""
+    k = _keras(keras)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    return k.layers.Dense(num_classes, kernel_initializer=init, name="logits")(x)

@@ -1,0 +1,20 @@
+"""The training recipe: every setting that decides what a training phase computes.
+
+Kept free of TensorFlow so a CLI can check a run directory's recipe before loading it.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass
+class Recipe:
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"       # sgd (Nesterov momentum) or adamw
+    lr: float = 0.1              # peak learning rate, reached after the warm-up
+    schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up
+    warmup_epochs: float = 2.0   # capped at 20% of the phase
+    weight_decay: float = 5e-3   # decoupled (Keras): each step w -= lr * wd * w
+    momentum: float = 0.9
+    label_smoothing: float = 0.0
+    cutout: int = 0
+    seed: int = 0

@@ -1,0 +1,175 @@
+"""The training loop: one resumable phase (float now; QAT reuses it) over a run directory.
+
+Resuming is exact up to floating-point reduction order: the data order and augmentation of
+epoch ``e`` depend only on (seed, e), and the checkpoint holds the weights, the optimizer's
+slots and its step counter, which drives the LR schedule.
+"""
+import math
+import os
+import signal
+import sys
+import time
+
+from fnet_tf import data as data_lib
+from fnet_tf.backend import keras, tf
+from fnet_tf.checkpoints import EpochCheckpoints
+from fnet_tf.recipe import Recipe  # noqa: F401  (re-exported for callers)
+
+
+@keras.utils.register_keras_serializable(package="fnet_tf")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 0
+    (``cosine=False``: constant after warm-up)."""
+
+    def __init__(self, peak, warmup_steps, total_steps, cosine=True):
+        self.peak, self.warmup_steps, self.total_steps, self.cosine = (
+            float(peak), int(warmup_steps), int(total_steps), bool(cosine))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(self.warmup_steps, 1)
+        if self.cosine:
+            span = max(self.total_steps - self.warmup_steps, 1)
+            progress = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
+            after = 0.5 * self.peak * (1.0 + tf.cos(math.pi * progress))
+        else:
+            after = tf.constant(self.peak)
+        return tf.where(step < self.warmup_steps, warm, after)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "cosine": self.cosine}
+
+
+NO_DECAY = ("gamma", "beta", "bias", "depthwise_kernel")  # BN, biases, depthwise kernels
+
+
+def make_optimizer(recipe, steps_per_epoch):
+    total = max(recipe.epochs * steps_per_epoch, 1)
+    warmup = min(int(recipe.warmup_epochs * steps_per_epoch), total // 5)
+    lr = WarmupCosine(recipe.lr, warmup, total, cosine=recipe.schedule == "cosine")
+    if recipe.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True,
+                                   weight_decay=recipe.weight_decay or None)
+    else:
+        opt = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+    if recipe.weight_decay:
+        opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
+    return opt
+
+
+def compile_model(model, optimizer, recipe):
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+
+
+def _as_tensors(num_classes):
+    def convert(images, labels):
+        return tf.cast(images, tf.float32), tf.one_hot(labels, num_classes)
+    return convert
+
+
+class EpochStream:
+    """A tf.data dataset that yields epoch ``start``, then ``start+1``, ... each time Keras
+    re-iterates it (once per epoch), with the order and augmentation of that epoch."""
+
+    def __init__(self, split, recipe, start_epoch, num_classes):
+        self.split, self.recipe, self.next_epoch = split, recipe, start_epoch
+        self.steps = math.ceil(len(split) / recipe.batch_size)
+        shape = split.images.shape[1:]
+        ds = tf.data.Dataset.from_generator(
+            self._generate, output_signature=(
+                tf.TensorSpec((None, *shape), tf.uint8), tf.TensorSpec((None,), tf.int32)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(self.steps))
+        self.dataset = ds.map(_as_tensors(num_classes)).prefetch(2)
+
+    def _generate(self):
+        epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
+        yield from data_lib.epoch_batches(self.split, self.recipe.batch_size,
+                                          seed=self.recipe.seed, epoch=epoch,
+                                          cutout=self.recipe.cutout)
+
+
+def eval_dataset(split, num_classes, batch_size=500):
+    return (tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+            .batch(batch_size).map(_as_tensors(num_classes)).prefetch(2))
+
+
+class _EpochEnd(keras.callbacks.Callback):
+    """After each epoch: checkpoint, history row, one-line summary. SIGINT stops cleanly."""
+
+    def __init__(self, phase, run, checkpoints, epochs):
+        super().__init__()
+        self.phase, self.run, self.checkpoints, self.epochs = phase, run, checkpoints, epochs
+        self.interrupted = False
+        self._started = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_end(self, logs=None):
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _on_sigint(self, signum, frame):
+        if self.interrupted:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.interrupted = True
+        self.model.stop_training = True
+        print("\ninterrupted: stopping after this batch; completed epochs are saved "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.interrupted:  # the epoch did not finish: do not checkpoint it
+            return
+        logs = dict(logs or {})
+        seconds = time.time() - self._started
+        lr = float(self.model.optimizer.learning_rate)  # the rate of the last step
+        self.checkpoints.save(epoch + 1, self.model, self.model.optimizer)
+        row = {"phase": self.phase, "epoch": epoch + 1, "lr": f"{lr:.6g}",
+               "seconds": f"{seconds:.1f}",
+               **{k: f"{float(v):.6g}" for k, v in sorted(logs.items())}}
+        self.run.append_history(row)
+        parts = [f"{k} {float(v):.4f}" for k, v in sorted(logs.items())]
+        print(f"[{self.phase}] epoch {epoch + 1}/{self.epochs}  {'  '.join(parts)}  "
+              f"lr {lr:.4g}  {seconds:.1f}s  (checkpoint saved)", flush=True)
+
+
+def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=()):
+    """Train ``model`` for ``recipe.epochs`` epochs as phase ``phase`` of ``run``, resuming
+    from the newest valid checkpoint in ``run/checkpoints/<phase>``.
+
+    Returns True when all epochs are done, False when interrupted (Ctrl-C).
+    """
+    keras.utils.set_random_seed(recipe.seed)
+    num_classes = len(dataset.classes)
+    steps = math.ceil(len(dataset.train) / recipe.batch_size)
+    optimizer = make_optimizer(recipe, steps)
+    compile_model(model, optimizer, recipe)
+    checkpoints = EpochCheckpoints(os.path.join(run.path, "checkpoints", phase))
+    start, path = checkpoints.latest()
+    if path:
+        checkpoints.restore(path, model, optimizer)
+        run.truncate_history(phase, start)
+        print(f"[{phase}] resuming after epoch {start} from {path}", flush=True)
+    else:
+        run.truncate_history(phase, 0)
+    if start >= recipe.epochs:
+        return True
+    stream = EpochStream(dataset.train, recipe, start, num_classes)
+    validation = eval_dataset(dataset.val, num_classes) if dataset.val is not None else None
+    end = _EpochEnd(phase, run, checkpoints, recipe.epochs)
+    model.fit(stream.dataset, epochs=recipe.epochs, initial_epoch=start,
+              validation_data=validation, verbose=verbose, callbacks=[end, *callbacks])
+    return not end.interrupted
+
+
+def evaluate(model, split, num_classes):
+    loss, acc = model.evaluate(eval_dataset(split, num_classes), verbose=0)
+    return {"loss": float(loss), "accuracy": float(acc), "num_images": int(len(split))}
+

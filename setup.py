@@ -1,0 +1,27 @@
+"""fnet_tf: FactorizeNet and efficient CNNs that run fully in INT8 with the LiteRT interpreter."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fnet_tf",
+    version="0.1.0",
+    description="FactorizeNet model zoo: progressive depth factorization, QAT and INT8 TFLite "
+                "export for edge CPUs",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fnet_tf", "fnet_tf.*"]),
+    python_requires=">=3.10,<3.14",
+    # Versions seen working together (see BUILD_NOTES.md). tf-keras pins the full
+    # `tensorflow` wheel, so tensorflow-cpu alone does not satisfy it.
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "tf-keras>=2.21,<2.22",
+        "tensorflow-model-optimization>=0.8.1,<0.9",
+        "tensorflow-datasets>=4.9",
+        "ai-edge-litert>=2.3,<2.4",
+        "numpy>=1.26",
+        "matplotlib>=3.8",
+        "absl-py>=1.4",
+        "Pillow>=10",
+    ],
+    extras_require={"test": ["pytest>=8"]},
+)

@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny image-folder datasets made on the fly (nothing downloads)."""
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_ARCHIVE = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+CLASSES = tuple(f"class{i}" for i in range(10))
+
+
+def make_image_tree(root, train_per_class=12, test_per_class=4, classes=CLASSES, seed=0):
+    """``root/tiny/{train,test}/<class>/NNNN.jpg``: class ``i`` is a colour plus noise, so a
+    model learns it within a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, (len(classes), 3))
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, cls in enumerate(classes):
+            folder = os.path.join(root, "tiny", split, cls)
+            os.makedirs(folder, exist_ok=True)
+            for i in range(count):
+                noise = rng.normal(0, 25, (32, 32, 3))
+                pixels = np.clip(colours[label] + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"{i:04d}.jpg"), quality=90)
+    return os.path.join(root, "tiny")
+
+
+def make_archive(tree, path):
+    with tarfile.open(path, "w:gz") as t:
+        t.add(tree, arcname=os.path.basename(tree))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FNET_TF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tree(tmp_path_factory):
+    return make_image_tree(str(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tiny_tree, tmp_path_factory):
+    return make_archive(tiny_tree, str(tmp_path_factory.mktemp("archive") / "tiny.tar.gz"))
+
+
+def run_module(args, cwd=None, timeout=600, env=None):
+    """Run ``python -m ...`` (or a script) in a subprocess; return the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def last_line(text):
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,109 @@
+"""The registry, the factorization schedule and the analytic counts."""
+import pytest
+
+from fnet_tf import architectures
+from fnet_tf.errors import UserError
+from fnet_tf.spec import Conv, summarize
+
+ALL = [(name, level) for name in architectures.list_models()
+       for level in range(architectures.model_spec(name).meta["max_level"] + 1)]
+
+
+def test_registry_lists_models():
+    assert {"factorizenet", "resnet8"} <= set(architectures.list_models())
+
+
+@pytest.mark.parametrize("name,level", ALL)
+def test_every_model_and_level_builds_with_the_counted_params(name, level):
+    import numpy as np
+
+    model = architectures.create_model(name, level)
+    out = model(np.zeros((2, 32, 32, 3), np.float32))
+    assert out.shape == (2, 10)
+    assert model.count_params() == architectures.model_spec(name, level).cost().params
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "SeparableConv2D" not in kinds and "Rescaling" not in kinds
+
+
+@pytest.mark.parametrize("name", architectures.list_models())
+def test_macs_fall_strictly_with_level(name):
+    top = architectures.model_spec(name).meta["max_level"]
+    macs = [architectures.model_spec(name, level).cost().macs for level in range(top + 1)]
+    assert all(a > b for a, b in zip(macs, macs[1:])), macs
+
+
+def test_factorizenet_level0_hand_count():
+    # stem 3->32 at 32x32, 32->32 at 32x32, 32->64 and 64->64 at 16x16, 64->128 and 128->128
+    # at 8x8 (all 3x3), dense 128->10.
+    convs = [(32 * 32, 3, 32), (32 * 32, 32, 32), (16 * 16, 32, 64), (16 * 16, 64, 64),
+             (8 * 8, 64, 128), (8 * 8, 128, 128)]
+    macs = sum(hw * 9 * cin * cout for hw, cin, cout in convs) + 128 * 10
+    params = sum(9 * cin * cout + 4 * cout for _, cin, cout in convs) + 128 * 10 + 10
+    spec = architectures.model_spec("factorizenet", 0)
+    assert spec.cost().macs == macs == 38_634_752
+    assert spec.cost().params == params
+
+
+def test_factorizenet_last_level_is_depthwise_separable_hand_count():
+    spec = architectures.model_spec("factorizenet", 7)
+    # stem stays standard; each other conv: depthwise 3x3 (cin) + BN + pointwise cin->cout + BN
+    macs = 32 * 32 * 27 * 32
+    params = 27 * 32 + 4 * 32
+    for hw, cin, cout in [(32 * 32, 32, 32), (16 * 16, 32, 64), (16 * 16, 64, 64),
+                          (8 * 8, 64, 128), (8 * 8, 128, 128)]:
+        macs += hw * (9 * cin + cin * cout)
+        params += 9 * cin + 4 * cin + cin * cout + 4 * cout
+    macs += 1280
+    params += 1290
+    assert spec.cost().macs == macs
+    assert spec.cost().params == params
+    model = architectures.create_model("factorizenet", 7)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("DepthwiseConv2D") == 5
+
+
+def test_resnet8_matches_mlperf_tiny():
+    s = summarize(architectures.model_spec("resnet8"))
+    assert s["macs"] == 12_501_632  # MLPerf Tiny: ~12.5 M
+    assert abs(s["params"] - 78_000) / 78_000 < 0.02  # ~78 K
+
+
+@pytest.mark.parametrize("level", range(8))
+def test_schedule_doubles_groups_per_level(level):
+    spec = architectures.model_spec("factorizenet", level)
+    for conv, cin in spec.convs_with_inputs():
+        if not conv.factorizable:
+            assert conv.spatial_groups is None
+        elif level == 0:
+            assert conv.spatial_groups is None
+        else:
+            assert conv.spatial_groups == min(2 ** level, cin)
+
+
+def test_spatial_groups_uses_divisors_for_odd_widths():
+    assert architectures.spatial_groups(4, 24) == 12  # 16 does not divide 24
+    assert architectures.spatial_groups(5, 24) == 24  # depthwise
+    assert architectures.spatial_groups(0, 24) is None
+
+
+def test_width_scales_channels_and_keeps_divisibility():
+    spec = architectures.model_spec("factorizenet", 3, width=0.5)
+    assert [c.filters for c, _ in spec.convs_with_inputs()] == [16, 16, 32, 32, 64, 64]
+    model = architectures.create_model("factorizenet", 3, width=0.75)
+    assert model.count_params() == architectures.model_spec("factorizenet", 3, 0.75).cost().params
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "nope"}, "unknown model 'nope'"),
+    ({"name": "factorizenet", "level": 8}, "choose a level from 0 to 7"),
+    ({"name": "factorizenet", "level": -1}, "unknown level"),
+    ({"name": "factorizenet", "width": 0}, "--width must be positive"),
+])
+def test_bad_lookups_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        architectures.model_spec(**kwargs)
+
+
+def test_factorized_conv_requires_bn():
+    with pytest.raises(ValueError):
+        Conv(16, spatial_groups=4, bn=False)

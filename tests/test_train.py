@@ -1,0 +1,94 @@
+"""``python -m fnet_tf.train``: artifacts, resume after kill -9, one-line errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, last_line, run_module
+from fnet_tf import fileio
+
+
+def _train_args(archive, run_dir, epochs, *extra):
+    return ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "5", "--width", "0.25",
+            "--data", archive, "--epochs", str(epochs), "--batch_size", "8", "--val_split", "20",
+            "--run_dir", str(run_dir), "--verbose", "0", "--threads", "1", *extra]
+
+
+def _float_epochs(run_dir):
+    import csv
+
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r["phase"] == "float"]
+
+
+def test_resume_after_sigkill_mid_training(tiny_archive, tmp_path):
+    run_dir = tmp_path / "run"
+    epochs = 40
+    proc = subprocess.Popen([sys.executable, *_train_args(tiny_archive, run_dir, epochs)],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = run_dir / "checkpoints" / "float" / "epoch-0002" / "meta.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere inside a later epoch
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "run.json").exists()  # not complete
+    done_before = max(_float_epochs(run_dir))
+    assert done_before >= 2
+
+    result = run_module(_train_args(tiny_archive, run_dir, epochs))
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = [line for line in result.stdout.splitlines() if "resuming after epoch" in line]
+    assert resumed and int(resumed[0].split("resuming after epoch ")[1].split()[0]) >= 2
+    assert _float_epochs(run_dir) == list(range(1, epochs + 1))  # no epoch lost or repeated
+    manifest = json.loads((run_dir / "run.json").read_text())
+    digest = manifest["steps"]["float"]["artifacts"]["model_float.keras"]
+    assert digest == fileio.sha256_file(run_dir / "model_float.keras")
+    metrics = json.loads((run_dir / "metrics.json").read_text())["float"]
+    assert metrics["num_test_images"] == 40 and 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["test_accuracy"] > 0.3  # the tiny classes are colours: learnable
+    leftovers = [n for n in os.listdir(run_dir) if n.startswith(".")]
+    assert leftovers == []
+
+    again = run_module(_train_args(tiny_archive, run_dir, epochs))
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_resume_with_other_flags_is_refused(tiny_archive, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_module(_train_args(tiny_archive, run_dir, 1)).returncode == 0
+    result = run_module(_train_args(tiny_archive, run_dir, 1, "--lr", "0.01"))
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith("error: run directory")
+    assert "--lr=0.1" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--level", "99"], "unknown level 99 for factorizenet"),
+    (["--model", "vgg"], "unknown model 'vgg'"),
+    (["--epochs", "-1"], "--epochs must be 0 or more"),
+    (["--threads", "-2"], "--threads must be"),
+    (["--epochs", "two"], "flag --epochs=two"),
+    (["--data", "/no/such/archive.tar.gz"], "does not exist"),
+    (["--init", "not_an_init", "--data", "cifar10"], "unknown --init"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = run_module(["-m", "fnet_tf.train", "--run_dir", str(tmp_path / "r"), *args])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert last_line(result.stderr).startswith("error: ") and message in last_line(result.stderr)
+
+
+def test_models_table_lists_every_level():
+    result = run_module(["-m", "fnet_tf.models"])
+    assert result.returncode == 0
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [(r[0], int(r[1])) for r in rows if r[0] == "factorizenet"] == [
+        ("factorizenet", level) for level in range(8)]
+    assert any(r[0] == "resnet8" for r in rows)
