@@ -28,8 +28,10 @@ def atomic_path(path):
     """
     directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    root, ext = os.path.splitext(name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{ext}", dir=directory)
+    # Keep the whole suffix (".weights.h5", ".tar.gz"): writers such as Keras pick the file
+    # format from the name's ending.
+    root, dot, suffixes = name.lstrip(".").partition(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{root}.", suffix=f".tmp{dot}{suffixes}", dir=directory)
     os.close(fd)
     try:
         yield tmp

@@ -42,18 +42,25 @@ class RunDir:
         return self.read_json(self.CONFIG)
 
     def bind_config(self, config, ignore=()):
-        """Write ``config`` for a new run, or check it equals the stored one on a resume."""
+        """Write ``config`` for a new run, or check it against the stored one on a resume.
+
+        Settings present in both must be equal (except ``ignore``); settings new to this
+        invocation (say, QAT flags added to a finished float run) are added.
+        """
         stored = self.config()
         if stored is None:
             os.makedirs(self.path, exist_ok=True)
             fileio.write_json(self.file(self.CONFIG), config)
             return
-        differ = sorted(k for k in set(stored) | set(config)
-                        if k not in ignore and stored.get(k) != config.get(k))
+        differ = sorted(k for k in set(stored) & set(config)
+                        if k not in ignore and stored[k] != config[k])
         if differ:
-            shown = ", ".join(f"--{k}={stored.get(k)!r} (now {config.get(k)!r})" for k in differ[:4])
+            shown = ", ".join(f"--{k}={stored[k]!r} (now {config[k]!r})" for k in differ[:4])
             raise UserError(f"run directory {self.path} was made with other settings: {shown}; "
                             f"re-run with the same flags to resume, or pass a new --run_dir")
+        added = {k: v for k, v in config.items() if k not in stored}
+        if added:
+            fileio.write_json(self.file(self.CONFIG), {**stored, **added})
 
     # --- manifest -----------------------------------------------------------------------
     def manifest(self):

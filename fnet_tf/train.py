@@ -1,5 +1,10 @@
 """Train a model of the zoo: ``python -m fnet_tf.train --model factorizenet --level 3``.
 
+Two phases, each resumable: float training (``--epochs``), then quantization-aware training
+(``--qat_epochs``) with a scheme from ``fnet_tf.quantization`` at a lower learning rate, the
+TF-MOT recipe. ``--epochs 0 --qat_epochs Q --init_from RUN_DIR`` starts QAT from another run's
+float model.
+
 Float training with SGD (Nesterov) or AdamW, warm-up + cosine LR, decoupled weight decay
 (not on BN, biases or depthwise kernels), standard CIFAR augmentation. Every epoch is
 checkpointed atomically; re-running the same command on the same ``--run_dir`` resumes after
@@ -10,7 +15,6 @@ metrics.json (test accuracy, measured once at the end).
 import dataclasses
 import os
 import sys
-import time
 from dataclasses import replace
 
 from absl import flags
@@ -45,6 +49,14 @@ flags.DEFINE_string("init", "he_normal", "Kernel initializer of convs and dense 
 flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all cores).")
 flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
                   "tf.distribute strategy: mirrored (several GPUs), multi_worker (TF_CONFIG).")
+flags.DEFINE_integer("qat_epochs", 0, "Quantization-aware training epochs after float "
+                     "training (0: stop after float).")
+flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights), "
+                    "int8_per_tensor.")
+flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); cosine to 0, "
+                   "no warm-up.")
+flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
+                    "(with --epochs 0): a run directory or a .keras file.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 a line per epoch, "
                      "0 silent (default: 1 on a terminal, 2 otherwise).")
 
@@ -68,6 +80,12 @@ def validate_flags():
         (0 <= FLAGS.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}"),
         (FLAGS.cutout >= 0, f"--cutout must be 0 or more, got {FLAGS.cutout}"),
         (FLAGS.warmup_epochs >= 0, f"--warmup_epochs must be 0 or more, got {FLAGS.warmup_epochs}"),
+        (FLAGS.qat_epochs >= 0, f"--qat_epochs must be 0 or more, got {FLAGS.qat_epochs}"),
+        (FLAGS.qat_lr is None or FLAGS.qat_lr > 0, f"--qat_lr must be positive, got {FLAGS.qat_lr}"),
+        (FLAGS.epochs > 0 or FLAGS.qat_epochs > 0, "--epochs and --qat_epochs are both 0: "
+         "nothing to train"),
+        (FLAGS.init_from is None or FLAGS.epochs == 0, "--init_from replaces float training: "
+         "pass --epochs 0 with it"),
     ]
     for ok, message in checks:
         if not ok:
@@ -83,6 +101,11 @@ def recipe_from_flags():
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
                       else defaults["weight_decay"]),
         label_smoothing=FLAGS.label_smoothing, cutout=FLAGS.cutout, seed=FLAGS.seed)
+
+
+def qat_recipe(recipe):
+    lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
+    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0)
 
 
 def make_strategy(name):
@@ -110,6 +133,7 @@ def main(argv):
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: fnet_tf.train takes flags only")
     validate_flags()
     from fnet_tf import architectures, data as data_lib
+    from fnet_tf.quantization import get_scheme
     from fnet_tf.rundir import RunDir
 
     spec = architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)  # fails fast if unknown
@@ -119,12 +143,27 @@ def main(argv):
     config = {"model": FLAGS.model, "level": FLAGS.level, "width": FLAGS.width,
               "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
+    if FLAGS.qat_epochs:
+        scheme = get_scheme(FLAGS.qat_scheme)
+        if not scheme.qat:
+            raise UserError(f"--qat_scheme {scheme.name} does no training ({scheme.description}): "
+                            f"export it with export/to_tflite.py --scheme {scheme.name}")
+        qrecipe = qat_recipe(recipe)
+        config.update(qat_epochs=FLAGS.qat_epochs, qat_scheme=FLAGS.qat_scheme, qat_lr=qrecipe.lr,
+                      init_from=FLAGS.init_from)
+    init_source = _check_init_from(FLAGS.init_from, run) if FLAGS.init_from else None
     run.bind_config(config, ignore=RESUMABLE_ANYWAY)  # before TensorFlow loads: fails in a second
 
-    if run.is_complete("float"):
-        metrics = run.read_json(run.METRICS, {}).get("float", {})
-        print(f"float training in {run.path} is already complete "
-              f"(test accuracy {metrics.get('test_accuracy', float('nan')):.4f}); nothing to do")
+    need_float = not run.is_complete("float")
+    need_qat = FLAGS.qat_epochs > 0 and not run.is_complete("qat")
+    if need_float and FLAGS.epochs == 0 and not init_source:
+        raise UserError(f"--epochs 0 needs a trained float model: pass --init_from RUN_DIR, or "
+                        f"train float first in {run.path}")
+    if not (need_float or need_qat):
+        metrics = run.read_json(run.METRICS, {})
+        done = ", ".join(f"{k} test accuracy {v.get('test_accuracy', float('nan')):.4f}"
+                         for k, v in metrics.items() if k in ("float", "qat"))
+        print(f"training in {run.path} is already complete ({done}); nothing to do")
         return 0
 
     from fnet_tf.backend import configure_threads
@@ -135,36 +174,115 @@ def main(argv):
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split)
     print(dataset.describe(), flush=True)
     spec = replace(spec, num_classes=len(dataset.classes))
-    from fnet_tf.spec import build_model, summarize
+    from fnet_tf.spec import summarize
 
     print(f"{spec.name}: " + ", ".join(f"{k} {v:,}" for k, v in summarize(spec).items()), flush=True)
-    from fnet_tf.training import evaluate, fit_phase
-    from fnet_tf import fileio
-
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
-    started = time.time()
     with strategy.scope():
-        model = build_model(spec, kernel_initializer=FLAGS.init)
-        finished = fit_phase("float", model, dataset, recipe, run, verbose=verbose)
-    if not finished:
-        print(f"stopped; resume with the same command (run directory {run.path})")
-        return 130
+        float_model = None
+        if need_float:
+            float_model = (_float_from(init_source, run, dataset, spec) if init_source else
+                           _train_float(spec, dataset, recipe, run, verbose))
+            if float_model is None:
+                return 130
+        if need_qat:
+            if not _train_qat(float_model, dataset, qrecipe, scheme, run, verbose):
+                return 130
+    return 0
 
-    model_path = run.file("model_float.keras")
+
+def _check_init_from(path, run):
+    """The float model file ``--init_from`` names, checked before any time is spent."""
+    from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
+    from fnet_tf.rundir import RunDir
+
+    if is_run_dir(path):
+        source = RunDir(path)
+        if os.path.abspath(path) == run.path:
+            raise UserError("--init_from names this run directory itself: drop --init_from")
+        if not source.is_complete("float"):
+            raise UserError(f"--init_from {path} has no complete float model: train it first")
+        theirs = source.config() or {}
+        for key in ("model", "level", "width"):
+            if key in theirs and theirs[key] != getattr(FLAGS, key):
+                raise UserError(f"--init_from {path} holds --{key}={theirs[key]!r}, not "
+                                f"{getattr(FLAGS, key)!r}: pass the same --model/--level/--width")
+        return source.file(FLOAT_MODEL)
+    if not os.path.isfile(path):
+        raise UserError(f"--init_from {path!r} does not exist: pass a run directory or a .keras file")
+    return path
+
+
+def _finish_float(model, dataset, spec, run, **info):
+    """Save the float model, measure it on the test split once, mark the step complete."""
+    from fnet_tf import fileio
+    from fnet_tf.artifacts import FLOAT_MODEL
+    from fnet_tf.spec import summarize
+    from fnet_tf.training import evaluate
+
+    model_path = run.file(FLOAT_MODEL)
     with fileio.atomic_path(model_path) as tmp:
         model.save(tmp)
     test = evaluate(model, dataset.test, len(dataset.classes))
-    history = run.history()
-    epoch_seconds = [float(r["seconds"]) for r in history if r.get("phase") == "float"]
+    epoch_seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == "float"]
     run.update_metrics("float", {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "num_test_images": test["num_images"], "epochs": recipe.epochs,
+        "num_test_images": test["num_images"],
         "mean_epoch_seconds": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
-        "data": dataset.source, "classes": list(dataset.classes), **summarize(spec)})
-    run.complete("float", [model_path], epochs=recipe.epochs)
-    print(f"float test accuracy {test['accuracy']:.4f} on {test['num_images']} images "
-          f"({time.time() - started:.0f}s this session); model: {model_path}")
-    return 0
+        "data": dataset.source, "classes": list(dataset.classes), **summarize(spec), **info})
+    run.complete("float", [model_path], **info)
+    print(f"[float] test accuracy {test['accuracy']:.4f} on {test['num_images']} images; "
+          f"model: {model_path}", flush=True)
+
+
+def _train_float(spec, dataset, recipe, run, verbose):
+    from fnet_tf.spec import build_model
+    from fnet_tf.training import fit_phase
+
+    model = build_model(spec, kernel_initializer=FLAGS.init)
+    if not fit_phase("float", model, dataset, recipe, run, verbose=verbose):
+        print(f"stopped; resume with the same command (run directory {run.path})")
+        return None
+    _finish_float(model, dataset, spec, run, epochs=recipe.epochs)
+    return model
+
+
+def _float_from(path, run, dataset, spec):
+    from fnet_tf.artifacts import load_keras_model
+
+    model = load_keras_model(path)
+    if model.output_shape[-1] != len(dataset.classes):
+        raise UserError(f"--init_from {path} predicts {model.output_shape[-1]} classes but the "
+                        f"data has {len(dataset.classes)}")
+    _finish_float(model, dataset, spec, run, epochs=0, init_from=os.path.abspath(path))
+    return model
+
+
+def _train_qat(float_model, dataset, recipe, scheme, run, verbose):
+    from fnet_tf import artifacts, fileio
+    from fnet_tf.training import evaluate, fit_phase
+
+    if float_model is None:
+        float_model = artifacts.float_model(run)
+    model = scheme.quantize(float_model)
+    print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
+          f"{recipe.lr:g}", flush=True)
+    if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose):
+        print(f"stopped; resume with the same command (run directory {run.path})")
+        return False
+    weights = run.file(artifacts.QAT_WEIGHTS)
+    with fileio.atomic_path(weights) as tmp:
+        model.save_weights(tmp)
+    test = evaluate(model, dataset.test, len(dataset.classes))
+    epoch_seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == "qat"]
+    run.update_metrics("qat", {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "num_test_images": test["num_images"], "epochs": recipe.epochs, "scheme": scheme.name,
+        "mean_epoch_seconds": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None})
+    run.complete("qat", [weights], scheme=scheme.name, epochs=recipe.epochs)
+    print(f"[qat] test accuracy {test['accuracy']:.4f} on {test['num_images']} images "
+          f"(Keras QAT model); weights: {weights}", flush=True)
+    return True
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ SHARED_ARCHIVE = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz
 CLASSES = tuple(f"class{i}" for i in range(10))
 
 
-def make_image_tree(root, train_per_class=12, test_per_class=4, classes=CLASSES, seed=0):
+def make_image_tree(root, train_per_class=12, test_per_class=8, classes=CLASSES, seed=0):
     """``root/tiny/{train,test}/<class>/NNNN.jpg``: class ``i`` is a colour plus noise, so a
     model learns it within a few steps."""
     from PIL import Image
@@ -61,3 +61,15 @@ def run_module(args, cwd=None, timeout=600, env=None):
 def last_line(text):
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="session")
+def qat_run(tiny_archive, tmp_path_factory):
+    """A run directory trained on the tiny data: 3 float epochs, then 2 QAT epochs (int8)."""
+    run_dir = tmp_path_factory.mktemp("qat") / "run"
+    result = run_module(["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3",
+                         "--width", "0.25", "--data", tiny_archive, "--epochs", "3",
+                         "--qat_epochs", "2", "--batch_size", "8", "--val_split", "0",
+                         "--run_dir", str(run_dir), "--verbose", "0"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return str(run_dir)

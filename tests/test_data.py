@@ -14,7 +14,7 @@ from fnet_tf.errors import UserError
 def test_archive_loads_and_is_cached(tiny_archive, tmp_path):
     first = data.load(tiny_archive, cache_dir=str(tmp_path))
     assert first.classes == CLASSES
-    assert len(first.train) == 120 and len(first.test) == 40
+    assert len(first.train) == 120 and len(first.test) == 80
     assert first.train.images.dtype == np.uint8 and first.train.images.shape[1:] == (32, 32, 3)
     assert np.bincount(first.train.labels).tolist() == [12] * 10
     assert os.path.isfile(os.path.join(tmp_path, "extracted", os.listdir(

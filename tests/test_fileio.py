@@ -39,3 +39,11 @@ def test_atomic_dir_replaces_whole(tmp_path):
 def test_sha256(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert fileio.sha256_file(tmp_path / "f").startswith("ba7816bf")
+
+
+def test_temporary_name_keeps_the_whole_suffix(tmp_path):
+    # Keras picks the weights format from the ending: ".weights.h5" must survive.
+    with fileio.atomic_path(tmp_path / "model_qat.weights.h5") as tmp:
+        assert tmp.endswith(".weights.h5") and os.path.basename(tmp).startswith(".model_qat.")
+        open(tmp, "wb").close()
+    assert os.listdir(tmp_path) == ["model_qat.weights.h5"]

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Run a .tflite image classifier on a device: numpy, the LiteRT interpreter and Pillow only.
+
+    python run_tflite.py model_int8.tflite cat.jpg dog.png      # top-5 classes per image
+    python run_tflite.py model_int8.tflite --benchmark 500 --threads 4
+
+Copy this one file and the model to a Raspberry Pi or Android (Termux) and
+``pip install ai-edge-litert numpy Pillow`` (or use ``tflite_runtime`` where that is what
+the device has). Images of any size are resized (shorter side) and center-cropped to the
+model's input; the input quantization (scale, zero point) is read from the model, so raw
+pixels become ``pixel / scale + zero_point`` (``pixel - 128`` for fnet_tf's int8 models).
+Class names come from the ``labels.txt`` that fnet_tf's exporter appends to the file (a zip
+after the flatbuffer), from ``--labels FILE``, or are shown as indices.
+"""
+import argparse
+import io
+import os
+import sys
+import time
+import zipfile
+
+import numpy as np
+
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # devices with the older standalone runtime
+    from tflite_runtime.interpreter import Interpreter
+
+
+class RunError(Exception):
+    """A mistake to report as one line (exit code 2)."""
+
+
+def load_interpreter(path, threads):
+    if not os.path.isfile(path):
+        raise RunError(f"model {path!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise RunError(f"{path!r} is not a .tflite file (no TFL3 identifier)")
+    try:
+        interpreter = Interpreter(model_path=path, num_threads=threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or ["unreadable"])[0][:160]
+        raise RunError(f"{path!r} is a corrupt .tflite model ({first}): copy or export it again")
+    details = interpreter.get_input_details()
+    if len(details) != 1 or len(details[0]["shape"]) != 4 or details[0]["shape"][-1] != 3:
+        raise RunError(f"{path!r} does not take one image (its input is "
+                       f"{[list(d['shape']) for d in details]}): this runner feeds NHWC RGB images")
+    return interpreter
+
+
+def read_labels(path, labels_file=None):
+    if labels_file:
+        with open(labels_file) as f:
+            return [line.strip() for line in f if line.strip()]
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.read("labels.txt").decode().split()
+    except (zipfile.BadZipFile, KeyError, OSError):
+        return None
+
+
+def load_image(path, height, width):
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise RunError(f"image {path!r} does not exist")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = max(height / im.height, width / im.width)
+            size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+            im = im.resize(size, Image.BILINEAR)
+            left, top = (size[0] - width) // 2, (size[1] - height) // 2
+            im = im.crop((left, top, left + width, top + height))
+            return np.asarray(im, np.float32)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise RunError(f"{path!r} is not a readable image ({e.__class__.__name__})")
+
+
+def to_input(pixels, detail):
+    """Raw pixels (0..255) -> the input tensor, using the model's own quantization."""
+    if detail["dtype"] == np.float32:
+        return pixels[None].astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(pixels / scale + zero), info.min, info.max)[None].astype(detail["dtype"])
+
+
+def scores_of(interpreter):
+    out = interpreter.get_output_details()[0]
+    raw = interpreter.get_tensor(out["index"])[0].astype(np.float32)
+    scale, zero = out["quantization"]
+    values = (raw - zero) * scale if scale else raw
+    if values.min() >= 0 and abs(values.sum() - 1) < 0.05:  # already probabilities (softmax)
+        return values
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
+
+
+def classify(interpreter, images, labels, top):
+    inp = interpreter.get_input_details()[0]
+    _, height, width, _ = inp["shape"]
+    for path in images:
+        interpreter.set_tensor(inp["index"], to_input(load_image(path, height, width), inp))
+        interpreter.invoke()
+        scores = scores_of(interpreter)
+        best = np.argsort(-scores)[:top]
+        shown = ", ".join(f"{labels[i] if labels and i < len(labels) else i} {scores[i]:.3f}"
+                          for i in best)
+        print(f"{path}: {shown}")
+
+
+def benchmark(interpreter, runs, warmup=20):
+    inp = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, inp["shape"][1:]).astype(np.float32)
+    interpreter.set_tensor(inp["index"], to_input(pixels, inp))
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append((time.perf_counter() - start) * 1e3)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    return {"p50": p50, "p90": p90, "p99": p99, "mean": float(np.mean(times)), "runs": runs}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="the .tflite file")
+    parser.add_argument("images", nargs="*", help="image files to classify")
+    parser.add_argument("--top", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--labels", help="a labels file, one class a line (default: embedded)")
+    parser.add_argument("--benchmark", type=int, default=0, metavar="N",
+                        help="time N invokes after a warm-up and print latency percentiles")
+    parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    args = parser.parse_args(argv)
+    try:
+        if args.threads < 1:
+            raise RunError(f"--threads must be 1 or more, got {args.threads}")
+        if not args.images and not args.benchmark:
+            raise RunError("give image files to classify, or --benchmark N")
+        interpreter = load_interpreter(args.model, args.threads)
+        classify(interpreter, args.images, read_labels(args.model, args.labels), args.top)
+        if args.benchmark:
+            r = benchmark(interpreter, args.benchmark)
+            print(f"latency over {r['runs']} invokes, {args.threads} thread(s): p50 {r['p50']:.3f} "
+                  f"ms, p90 {r['p90']:.3f} ms, p99 {r['p99']:.3f} ms, mean {r['mean']:.3f} ms")
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

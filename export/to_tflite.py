@@ -1,0 +1,152 @@
+"""Export a trained model to a verified fully-integer TFLite flatbuffer.
+
+    python export/to_tflite.py runs/factorizenet-l3              # -> runs/.../model_int8.tflite
+    python export/to_tflite.py model.keras --data ../shared/data/cifar10-jpeg.tar.gz
+
+TARGET is a run directory (its QAT model when QAT is done, else post-training quantization
+of its float model) or any Keras CNN as a .keras/.h5 file or SavedModel directory (post-
+training quantization). Calibration uses the training split, never test. The file is
+verified with the LiteRT interpreter (int8 input/output, builtin ops only, no float tensor)
+and written atomically; a failed check is a one-line error (``--allow_float``: a warning).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from fnet_tf import cli  # noqa: E402
+from fnet_tf.errors import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "Output .tflite (default: RUN_DIR/model_int8.tflite, or "
+                    "<model>_int8.tflite beside a model file).")
+flags.DEFINE_string("scheme", "auto", "auto (the run's QAT scheme, or ptq without QAT), int8, "
+                    "int8_per_tensor or ptq.")
+flags.DEFINE_bool("float32", False, "Also write the float32 .tflite (model_float32.tflite).")
+flags.DEFINE_string("data", None, "Calibration data (default: the run's --data). Required for "
+                    "a model file.")
+flags.DEFINE_integer("calibration_samples", 500, "Training images used to calibrate.")
+flags.DEFINE_float("input_scale", 1.0, "For a foreign model expecting pixel*scale+offset: the "
+                   "scale (e.g. 1/127.5 for MobileNetV2), folded into the graph.")
+flags.DEFINE_float("input_offset", 0.0, "The offset (e.g. -1 for MobileNetV2).")
+flags.DEFINE_bool("allow_float", False, "Write the file even if it is not fully int8 (warn).")
+flags.DEFINE_integer("check_images", 500, "Test images on which the int8 file's top-1 is "
+                     "compared with the Keras model's (0: skip).")
+flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all).")
+
+
+def _resolve(target):
+    """(keras model, scheme, run or None, default output path, classes-from-run, data source)."""
+    from fnet_tf import artifacts
+    from fnet_tf.quantization import get_scheme
+    from fnet_tf.rundir import RunDir
+
+    if artifacts.is_run_dir(target):
+        run = RunDir(target)
+        config = run.config() or {}
+        done_scheme = artifacts.qat_scheme_name(run) if run.is_complete("qat") else None
+        wanted = FLAGS.scheme
+        if wanted == "auto":
+            wanted = done_scheme or "ptq"
+            if not done_scheme:
+                print(f"note: no QAT model in {run.path}: exporting the float model with "
+                      f"post-training quantization (train with --qat_epochs N for QAT)",
+                      file=sys.stderr)
+        scheme = get_scheme(wanted)
+        if scheme.qat:
+            if done_scheme is None:
+                raise UserError(f"no QAT model in {run.path}: run python -m fnet_tf.train "
+                                f"--run_dir {run.path} --qat_epochs N first, or pass --scheme ptq")
+            if done_scheme != scheme.name:
+                raise UserError(f"{run.path} was QAT-trained with {done_scheme}, not "
+                                f"{scheme.name}: pass --scheme {done_scheme} or ptq")
+            model, _ = artifacts.qat_model(run)
+        else:
+            model = artifacts.float_model(run)
+        return model, scheme, run, run.file("model_int8.tflite"), FLAGS.data or config.get("data")
+    if FLAGS.scheme not in ("auto", "ptq"):
+        raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
+                        f"exported with --scheme ptq")
+    model = artifacts.load_keras_model(target)
+    if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
+        from fnet_tf.export import with_input_transform
+
+        model = with_input_transform(model, FLAGS.input_scale, FLAGS.input_offset)
+    stem = os.path.splitext(os.path.abspath(target).rstrip(os.sep))[0]
+    if not FLAGS.data:
+        raise UserError("a model file needs --data for calibration (training images), e.g. "
+                        "--data ../shared/data/cifar10-jpeg.tar.gz")
+    return model, get_scheme("ptq"), None, f"{stem}_int8.tflite", FLAGS.data
+
+
+def main(argv):
+    if len(argv) != 2:
+        raise UserError("usage: python export/to_tflite.py RUN_DIR_OR_MODEL [flags]")
+    if FLAGS.calibration_samples <= 0:
+        raise UserError(f"--calibration_samples must be positive, got {FLAGS.calibration_samples}")
+    target = argv[1]
+    if not os.path.exists(target):
+        raise UserError(f"{target!r} does not exist: pass a run directory, a .keras/.h5 file or a "
+                        f"SavedModel directory")
+    from fnet_tf import data as data_lib
+    from fnet_tf.backend import configure_threads
+
+    configure_threads(FLAGS.threads)
+    from fnet_tf import export, fileio
+
+    model, scheme, run, default_out, data_source = _resolve(target)
+    if not data_source:
+        raise UserError(f"no calibration data: pass --data (the run's config names none)")
+    dataset = data_lib.load(data_source, cache_dir=FLAGS.cache_dir)
+    out = FLAGS.out or default_out
+    representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)
+    content = export.convert_int8(model, representative, scheme)
+    report = export.inspect(content)
+    if report["problems"]:
+        message = (f"{target} is not fully int8: {'; '.join(report['problems'][:3])}"
+                   + (f" (+{len(report['problems']) - 3} more)" if len(report["problems"]) > 3 else ""))
+        if not FLAGS.allow_float:
+            raise UserError(message + ": replace those layers, or pass --allow_float to keep them")
+        print(f"warning: {message}", file=sys.stderr)
+    classes = list(dataset.classes) if model.output_shape[-1] == len(dataset.classes) else None
+    if classes:
+        content = export.attach_labels(content, classes)
+    fileio.write_bytes(out, content)
+    written = [out]
+    if FLAGS.float32:
+        float_out = os.path.join(os.path.dirname(out), "model_float32.tflite")
+        float_model = model if not scheme.qat else _float_of(run)
+        fileio.write_bytes(float_out, export.convert_float32(float_model))
+        written.append(float_out)
+    agreement = None
+    if FLAGS.check_images:
+        import numpy as np
+
+        images = dataset.test.images[:FLAGS.check_images]
+        keras_top1 = np.argmax(model.predict(images.astype(np.float32), verbose=0), -1)
+        tflite_top1 = np.argmax(export.predict(content, images), -1)
+        agreement = float(np.mean(keras_top1 == tflite_top1))
+    ops = ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items()))
+    inp = report["input"]
+    print(f"wrote {out}: {len(content):,} bytes, {report['params']:,} params, scheme "
+          f"{scheme.name}\n  ops: {ops}\n  input {inp['dtype']} {inp['shape']} scale "
+          f"{inp['scale']:g} zero point {inp['zero_point']} (feed pixel/scale + zero point)"
+          + (f"\n  top-1 agreement with the Keras model: {agreement:.2%} on "
+             f"{FLAGS.check_images} test images" if agreement is not None else ""))
+    if run is not None:
+        run.complete("export", written, scheme=scheme.name, agreement=agreement,
+                     calibration_samples=FLAGS.calibration_samples)
+    return 0
+
+
+def _float_of(run):
+    from fnet_tf import artifacts
+
+    return artifacts.float_model(run)
+
+
+if __name__ == "__main__":
+    cli.run(main)

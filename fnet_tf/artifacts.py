@@ -1,0 +1,68 @@
+"""Loading the models a run directory (or a user's file) holds, with one-line errors.
+
+A run stores ``model_float.keras`` and, after QAT, ``model_qat.weights.h5``: a QAT model does
+not survive the ``.keras`` format (TF-MOT's quantize_layer variables do not reload), so it is
+rebuilt from the float model with the scheme recorded in ``run.json`` and its weights loaded.
+"""
+import os
+
+from fnet_tf.errors import UserError
+from fnet_tf.rundir import RunDir
+
+FLOAT_MODEL = "model_float.keras"
+QAT_WEIGHTS = "model_qat.weights.h5"
+KERAS_EXTENSIONS = (".keras", ".h5", ".hdf5")
+
+
+def is_run_dir(path):
+    return os.path.isdir(path) and (os.path.isfile(os.path.join(path, RunDir.CONFIG)) or
+                                    os.path.isfile(os.path.join(path, RunDir.MANIFEST)))
+
+
+def load_keras_model(path):
+    """A Keras model from a ``.keras``/``.h5`` file or a SavedModel directory."""
+    from fnet_tf.backend import keras
+
+    is_saved_model = os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+    if not os.path.exists(path):
+        raise UserError(f"model {path!r} does not exist: pass a run directory, a .keras/.h5 file "
+                        f"or a SavedModel directory")
+    if not (is_saved_model or path.lower().endswith(KERAS_EXTENSIONS)):
+        raise UserError(f"{path!r} is not a run directory, a .keras/.h5 file or a SavedModel "
+                        f"directory")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001  (Keras raises many types for a bad file)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"cannot load Keras model {path!r} ({first}): the file is corrupt or not "
+                        f"a Keras model; re-export or retrain it") from None
+
+
+def float_model(run):
+    if not run.is_complete("float"):
+        raise UserError(f"no trained float model in {run.path}: run python -m fnet_tf.train "
+                        f"--run_dir {run.path} first")
+    return load_keras_model(run.file(FLOAT_MODEL))
+
+
+def qat_scheme_name(run):
+    entry = run.manifest()["steps"].get("qat")
+    return entry.get("scheme") if entry else None
+
+
+def qat_model(run):
+    """The QAT Keras model of ``run``: its float model, wrapped by the recorded scheme,
+    with the QAT weights."""
+    from fnet_tf.quantization import get_scheme
+
+    if not run.is_complete("qat"):
+        raise UserError(f"no QAT model in {run.path}: run python -m fnet_tf.train --run_dir "
+                        f"{run.path} --qat_epochs N first")
+    scheme = get_scheme(qat_scheme_name(run))
+    model = scheme.quantize(float_model(run))
+    try:
+        model.load_weights(run.file(QAT_WEIGHTS))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"QAT weights {run.file(QAT_WEIGHTS)} do not load ({str(e)[:120]}): "
+                        f"delete checkpoints/qat and {QAT_WEIGHTS} and run QAT again") from None
+    return model, scheme

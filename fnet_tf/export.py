@@ -1,0 +1,146 @@
+"""Keras model -> fully-integer TFLite flatbuffer, verified with the LiteRT interpreter.
+
+The int8 file's input is int8 with the quantization the converter chose from calibration on
+raw pixels 0..255: scale 1, zero point -128, i.e. ``pixel - 128``, as the MLPerf Tiny
+reference does. The output is int8 logits. Class names travel inside the file as an appended
+zip holding ``labels.txt`` (the TFLite Support convention for associated files), which the
+interpreter ignores and ``export/run_tflite.py`` reads with the standard library.
+"""
+import collections
+import io
+import zipfile
+
+import numpy as np
+
+from fnet_tf.errors import UserError
+
+LABELS_FILE = "labels.txt"
+ALLOWED_DTYPES = (np.int8, np.int32)  # int32: biases and shape/axis operands
+
+
+def _first_line(error):
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if "error" in line.lower()] or text.splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def with_input_transform(model, scale, offset):
+    """Wrap a foreign model that expects ``pixel * scale + offset`` so it takes raw pixels."""
+    from fnet_tf.backend import keras
+
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    x = keras.layers.Rescaling(scale, offset, name="input_transform")(inputs)
+    return keras.Model(inputs, model(x), name=f"{model.name}_raw_pixels")
+
+
+def convert_int8(model, representative, scheme):
+    """Full-integer conversion. Ops without an int8 kernel fall back to float here, so that
+    ``verify_int8`` can name them instead of the converter failing with a stack trace."""
+    from fnet_tf.backend import tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    scheme.configure_converter(converter)
+    try:
+        return converter.convert()
+    except Exception as e:  # noqa: BLE001  (the converter raises many types)
+        raise UserError(f"the TFLite converter rejected the model ({_first_line(e)}): it uses an "
+                        f"op with no TFLite builtin kernel") from None
+
+
+def convert_float32(model):
+    from fnet_tf.backend import tf
+
+    try:
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"the TFLite converter rejected the model ({_first_line(e)})") from None
+
+
+def interpreter(content, delegates=False, num_threads=1, preserve_all_tensors=False):
+    """A LiteRT interpreter over ``content``; without delegates it shows the original ops."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = (OpResolverType.AUTO if delegates
+                else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    try:
+        it = Interpreter(model_content=bytes(content), num_threads=num_threads,
+                         experimental_op_resolver_type=resolver,
+                         experimental_preserve_all_tensors=preserve_all_tensors)
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f"not a valid .tflite model ({_first_line(e)}): re-export it") from None
+    return it
+
+
+def inspect(content):
+    """Ops, dtypes, quantization and parameter count of a flatbuffer, and its int8 problems."""
+    it = interpreter(content)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    ops = it._get_ops_details()
+    produced = {i for op in ops for i in op["outputs"]}
+    consumed = {i for op in ops for i in op["inputs"] if i >= 0}
+    inputs, outputs = it.get_input_details(), it.get_output_details()
+    constants = consumed - produced - {d["index"] for d in inputs}
+    problems = []
+    for d in inputs + outputs:
+        if d["dtype"] != np.int8:
+            problems.append(f"model {'input' if d in inputs else 'output'} {d['name']} is "
+                            f"{np.dtype(d['dtype']).name}, not int8")
+    for op in ops:
+        name = op["op_name"]
+        if name.startswith("Flex") or name == "CUSTOM" or name.startswith("Custom"):
+            problems.append(f"op {op['index']} {name} is not a builtin op")
+            continue
+        dtypes = {np.dtype(tensors[i]["dtype"]).name for i in list(op["inputs"]) + list(op["outputs"])
+                  if i >= 0}
+        bad = sorted(d for d in dtypes if np.dtype(d) not in [np.dtype(a) for a in ALLOWED_DTYPES])
+        if bad:
+            problems.append(f"op {op['index']} {name} has {'/'.join(bad)} tensors")
+    scale, zero = inputs[0]["quantization"]
+    return {
+        "ops": dict(collections.Counter(op["op_name"] for op in ops)),
+        "params": int(sum(np.prod(tensors[i]["shape"]) for i in constants)),
+        "input": {"dtype": np.dtype(inputs[0]["dtype"]).name,
+                  "shape": [int(s) for s in inputs[0]["shape"]],
+                  "scale": float(scale), "zero_point": int(zero)},
+        "output": {"dtype": np.dtype(outputs[0]["dtype"]).name,
+                   "shape": [int(s) for s in outputs[0]["shape"]]},
+        "problems": problems,
+    }
+
+
+def attach_labels(content, classes):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(LABELS_FILE, "\n".join(classes) + "\n")
+    return bytes(content) + buf.getvalue()
+
+
+def quantize_input(images, detail):
+    """Raw pixels -> the model's input tensor, with the input quantization read from the model."""
+    images = np.asarray(images, np.float32)
+    if detail["dtype"] == np.float32:
+        return images
+    scale, zero = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(images / scale + zero), info.min, info.max).astype(detail["dtype"])
+
+
+def predict(content, images, num_threads=1):
+    """Dequantized outputs of the flatbuffer on raw-pixel ``images`` (one invoke per image)."""
+    it = interpreter(content, delegates=True, num_threads=num_threads)
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    scale, zero = out["quantization"]
+    results = []
+    for image in images:
+        it.set_tensor(inp["index"], quantize_input(image[None], inp))
+        it.invoke()
+        raw = it.get_tensor(out["index"]).astype(np.float32)
+        results.append((raw - zero) * scale if scale else raw)
+    return np.concatenate(results)

@@ -1,0 +1,23 @@
+"""The interface every quantization scheme implements."""
+import contextlib
+
+
+class Scheme:
+    name = ""
+    description = ""
+    qat = True           # False: post-training quantization only (no fine-tuning)
+    per_channel = True   # weights quantized per output channel in the converted model
+
+    def quantize(self, model):
+        """Float Keras model -> the model to fine-tune (QAT) and convert."""
+        raise NotImplementedError
+
+    def scope(self):
+        """A context in which this scheme's models can be built and loaded."""
+        return contextlib.nullcontext()
+
+    def configure_converter(self, converter):
+        """Set scheme-specific options on a ``tf.lite.TFLiteConverter``."""
+        if not self.per_channel:
+            # Deploy one scale per weight tensor (the converter's default is per channel).
+            converter._experimental_disable_per_channel = True

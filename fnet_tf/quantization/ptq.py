@@ -1,0 +1,13 @@
+"""Post-training quantization only: the float model is calibrated and converted as it is."""
+from fnet_tf.quantization import register_scheme
+from fnet_tf.quantization.base import Scheme
+
+
+@register_scheme
+class PostTraining(Scheme):
+    name = "ptq"
+    description = "no QAT: post-training int8 quantization (weights per channel)"
+    qat = False
+
+    def quantize(self, model):
+        return model

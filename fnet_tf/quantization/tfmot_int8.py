@@ -1,0 +1,44 @@
+"""TF-MOT's 8-bit QAT: int8 weights and activations, BN folded at conversion.
+
+``int8``: weights per output channel, activations per tensor (TF-MOT's default scheme).
+Known asymmetry (model-optimization issue #808): TF-MOT fake-quantizes DepthwiseConv2D weights
+per tensor during QAT while the converter deploys them per channel, which is finer, so the
+deployed model is at least as precise as the trained one.
+
+``int8_per_tensor``: one scale per weight tensor everywhere, in QAT (``disable_per_axis``)
+and in the converted model (the converter's per-channel quantization switched off); checked
+end to end on TF 2.21 / TF-MOT 0.8.1: the exported file has one weight scale per conv.
+"""
+from fnet_tf.quantization import register_scheme
+from fnet_tf.quantization.base import Scheme
+
+
+class _TfmotScheme(Scheme):
+    def scope(self):
+        import tensorflow_model_optimization as tfmot
+
+        return tfmot.quantization.keras.quantize_scope()
+
+    def quantize(self, model):
+        import tensorflow_model_optimization as tfmot
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_scheme)
+
+        scheme = default_8bit_quantize_scheme.Default8BitQuantizeScheme(
+            disable_per_axis=not self.per_channel)
+        with self.scope():
+            annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+            return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+
+
+@register_scheme
+class Int8(_TfmotScheme):
+    name = "int8"
+    description = "TF-MOT QAT, int8 weights per channel, activations per tensor"
+
+
+@register_scheme
+class Int8PerTensor(_TfmotScheme):
+    name = "int8_per_tensor"
+    description = "TF-MOT QAT, int8 weights per tensor (one scale per layer)"
+    per_channel = False
