@@ -137,7 +137,7 @@ def main(argv):
           + (f"\n  top-1 agreement with the Keras model: {agreement:.2%} on "
              f"{FLAGS.check_images} test images" if agreement is not None else ""))
     if run is not None:
-        run.complete("export", written, scheme=scheme.name, agreement=agreement,
+        run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name, agreement=agreement,
                      calibration_samples=FLAGS.calibration_samples)
     return 0
 

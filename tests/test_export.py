@@ -31,7 +31,7 @@ def test_qat_run_exports_a_verified_int8_file(exported, qat_run):
     assert not any(op.startswith("Flex") for op in report["ops"])
     assert os.path.isfile(os.path.join(qat_run, "model_float32.tflite"))
     manifest = json.load(open(os.path.join(qat_run, "run.json")))
-    assert manifest["steps"]["export"]["scheme"] == "int8"
+    assert manifest["steps"]["export:model_int8.tflite"]["scheme"] == "int8"
     assert not [n for n in os.listdir(qat_run) if n.startswith(".")]  # no temp files left
 
 

@@ -92,3 +92,22 @@ def test_models_table_lists_every_level():
     assert [(r[0], int(r[1])) for r in rows if r[0] == "factorizenet"] == [
         ("factorizenet", level) for level in range(8)]
     assert any(r[0] == "resnet8" for r in rows)
+
+
+def test_init_from_a_float_run_trains_qat_only(qat_run, tiny_archive, tmp_path):
+    run_dir = tmp_path / "per-tensor"
+    args = ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3", "--width", "0.25",
+            "--data", tiny_archive, "--epochs", "0", "--init_from", qat_run, "--qat_epochs", "1",
+            "--qat_scheme", "int8_per_tensor", "--batch_size", "8", "--val_split", "0",
+            "--run_dir", str(run_dir), "--verbose", "0"]
+    result = run_module(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["steps"]["float"]["init_from"].endswith("model_float.keras")
+    assert manifest["steps"]["qat"]["scheme"] == "int8_per_tensor"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    source = json.loads(open(os.path.join(qat_run, "metrics.json")).read())
+    assert metrics["float"]["test_accuracy"] == pytest.approx(source["float"]["test_accuracy"])
+    assert _float_epochs(run_dir) == []  # no float training here
+    wrong = run_module([a if a != "3" else "2" for a in args])  # another level than the source
+    assert wrong.returncode == 2 and "--init_from" in last_line(wrong.stderr)
