@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output .tflite (default: RUN_DIR/model_int8.tflite, or "
                     "<model>_int8.tflite beside a model file).")
 flags.DEFINE_string("scheme", "auto", "auto (the run's QAT scheme, or ptq without QAT), int8, "
-                    "int8_per_tensor or ptq.")
+                    "int8_per_tensor, ptq or ptq_per_tensor.")
 flags.DEFINE_bool("float32", False, "Also write the float32 .tflite (model_float32.tflite).")
 flags.DEFINE_string("data", None, "Calibration data (default: the run's --data). Required for "
                     "a model file.")
@@ -67,9 +67,9 @@ def _resolve(target):
         else:
             model = artifacts.float_model(run)
         return model, scheme, run, run.file("model_int8.tflite"), FLAGS.data or config.get("data")
-    if FLAGS.scheme not in ("auto", "ptq"):
+    if FLAGS.scheme != "auto" and get_scheme(FLAGS.scheme).qat:
         raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
-                        f"exported with --scheme ptq")
+                        f"exported with --scheme ptq or ptq_per_tensor")
     model = artifacts.load_keras_model(target)
     if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
         from fnet_tf.export import with_input_transform
@@ -79,7 +79,8 @@ def _resolve(target):
     if not FLAGS.data:
         raise UserError("a model file needs --data for calibration (training images), e.g. "
                         "--data ../shared/data/cifar10-jpeg.tar.gz")
-    return model, get_scheme("ptq"), None, f"{stem}_int8.tflite", FLAGS.data
+    scheme = get_scheme("ptq" if FLAGS.scheme == "auto" else FLAGS.scheme)
+    return model, scheme, None, f"{stem}_int8.tflite", FLAGS.data
 
 
 def main(argv):

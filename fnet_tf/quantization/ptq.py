@@ -11,3 +11,10 @@ class PostTraining(Scheme):
 
     def quantize(self, model):
         return model
+
+
+@register_scheme
+class PostTrainingPerTensor(PostTraining):
+    name = "ptq_per_tensor"
+    description = "no QAT: post-training int8 quantization, one weight scale per layer"
+    per_channel = False

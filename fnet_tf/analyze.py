@@ -1,0 +1,256 @@
+"""Analyze INT8 models: ``python -m fnet_tf.analyze TARGET [TARGET ...] --out DIR``.
+
+TARGET is a run directory (its ``model_int8.tflite``, plus its Keras model for the layer-wise
+analysis) or any ``.tflite`` image classifier (e.g. the MLPerf Tiny ResNet-8). One target
+writes ``metrics.json``, ``layers.csv``, ``report.md`` and PNG plots to ``--out``; several are
+compared side by side (``comparison.md``/``.json`` and an accuracy-vs-MACs/latency plot), with
+their latencies measured interleaved in one pass so the ratios are fair.
+"""
+import csv
+import io
+import os
+import sys
+import time
+
+from absl import flags
+
+from fnet_tf import cli
+from fnet_tf.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "Dataset for accuracy and calibration images (default: the "
+                    "run's --data); required for a .tflite file.")
+flags.DEFINE_string("out", None, "Output directory (default: RUN_DIR/analysis, or "
+                    "analysis/<name> for a .tflite file).")
+flags.DEFINE_integer("limit", None, "Evaluate only the first N test images (a quick look).")
+flags.DEFINE_integer("threads", 1, "Interpreter threads for accuracy and latency.")
+flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model (after a warm-up).")
+flags.DEFINE_integer("layer_images", 128, "Training images for the layer-wise analysis.")
+flags.DEFINE_bool("tool_check", True, "Also time with benchmark_litert_model for comparison.")
+flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+
+
+class Target:
+    """A model to analyze: its flatbuffer and, for a run directory, its Keras models."""
+
+    def __init__(self, path):
+        from fnet_tf import artifacts
+        from fnet_tf.rundir import RunDir
+
+        self.path, self.run = path, None
+        if artifacts.is_run_dir(path):
+            self.run = RunDir(path)
+            self.tflite = self.run.file("model_int8.tflite")
+            if not os.path.isfile(self.tflite):
+                raise UserError(f"no INT8 model in {path}: run python export/to_tflite.py {path} first")
+            self.name = os.path.basename(os.path.abspath(path))
+            self.data = (self.run.config() or {}).get("data")
+        elif os.path.isfile(path):
+            self.tflite, self.name, self.data = path, os.path.splitext(os.path.basename(path))[0], None
+        elif not os.path.exists(path):
+            raise UserError(f"{path!r} does not exist: pass a run directory or a .tflite file")
+        else:
+            raise UserError(f"{path!r} is neither a run directory nor a .tflite file")
+        with open(self.tflite, "rb") as f:
+            self.content = f.read()
+        if len(self.content) < 8 or self.content[4:8] != b"TFL3":
+            raise UserError(f"{self.tflite!r} is not a .tflite file (no TFL3 identifier): pass a "
+                            f"model exported by export/to_tflite.py")
+
+    def keras_models(self):
+        """(model, float architecture) for the layer-wise analysis, or None with a reason."""
+        from fnet_tf import artifacts
+
+        if self.run is None:
+            return None, "no Keras model beside a bare .tflite (give a run directory)"
+        from fnet_tf.quantization import get_scheme
+
+        exported = self.run.manifest()["steps"].get("export:model_int8.tflite", {})
+        qat_file = exported.get("scheme") is None or get_scheme(exported["scheme"]).qat
+        if qat_file and self.run.is_complete("qat"):
+            model, _ = artifacts.qat_model(self.run)
+            return (model, artifacts.float_model(self.run)), None
+        if self.run.is_complete("float"):
+            model = artifacts.float_model(self.run)
+            return (model, model), None
+        return None, f"no trained model in {self.run.path}"
+
+
+def measure(target, dataset):
+    """Accuracy and graph statistics of one target (latency is measured separately)."""
+    from fnet_tf import benchmark
+
+    stats = benchmark.graph_stats(target.content)
+    print(f"{target.name}: evaluating on {len(dataset.test) if FLAGS.limit is None else FLAGS.limit} "
+          f"test images", file=sys.stderr, flush=True)
+    acc = benchmark.evaluate_tflite(target.content, dataset.test, FLAGS.limit, FLAGS.threads)
+    return {"model": target.name, "file": os.path.abspath(target.tflite),
+            "accuracy_top1": acc["accuracy_top1"], "accuracy_top5": acc["accuracy_top5"],
+            "num_images": acc["num_images"], "eval_seconds": acc["seconds"],
+            "size_bytes": len(target.content), "params": stats["params"], "macs": stats["macs"],
+            "elementwise_ops": stats["elementwise_ops"],
+            "peak_activation_bytes": stats["peak_activation_bytes"], "ops": stats["ops"],
+            "input": stats["input"], "output": stats["output"],
+            "fully_int8": not stats["problems"], "int8_problems": stats["problems"],
+            "data": {"source": dataset.source, "split": "test"}}
+
+
+def layerwise(target, dataset, out):
+    """layers.csv and the layer-wise plots; returns (rows, note)."""
+    from fnet_tf import fileio
+    from fnet_tf.analysis import layerwise as lw, plots
+
+    models, note = target.keras_models()
+    if models is None:
+        return [], f"layer-wise analysis skipped: {note}"
+    model, architecture = models
+    images = dataset.train.images[:FLAGS.layer_images]  # calibration data: training split
+    rows, per_channel, activations = lw.analyze_layers(model, target.content, images, architecture)
+    fields = ["op", "tflite_op", "layer", "weight_layer", "weight_kind", "params", "channels",
+              "weight_min", "weight_max", "weight_std", "channel_range_min", "channel_range_max",
+              "channel_range_ratio", "weight_sqnr_db_per_channel", "weight_sqnr_db_per_tensor", "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99",
+              "act_p99_9", "act_max", "scale", "mse", "sqnr_db", "rmse_lsb", "max_err_lsb", "tensor"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(os.path.join(out, "layers.csv"), buf.getvalue())
+    plots.weight_ranges(per_channel, os.path.join(out, "weight_ranges.png"),
+                        f"{target.name}: per-channel weight ranges")
+    plots.activation_histograms(activations, os.path.join(out, "activation_histograms.png"),
+                                f"{target.name}: activations on {len(images)} training images")
+    plots.sqnr_bars(rows, os.path.join(out, "sqnr.png"),
+                    f"{target.name}: INT8 vs float per layer ({len(images)} training images)")
+    return rows, None
+
+
+def report(metrics, rows, note, out):
+    from fnet_tf import fileio
+
+    lat = metrics["latency_ms"]
+    lines = [f"# Analysis of {metrics['model']}", "",
+             f"- file: `{metrics['file']}` ({metrics['size_bytes']:,} bytes, fully int8: "
+             f"{metrics['fully_int8']})",
+             f"- accuracy: top-1 {metrics['accuracy_top1']:.2%}, top-5 {metrics['accuracy_top5']:.2%} "
+             f"on {metrics['num_images']} images of {metrics['data']['source']} ({metrics['data']['split']})",
+             f"- latency (LiteRT, {lat['threads']} thread(s), XNNPACK {metrics['xnnpack']}): p50 "
+             f"{lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, mean "
+             f"{lat['mean']:.3f} ms over {lat['runs']} invokes",
+             f"- params {metrics['params']:,}, MACs {metrics['macs']:,}, peak activation memory "
+             f"{metrics['peak_activation_bytes']:,} bytes",
+             f"- input {metrics['input']['dtype']} {metrics['input']['shape']}, scale "
+             f"{metrics['input']['scale']:g}, zero point {metrics['input']['zero_point']}",
+             f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(metrics['ops'].items()))}",
+             f"- machine: {metrics['machine']['cpu']}, {metrics['machine']['cores']} cores, "
+             f"ai-edge-litert {metrics['machine']['ai_edge_litert']}", ""]
+    if metrics.get("latency_ms_all_cores"):
+        a = metrics["latency_ms_all_cores"]
+        lines.insert(5, f"- latency with all {a['threads']} cores: p50 {a['p50']:.3f} ms, p99 {a['p99']:.3f} ms")
+    if metrics.get("latency_ms_litert_tool"):
+        t = metrics["latency_ms_litert_tool"]
+        lines.insert(5, f"- benchmark_litert_model, same threads: median {t['median']} ms, p95 {t['p95']} ms")
+    if note:
+        lines += [f"_{note}._", ""]
+    if rows:
+        lines += ["## Layers (INT8 output vs float, on training images)", "",
+                  "| op | layer | weights | channel range ratio | weight SQNR dB per-channel / "
+                  "per-tensor | output SQNR dB | RMSE (steps) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            ratio = r.get("channel_range_ratio")
+            wsq = (f"{r['weight_sqnr_db_per_channel']:.1f} / {r['weight_sqnr_db_per_tensor']:.1f}"
+                   if ratio is not None else "-")
+            lines.append(f"| {r['op']} {r['tflite_op']} | {r['layer']} | {r.get('weight_kind', '-')} "
+                         f"| {'-' if ratio is None else f'{ratio:.1f}'} | {wsq} | {r['sqnr_db']:.1f} "
+                         f"| {r.get('rmse_lsb', float('nan')):.2f} |")
+        lines += ["", "![weight ranges](weight_ranges.png)", "![SQNR](sqnr.png)",
+                  "![activations](activation_histograms.png)"]
+    lines += ["", "![summary](summary.png)", ""]
+    fileio.write_text(os.path.join(out, "report.md"), "\n".join(lines))
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise UserError("usage: python -m fnet_tf.analyze RUN_DIR_OR_TFLITE [...] [--data D] [--out DIR]")
+    if FLAGS.threads < 1:
+        raise UserError(f"--threads must be 1 or more, got {FLAGS.threads}")
+    if FLAGS.limit is not None and FLAGS.limit < 1:
+        raise UserError(f"--limit must be positive, got {FLAGS.limit}")
+    from fnet_tf import data as data_lib
+
+    targets = [Target(p) for p in argv[1:]]
+    source = FLAGS.data or next((t.data for t in targets if t.data), None)
+    if not source:
+        raise UserError("pass --data (e.g. ../shared/data/cifar10-jpeg.tar.gz): a .tflite file "
+                        "does not say which data it was trained on")
+    data_lib.check_source(source)
+    for t in targets:
+        from fnet_tf import export
+
+        export.interpreter(t.content)  # a corrupt file fails here, in one line
+    from fnet_tf import benchmark, fileio
+    from fnet_tf.analysis import plots
+
+    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir)
+    started = time.time()
+    results = [measure(t, dataset) for t in targets]
+    print(f"timing {len(targets)} model(s), interleaved", file=sys.stderr, flush=True)
+    latencies = benchmark.latency([t.content for t in targets], FLAGS.threads, FLAGS.latency_runs)
+    machine = benchmark.machine_info()
+    for t, m, lat in zip(targets, results, latencies):
+        m.update(latency_ms=lat, machine=machine, xnnpack=benchmark.uses_xnnpack(t.content))
+    if len(targets) == 1:
+        target, metrics = targets[0], results[0]
+        cores = os.cpu_count() or 1
+        if cores > 1 and cores != FLAGS.threads:
+            metrics["latency_ms_all_cores"] = benchmark.latency([target.content], cores,
+                                                                FLAGS.latency_runs)[0]
+        if FLAGS.tool_check:
+            metrics["latency_ms_litert_tool"] = benchmark.litert_tool_latency(
+                target.tflite, FLAGS.threads, FLAGS.latency_runs)
+        out = FLAGS.out or (os.path.join(target.path, "analysis") if target.run
+                            else os.path.join("analysis", target.name))
+        rows, note = layerwise(target, dataset, out)
+        metrics["analysis_seconds"] = time.time() - started
+        plots.summary(metrics, os.path.join(out, "summary.png"), target.name)
+        fileio.write_json(os.path.join(out, "metrics.json"), metrics)
+        report(metrics, rows, note, out)
+        if target.run:
+            target.run.update_metrics("int8", {k: metrics[k] for k in (
+                "accuracy_top1", "accuracy_top5", "num_images", "latency_ms", "size_bytes",
+                "params", "macs", "peak_activation_bytes")})
+        _print_table(results)
+        if note:
+            print(note)
+        print(f"wrote {out}/ (metrics.json, report.md{', layers.csv' if rows else ''}, plots) "
+              f"in {metrics['analysis_seconds']:.1f}s")
+        return 0
+    out = FLAGS.out or "analysis/comparison"
+    entries = [{"name": m["model"], "macs": m["macs"], "latency_p50": m["latency_ms"]["p50"],
+                "accuracy_top1": m["accuracy_top1"]} for m in results]
+    plots.comparison(entries, os.path.join(out, "comparison.png"),
+                     f"INT8 models on {dataset.source} (latency interleaved, {FLAGS.threads} thread(s))")
+    fileio.write_json(os.path.join(out, "comparison.json"), results)
+    fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n")
+    _print_table(results)
+    print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png)")
+    return 0
+
+
+def _table(results):
+    base = results[0]["latency_ms"]["p50"]
+    lines = ["| model | top-1 | top-5 | MACs (M) | params | KiB | p50 ms | vs first |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in results:
+        lines.append(f"| {m['model']} | {m['accuracy_top1']:.2%} | {m['accuracy_top5']:.2%} | "
+                     f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
+                     f"{m['latency_ms']['p50']:.3f} | {m['latency_ms']['p50'] / base:.2f}x |")
+    return "\n".join(lines)
+
+
+def _print_table(results):
+    print(_table(results))
+
+
+if __name__ == "__main__":
+    cli.run(main)

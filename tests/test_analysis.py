@@ -1,0 +1,171 @@
+"""Layer-wise analysis and the analyze CLI."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHARED_ARCHIVE, last_line, run_module
+from fnet_tf import architectures, export, quantization
+from fnet_tf.analysis import layerwise
+
+PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
+
+
+@pytest.fixture(scope="module")
+def float_model_and_images(qat_run, tiny_archive):
+    from fnet_tf import artifacts, data
+    from fnet_tf.rundir import RunDir
+
+    return artifacts.float_model(RunDir(qat_run)), data.load(tiny_archive).train.images[:48]
+
+
+def _convert(model, images, scheme):
+    return export.convert_int8(model, lambda: ([images[i:i + 1].astype(np.float32)]
+                                               for i in range(len(images))),
+                               quantization.get_scheme(scheme))
+
+
+def test_tensors_match_their_keras_layers(float_model_and_images):
+    model, images = float_model_and_images
+    rows, per_channel, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
+    convs = [layer.name for layer in model.layers
+             if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
+    assert [r["weight_layer"] for r in rows if "weight_layer" in r] == convs  # one row each
+    first = rows[0]
+    assert first["layer"] == "b0_relu" and first["weight_layer"] == "b0_conv"
+    assert rows[-1]["layer"] == model.layers[-1].name
+    # the first layer's error is rounding alone: RMSE near 1/sqrt(12) = 0.29 steps
+    assert 0.15 < first["rmse_lsb"] < 0.6 and np.isfinite(first["sqnr_db"])
+    assert set(per_channel) == set(convs)
+
+
+def _spread_depthwise_channels(model, ratio=20.0):
+    """A copy of ``model`` whose depthwise layers' BN gammas span ``ratio`` (log-uniform), as
+    in trained networks, where per-channel weight ranges differ by one to two orders of
+    magnitude; a barely trained model's channels are all alike, which hides the effect."""
+    from fnet_tf.backend import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    rng = np.random.default_rng(0)
+    for dw in [layer for layer in copy.layers if type(layer).__name__ == "DepthwiseConv2D"]:
+        layer = copy.get_layer(dw.name.replace("_dw", "_spatial_bn"))
+        gamma, beta, mean, var = layer.get_weights()
+        factors = np.exp(rng.uniform(np.log(1 / ratio), 0, gamma.shape))
+        layer.set_weights([gamma * factors, beta, mean, var])
+    return copy
+
+
+def test_per_channel_beats_per_tensor_on_depthwise_layers(tiny_archive):
+    """A FactorizeNet with depthwise layers of 16-32 channels whose ranges spread 20:1."""
+    from fnet_tf import data
+    from fnet_tf.backend import keras
+    from test_benchmark import _with_random_bn
+
+    keras.utils.set_random_seed(0)
+    model = _spread_depthwise_channels(_with_random_bn(
+        architectures.create_model("factorizenet", 5, width=0.5)))
+    images = data.load(tiny_archive).train.images[:48]
+    pc, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
+    pt, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq_per_tensor"), images)
+    depthwise = [(a, b) for a, b in zip(pc, pt) if a.get("weight_kind") == "DepthwiseConv2D"]
+    assert len(depthwise) >= 3 and all(a["channel_range_ratio"] > 5 for a, _ in depthwise)
+    for a, b in depthwise:
+        assert np.isfinite(a["sqnr_db"]) and np.isfinite(b["sqnr_db"])
+        # the weights themselves: per-channel int8 always keeps more signal
+        assert a["weight_sqnr_db_per_channel"] > a["weight_sqnr_db_per_tensor"] + 3
+    # the output of the first depthwise layer, where both files see the same input: deeper
+    # outputs also carry activation and propagated error, which can outweigh the weights'
+    first_pc, first_pt = depthwise[0]
+    assert first_pc["sqnr_db"] > first_pt["sqnr_db"]
+
+
+def test_qat_reference_carries_the_qat_weights(qat_run):
+    from fnet_tf import artifacts
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(qat_run)
+    qat, _ = artifacts.qat_model(run)
+    float_model = artifacts.float_model(run)
+    reference = layerwise.float_reference(qat, float_model)
+    qat_kernel = [v for v in qat.weights if v.name == "b0_conv/kernel:0"][0].numpy()
+    np.testing.assert_array_equal(reference.get_layer("b0_conv").get_weights()[0], qat_kernel)
+    assert not np.array_equal(float_model.get_layer("b0_conv").get_weights()[0], qat_kernel)
+
+
+def test_analyze_a_run_directory(qat_run, tmp_path):
+    export_result = run_module([os.path.join(REPO, "export", "to_tflite.py"), qat_run,
+                                "--check_images", "0"])
+    assert export_result.returncode == 0, export_result.stderr[-2000:]
+    out = tmp_path / "analysis"
+    result = run_module(["-m", "fnet_tf.analyze", qat_run, "--out", str(out), "--latency_runs",
+                         "50", "--layer_images", "32", "--notool_check"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("accuracy_top1", "accuracy_top5", "num_images", "latency_ms", "size_bytes", "params",
+                "macs", "peak_activation_bytes", "ops", "input", "data", "machine"):
+        assert key in metrics
+    assert set(metrics["latency_ms"]) >= {"p50", "p90", "p99", "mean", "threads"}
+    import csv
+
+    rows = list(csv.DictReader(open(out / "layers.csv")))
+    # factorizenet level 3: the stem, 5 factorized convs (spatial + pointwise each), the dense
+    assert len([r for r in rows if r["weight_layer"]]) == 12
+    assert all(np.isfinite(float(r["sqnr_db"])) for r in rows)
+    for png in ("weight_ranges.png", "sqnr.png", "activation_histograms.png", "summary.png"):
+        data = (out / png).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+    assert "## Layers" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(not (os.path.exists(PEER) and os.path.exists(SHARED_ARCHIVE)),
+                    reason="../shared absent")
+def test_analyze_the_mlperf_reference(tmp_path):
+    out = tmp_path / "mlperf"
+    result = run_module(["-m", "fnet_tf.analyze", PEER, "--data", SHARED_ARCHIVE, "--out", str(out),
+                         "--latency_runs", "100"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert abs(metrics["macs"] - 12.5e6) / 12.5e6 < 0.05
+    assert abs(metrics["params"] - 78e3) / 78e3 < 0.05
+    assert metrics["num_images"] == 10000 and 0.5 < metrics["accuracy_top1"] < 1
+    assert "layer-wise analysis skipped" in result.stdout
+    assert not (out / "layers.csv").exists()
+
+
+def test_compare_two_models(tmp_path, tiny_archive):
+    paths = []
+    for level in (3, 5):
+        model = architectures.create_model("factorizenet", level, width=0.25)
+        images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3))
+        path = tmp_path / f"l{level}.tflite"
+        path.write_bytes(_convert(model, images, "ptq"))
+        paths.append(str(path))
+    out = tmp_path / "cmp"
+    result = run_module(["-m", "fnet_tf.analyze", *paths, "--data", tiny_archive, "--out", str(out),
+                         "--latency_runs", "40"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [r["model"] for r in rows] == ["l3", "l5"] and rows[0]["macs"] > rows[1]["macs"]
+    assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: (d / "x.txt").write_text("hello") and str(d / "x.txt"), "not a .tflite file"),
+    (lambda d: (d / "c.tflite").write_bytes(b"\x18\x00\x00\x00TFL3" + b"\x01" * 50) and str(d / "c.tflite"),
+     "not a valid .tflite model"),
+    (lambda d: ((d / "r").mkdir(), (d / "r" / "config.json").write_text("{}")) and str(d / "r"),
+     "no INT8 model"),
+    (lambda d: str(d / "missing.tflite"), "does not exist"),
+])
+def test_bad_input_is_one_line(tmp_path, make, message, tiny_archive):
+    result = run_module(["-m", "fnet_tf.analyze", make(tmp_path), "--data", tiny_archive,
+                         "--out", str(tmp_path / "o")])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last_line(result.stderr).startswith("error: ") and message in last_line(result.stderr)
+
+
+def test_missing_data_path_is_one_line(tmp_path):
+    result = run_module(["-m", "fnet_tf.analyze", PEER, "--data", str(tmp_path / "none.tar.gz")])
+    assert result.returncode == 2 and "does not exist" in last_line(result.stderr)

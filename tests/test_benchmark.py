@@ -1,0 +1,67 @@
+"""Graph statistics and latency of .tflite files."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from fnet_tf import architectures, benchmark, export, quantization
+
+PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
+
+
+def _ptq(model, n=4):
+    images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3)).astype(np.float32)
+    return export.convert_int8(model, lambda: ([images[i:i + 1]] for i in range(n)),
+                               quantization.get_scheme("ptq"))
+
+
+def _with_random_bn(model):
+    """Distinct BN statistics, so no two folded bias tensors are equal (the converter shares
+    identical constant buffers, which would hide params)."""
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma, rng.normal(size=beta.shape), rng.normal(size=mean.shape), var])
+        if type(layer).__name__ == "Dense":
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(size=bias.shape)])
+    return model
+
+
+def test_graph_macs_and_params_match_the_spec_hand_count():
+    for level in (0, 3, 5):  # standard, grouped and depthwise convs
+        spec = architectures.model_spec("factorizenet", level, width=0.25)
+        model = _with_random_bn(architectures.create_model("factorizenet", level, 0.25))
+        stats = benchmark.graph_stats(_ptq(model))
+        assert stats["macs"] == spec.cost().macs
+        cost = spec.cost()
+        assert stats["params"] == cost.weights + cost.biases  # BN folded into int32 biases
+
+
+def test_peak_activation_of_a_chain_by_hand():
+    from fnet_tf.backend import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(inputs)   # 32x32x8
+    x = keras.layers.MaxPooling2D(2)(x)                     # 16x16x8
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    stats = benchmark.graph_stats(_ptq(keras.Model(inputs, keras.layers.Dense(10)(x))))
+    # the conv holds its int8 input (32*32*3) and output (32*32*8) at once
+    assert stats["peak_activation_bytes"] == 32 * 32 * 3 + 32 * 32 * 8
+
+
+@pytest.mark.skipif(not os.path.exists(PEER), reason="../shared/peers absent")
+def test_mlperf_resnet8_published_figures():
+    stats = benchmark.graph_stats(open(PEER, "rb").read())
+    assert abs(stats["macs"] - 12.5e6) / 12.5e6 < 0.05
+    assert abs(stats["params"] - 78e3) / 78e3 < 0.05
+    assert stats["problems"] == [] and stats["input"]["zero_point"] == -128
+
+
+def test_latency_is_interleaved_and_positive():
+    content = _ptq(architectures.create_model("factorizenet", 5, 0.25))
+    a, b = benchmark.latency([content, content], runs=40, warmup=5, rounds=4)
+    for r in (a, b):
+        assert r["runs"] == 40 and 0 < r["p50"] <= r["p90"] <= r["p99"]
