@@ -20,6 +20,7 @@ setup(
         "ai-edge-litert>=2.3,<2.4",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        "tensorboard>=2.20",
         "absl-py>=1.4",
         "Pillow>=10",
     ],

@@ -28,6 +28,8 @@ flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model (after a warm
 flags.DEFINE_integer("layer_images", 128, "Training images for the layer-wise analysis.")
 flags.DEFINE_bool("tool_check", True, "Also time with benchmark_litert_model for comparison.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_bool("evolution", False, "Plot how each layer's ranges evolved over the training "
+                  "epochs (from RUN_DIR/layer_stats.jsonl) and stop.")
 
 
 class Target:
@@ -176,6 +178,8 @@ def main(argv):
         raise UserError(f"--threads must be 1 or more, got {FLAGS.threads}")
     if FLAGS.limit is not None and FLAGS.limit < 1:
         raise UserError(f"--limit must be positive, got {FLAGS.limit}")
+    if FLAGS.evolution:
+        return plot_evolution(argv[1:])
     from fnet_tf import data as data_lib
 
     targets = [Target(p) for p in argv[1:]]
@@ -234,6 +238,24 @@ def main(argv):
     fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n")
     _print_table(results)
     print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png)")
+    return 0
+
+
+def plot_evolution(paths):
+    from fnet_tf import artifacts
+    from fnet_tf.analysis import plots
+    from fnet_tf.analysis.callback import STATS_FILE, read_stats
+
+    if len(paths) != 1 or not artifacts.is_run_dir(paths[0]):
+        raise UserError("--evolution takes one run directory")
+    entries = read_stats(os.path.join(paths[0], STATS_FILE))
+    if not entries:
+        raise UserError(f"no {STATS_FILE} in {paths[0]}: train with --layer_stats (the default)")
+    out = FLAGS.out or os.path.join(paths[0], "analysis")
+    name = os.path.basename(os.path.abspath(paths[0]))
+    plots.evolution(entries, os.path.join(out, "evolution.png"),
+                    f"{name}: layer ranges over {len(entries)} epochs")
+    print(f"wrote {os.path.join(out, 'evolution.png')} ({len(entries)} epochs)")
     return 0
 
 

@@ -57,11 +57,13 @@ flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); 
                    "no warm-up.")
 flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
                     "(with --epochs 0): a run directory or a .keras file.")
+flags.DEFINE_bool("layer_stats", True, "Record layer-wise weight/activation statistics after "
+                  "every epoch (layer_stats.jsonl, TensorBoard histograms).")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 a line per epoch, "
                      "0 silent (default: 1 on a terminal, 2 otherwise).")
 
 # Settings that may change between a run and its resume without changing the result.
-RESUMABLE_ANYWAY = ("threads", "verbose", "run_dir", "cache_dir", "distribute")
+RESUMABLE_ANYWAY = ("threads", "verbose", "run_dir", "cache_dir", "distribute", "layer_stats")
 
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-3},
                       "adamw": {"lr": 2e-3, "weight_decay": 0.05}}
@@ -235,12 +237,21 @@ def _finish_float(model, dataset, spec, run, **info):
           f"model: {model_path}", flush=True)
 
 
+def _stats_callbacks(run, phase, dataset):
+    if not FLAGS.layer_stats:
+        return []
+    from fnet_tf.analysis.callback import LayerStatsCallback
+
+    return [LayerStatsCallback(run.path, phase, dataset.train.images[:64])]
+
+
 def _train_float(spec, dataset, recipe, run, verbose):
     from fnet_tf.spec import build_model
     from fnet_tf.training import fit_phase
 
     model = build_model(spec, kernel_initializer=FLAGS.init)
-    if not fit_phase("float", model, dataset, recipe, run, verbose=verbose):
+    if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
+                     callbacks=_stats_callbacks(run, "float", dataset)):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return None
     _finish_float(model, dataset, spec, run, epochs=recipe.epochs)
@@ -267,7 +278,8 @@ def _train_qat(float_model, dataset, recipe, scheme, run, verbose):
     model = scheme.quantize(float_model)
     print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
           f"{recipe.lr:g}", flush=True)
-    if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose):
+    if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose,
+                     callbacks=_stats_callbacks(run, "qat", dataset)):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return False
     weights = run.file(artifacts.QAT_WEIGHTS)

@@ -145,7 +145,9 @@ class _EpochEnd(keras.callbacks.Callback):
 
 def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=()):
     """Train ``model`` for ``recipe.epochs`` epochs as phase ``phase`` of ``run``, resuming
-    from the newest valid checkpoint in ``run/checkpoints/<phase>``.
+    from the newest valid checkpoint in ``run/checkpoints/<phase>``. Callbacks that define
+    ``on_resume(completed_epochs)`` are told where training restarts, so that what they
+    wrote for later epochs can be dropped.
 
     Returns True when all epochs are done, False when interrupted (Ctrl-C).
     """
@@ -162,6 +164,9 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=()):
         print(f"[{phase}] resuming after epoch {start} from {path}", flush=True)
     else:
         run.truncate_history(phase, 0)
+    for callback in callbacks:
+        if hasattr(callback, "on_resume"):
+            callback.on_resume(start)
     if start >= recipe.epochs:
         return True
     stream = EpochStream(dataset.train, recipe, start, num_classes)

@@ -169,3 +169,31 @@ def test_bad_input_is_one_line(tmp_path, make, message, tiny_archive):
 def test_missing_data_path_is_one_line(tmp_path):
     result = run_module(["-m", "fnet_tf.analyze", PEER, "--data", str(tmp_path / "none.tar.gz")])
     assert result.returncode == 2 and "does not exist" in last_line(result.stderr)
+
+
+def test_training_records_layer_stats_per_epoch(qat_run, tmp_path):
+    from fnet_tf.analysis.callback import STATS_FILE, read_stats
+
+    entries = read_stats(os.path.join(qat_run, STATS_FILE))
+    assert [(e["phase"], e["epoch"]) for e in entries] == [
+        ("float", 1), ("float", 2), ("float", 3), ("qat", 1), ("qat", 2)]
+    last = entries[-1]
+    assert "b0_conv" in last["weights"] and last["weights"]["b0_conv"]["channel_range_ratio"] >= 1
+    assert "b0_relu" in last["activations"] and last["activations"]["b0_relu"]["min"] >= 0
+    assert os.listdir(os.path.join(qat_run, "tensorboard", "float"))
+    out = tmp_path / "evo"
+    result = run_module(["-m", "fnet_tf.analyze", qat_run, "--evolution", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "evolution.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_stats_resume_drops_later_epochs_and_a_torn_line(tmp_path):
+    from fnet_tf.analysis.callback import read_stats, truncate_stats
+
+    path = tmp_path / "layer_stats.jsonl"
+    lines = [json.dumps({"phase": "float", "epoch": e, "weights": {}, "activations": {}})
+             for e in (1, 2, 3)]
+    path.write_text("\n".join(lines) + '\n{"phase": "float", "epo')  # killed mid-write
+    truncate_stats(str(path), "float", 2)
+    assert [e["epoch"] for e in read_stats(str(path))] == [1, 2]
+    assert path.read_text().endswith("}\n")

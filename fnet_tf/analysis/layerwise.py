@@ -50,32 +50,46 @@ def float_reference(model, float_architecture=None):
     return reference
 
 
+def _inner(layer):
+    """The Keras layer inside a TF-MOT quantize wrapper (or the layer itself)."""
+    return getattr(layer, "layer", layer)
+
+
 def _next_layer(layer):
     nodes = getattr(layer, "_outbound_nodes", [])
     return nodes[0].outbound_layer if len(nodes) == 1 else None
 
 
 def folded_kernels(model):
-    """{layer name: (kind, kernel with BN folded, output-channel axis)} of conv/dense layers."""
+    """{layer name: (kind, kernel with BN folded, output-channel axis)} of conv/dense layers.
+
+    Works on float and QAT models alike: variables are read by name from ``model.weights``
+    (a quantize wrapper owns its layer's variables under the layer's names) and the BN that
+    follows a conv is found through the Keras graph.
+    """
+    values = {v.name: v for v in model.weights}
     result = {}
-    for layer in model.layers:
+    for outer in model.layers:
+        layer = _inner(outer)
         kind = type(layer).__name__
         if kind not in CONV_TYPES:
             continue
-        kernel = layer.get_weights()[0].astype(np.float64)
-        axis = -1
+        var = "depthwise_kernel" if kind == "DepthwiseConv2D" else "kernel"
+        kernel = values[f"{layer.name}/{var}:0"].numpy().astype(np.float64)
         if kind == "DepthwiseConv2D":  # (kh, kw, in, multiplier): one output per (in, m)
             kernel = kernel.reshape(*kernel.shape[:2], -1)
-        nxt = _next_layer(layer)
-        if nxt is not None and type(nxt).__name__ == "BatchNormalization":
-            gamma, _, _, var = nxt.get_weights()
-            kernel = kernel * (gamma / np.sqrt(var + nxt.epsilon))
+        nxt = _next_layer(outer)
+        bn = _inner(nxt) if nxt is not None else None
+        if bn is not None and type(bn).__name__ == "BatchNormalization":
+            gamma = values[f"{bn.name}/gamma:0"].numpy()
+            var_ = values[f"{bn.name}/moving_variance:0"].numpy()
+            kernel = kernel * (gamma / np.sqrt(var_ + bn.epsilon))
         label = kind
         if kind == "Conv2D" and layer.groups > 1:
             label = "GroupedConv2D"
-        elif kind == "Conv2D" and layer.kernel_size == (1, 1):
+        elif kind == "Conv2D" and tuple(layer.kernel_size) == (1, 1):
             label = "PointwiseConv2D"
-        result[layer.name] = (label, kernel, axis)
+        result[layer.name] = (label, kernel, -1)
     return result
 
 

@@ -88,3 +88,31 @@ def comparison(entries, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def evolution(entries, path, title):
+    """Per layer, over the epochs of every phase: the widest/narrowest weight channel range
+    ratio, the widest weight range and the activation maximum."""
+    xs = list(range(1, len(entries) + 1))
+    phases = [e["phase"] for e in entries]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    panels = ((axes[0], "weights", "channel_range_ratio", "weight channel-range ratio (max/min)"),
+              (axes[1], "weights", "channel_range_max", "widest weight channel range"),
+              (axes[2], "activations", "max", "activation maximum (64 training images)"))
+    for ax, group, key, label in panels:
+        names = list(entries[-1][group])
+        for name in names:
+            ax.plot(xs, [e[group].get(name, {}).get(key, np.nan) for e in entries], label=name,
+                    linewidth=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch (all phases in order)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        for i in range(1, len(phases)):
+            if phases[i] != phases[i - 1]:
+                ax.axvline(i + 0.5, color="k", linestyle="--", linewidth=1)
+                ax.text(i + 0.7, ax.get_ylim()[1], phases[i], va="top", fontsize=8)
+    axes[2].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
