@@ -59,6 +59,17 @@ class Target:
             raise UserError(f"{self.tflite!r} is not a .tflite file (no TFL3 identifier): pass a "
                             f"model exported by export/to_tflite.py")
 
+    def is_ptq(self):
+        """Whether the run's model_int8.tflite was post-training quantized (no QAT)."""
+        from fnet_tf.quantization import get_scheme
+
+        if self.run is None:
+            return False
+        exported = self.run.manifest()["steps"].get("export:model_int8.tflite", {})
+        if exported.get("scheme"):
+            return not get_scheme(exported["scheme"]).qat
+        return not self.run.is_complete("qat")
+
     def keras_models(self):
         """(model, float architecture) for the layer-wise analysis, or None with a reason."""
         from fnet_tf import artifacts
@@ -67,9 +78,7 @@ class Target:
             return None, "no Keras model beside a bare .tflite (give a run directory)"
         from fnet_tf.quantization import get_scheme
 
-        exported = self.run.manifest()["steps"].get("export:model_int8.tflite", {})
-        qat_file = exported.get("scheme") is None or get_scheme(exported["scheme"]).qat
-        if qat_file and self.run.is_complete("qat"):
+        if self.run.is_complete("qat") and not self.is_ptq():
             model, _ = artifacts.qat_model(self.run)
             return (model, artifacts.float_model(self.run)), None
         if self.run.is_complete("float"):
@@ -123,6 +132,14 @@ def layerwise(target, dataset, out):
                                 f"{target.name}: activations on {len(images)} training images")
     plots.sqnr_bars(rows, os.path.join(out, "sqnr.png"),
                     f"{target.name}: INT8 vs float per layer ({len(images)} training images)")
+    if target.is_ptq():
+        from fnet_tf import data as data_lib
+        from fnet_tf.analysis.ptq_debugger import debug_ptq
+
+        debug_ptq(architecture, data_lib.representative_dataset(dataset.train, len(images)),
+                  os.path.join(out, "ptq_debugger.csv"))
+        return rows, ("post-training quantized: ptq_debugger.csv holds TF's QuantizationDebugger "
+                      "per-op errors (each op fed the same input)")
     return rows, None
 
 

@@ -197,3 +197,25 @@ def test_stats_resume_drops_later_epochs_and_a_torn_line(tmp_path):
     truncate_stats(str(path), "float", 2)
     assert [e["epoch"] for e in read_stats(str(path))] == [1, 2]
     assert path.read_text().endswith("}\n")
+
+
+def test_ptq_run_gets_the_quantization_debugger_dump(tiny_archive, tmp_path):
+    run_dir = tmp_path / "float-only"
+    trained = run_module(["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "5",
+                          "--width", "0.25", "--data", tiny_archive, "--epochs", "1",
+                          "--batch_size", "16", "--val_split", "0", "--run_dir", str(run_dir),
+                          "--verbose", "0", "--nolayer_stats"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = run_module([os.path.join(REPO, "export", "to_tflite.py"), str(run_dir),
+                           "--check_images", "0", "--calibration_samples", "32"])
+    assert exported.returncode == 0 and "post-training quantization" in exported.stderr
+    out = tmp_path / "a"
+    result = run_module(["-m", "fnet_tf.analyze", str(run_dir), "--out", str(out), "--layer_images",
+                         "16", "--latency_runs", "20", "--notool_check"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    import csv
+
+    rows = list(csv.DictReader(open(out / "ptq_debugger.csv")))
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= {r["op_name"] for r in rows}
+    assert all(float(r["mean_squared_error"]) >= 0 for r in rows)
+    assert "QuantizationDebugger" in (out / "report.md").read_text()
