@@ -59,6 +59,18 @@ class Target:
             raise UserError(f"{self.tflite!r} is not a .tflite file (no TFL3 identifier): pass a "
                             f"model exported by export/to_tflite.py")
 
+    def float_sibling(self):
+        """A float .tflite beside a bare int8 file (x_int8.tflite -> x_float32.tflite)."""
+        if self.run is not None:
+            return None
+        folder, base = os.path.split(os.path.abspath(self.tflite))
+        for name in (base.replace("_int8", "_float32"), base.replace("int8", "float32"),
+                     "model_float32.tflite"):
+            path = os.path.join(folder, name)
+            if name != base and os.path.isfile(path):
+                return path
+        return None
+
     def is_ptq(self):
         """Whether the run's model_int8.tflite was post-training quantized (no QAT)."""
         from fnet_tf.quantization import get_scheme
@@ -75,7 +87,8 @@ class Target:
         from fnet_tf import artifacts
 
         if self.run is None:
-            return None, "no Keras model beside a bare .tflite (give a run directory)"
+            return None, ("no Keras model or float .tflite beside a bare .tflite (give a run "
+                          "directory, or put x_float32.tflite beside x_int8.tflite)")
         from fnet_tf.quantization import get_scheme
 
         if self.run.is_complete("qat") and not self.is_ptq():
@@ -111,12 +124,19 @@ def layerwise(target, dataset, out):
     from fnet_tf import fileio
     from fnet_tf.analysis import layerwise as lw, plots
 
-    models, note = target.keras_models()
-    if models is None:
-        return [], f"layer-wise analysis skipped: {note}"
-    model, architecture = models
     images = dataset.train.images[:FLAGS.layer_images]  # calibration data: training split
-    rows, per_channel, activations = lw.analyze_layers(model, target.content, images, architecture)
+    sibling = target.float_sibling()
+    if sibling:
+        with open(sibling, "rb") as f:
+            rows, per_channel, activations = lw.analyze_tflite_pair(target.content, f.read(), images)
+        architecture = None
+    else:
+        models, note = target.keras_models()
+        if models is None:
+            return [], f"layer-wise analysis skipped: {note}"
+        model, architecture = models
+        rows, per_channel, activations = lw.analyze_layers(model, target.content, images,
+                                                           architecture)
     fields = ["op", "tflite_op", "layer", "weight_layer", "weight_kind", "params", "channels",
               "weight_min", "weight_max", "weight_std", "channel_range_min", "channel_range_max",
               "channel_range_ratio", "weight_sqnr_db_per_channel", "weight_sqnr_db_per_tensor", "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99",
@@ -132,6 +152,8 @@ def layerwise(target, dataset, out):
                                 f"{target.name}: activations on {len(images)} training images")
     plots.sqnr_bars(rows, os.path.join(out, "sqnr.png"),
                     f"{target.name}: INT8 vs float per layer ({len(images)} training images)")
+    if sibling:
+        return rows, f"layer-wise analysis against the float file {sibling}"
     if target.is_ptq():
         from fnet_tf import data as data_lib
         from fnet_tf.analysis.ptq_debugger import debug_ptq

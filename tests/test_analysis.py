@@ -122,16 +122,34 @@ def test_analyze_a_run_directory(qat_run, tmp_path):
 @pytest.mark.skipif(not (os.path.exists(PEER) and os.path.exists(SHARED_ARCHIVE)),
                     reason="../shared absent")
 def test_analyze_the_mlperf_reference(tmp_path):
+    """Its float32 file sits beside the int8 one: the layer-wise analysis pairs the two."""
     out = tmp_path / "mlperf"
     result = run_module(["-m", "fnet_tf.analyze", PEER, "--data", SHARED_ARCHIVE, "--out", str(out),
-                         "--latency_runs", "100"])
+                         "--latency_runs", "100", "--layer_images", "32"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert abs(metrics["macs"] - 12.5e6) / 12.5e6 < 0.05
     assert abs(metrics["params"] - 78e3) / 78e3 < 0.05
     assert metrics["num_images"] == 10000 and 0.5 < metrics["accuracy_top1"] < 1
-    assert "layer-wise analysis skipped" in result.stdout
-    assert not (out / "layers.csv").exists()
+    assert "against the float file" in result.stdout
+    import csv
+
+    rows = list(csv.DictReader(open(out / "layers.csv")))
+    assert len([r for r in rows if r["weight_layer"]]) == 10  # 9 convs and the dense layer
+    assert all(float(r["weight_sqnr_db_per_channel"]) > float(r["weight_sqnr_db_per_tensor"])
+               for r in rows if r["weight_layer"])
+
+
+@pytest.mark.skipif(not os.path.exists(PEER), reason="../shared absent")
+def test_bare_tflite_skips_the_layer_wise_part(tmp_path, tiny_archive):
+    lonely = tmp_path / "alone.tflite"
+    lonely.write_bytes(open(PEER, "rb").read())
+    out = tmp_path / "o"
+    result = run_module(["-m", "fnet_tf.analyze", str(lonely), "--data", tiny_archive, "--out",
+                         str(out), "--latency_runs", "20", "--notool_check"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "layer-wise analysis skipped" in result.stdout and not (out / "layers.csv").exists()
+    assert (out / "metrics.json").exists() and (out / "summary.png").exists()
 
 
 def test_compare_two_models(tmp_path, tiny_archive):

@@ -224,3 +224,51 @@ def _conv_feeding(model):
                 feeding[nxt.name] = layer.name
                 nxt = _next_layer(nxt)
     return feeding
+
+
+def _short_name(tensor_name):
+    """'model/activation_1/Relu;model/...' -> 'activation_1' (the op's last fused layer)."""
+    first = tensor_name.split(";")[0]
+    parts = first.split("/")
+    return parts[1] if len(parts) > 2 else first
+
+
+def analyze_tflite_pair(int8_content, float_content, images):
+    """Layer-wise rows from an INT8 file and the float .tflite converted from the same model
+    (no Keras model needed): ops are paired by their output tensor names, which the converter
+    derives from the model's layers, and weights are read from the float file, where the
+    converter has already folded BN into the kernels."""
+    quantized = tflite_intermediates(int8_content, images)
+    floats = {name: (values, op_name) for _, op_name, name, _, values, _ in
+              tflite_intermediates(float_content, images)}
+    it = export.interpreter(float_content)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    filters = {}
+    for op in it._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            out_name = tensors[op["outputs"][0]]["name"]
+            kernel = it.get_tensor(op["inputs"][1]).astype(np.float64)
+            axis = 3 if op["op_name"] == "DEPTHWISE_CONV_2D" else 0
+            groups = 1
+            if op["op_name"] == "CONV_2D":
+                groups = tensors[op["inputs"][0]]["shape"][-1] // kernel.shape[3]
+            kind = {"DEPTHWISE_CONV_2D": "DepthwiseConv2D", "FULLY_CONNECTED": "Dense"}.get(
+                op["op_name"], "GroupedConv2D" if groups > 1 else
+                ("PointwiseConv2D" if kernel.shape[1:3] == (1, 1) else "Conv2D"))
+            filters[out_name] = (kind, kernel, axis)
+    rows, per_channel, activations = [], {}, {}
+    for op, opname, name, is_output, values, scale in quantized:
+        if name not in floats or floats[name][0].shape != values.shape:
+            continue
+        ref = floats[name][0]
+        layer = "output" if is_output else _short_name(name)
+        row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": name[:120], "scale": scale,
+               **quant_error(ref, values, scale), **activation_stats(ref)}
+        if name in filters:
+            kind, kernel, axis = filters[name]
+            stats = weight_stats(kernel, axis)
+            per_channel[layer] = stats.pop("per_channel_range")
+            row.update(weight_layer=layer, weight_kind=kind, params=int(kernel.size), **stats)
+        rows.append(row)
+        activations[layer] = ref.ravel()
+    return rows, per_channel, activations
