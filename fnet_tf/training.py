@@ -132,7 +132,7 @@ class _EpochEnd(keras.callbacks.Callback):
             return
         logs = dict(logs or {})
         seconds = time.time() - self._started
-        lr = float(self.model.optimizer.learning_rate)  # the rate of the last step
+        lr = float(keras.backend.get_value(self.model.optimizer.learning_rate))  # last step's
         self.checkpoints.save(epoch + 1, self.model, self.model.optimizer)
         row = {"phase": self.phase, "epoch": epoch + 1, "lr": f"{lr:.6g}",
                "seconds": f"{seconds:.1f}",

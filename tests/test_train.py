@@ -111,3 +111,11 @@ def test_init_from_a_float_run_trains_qat_only(qat_run, tiny_archive, tmp_path):
     assert _float_epochs(run_dir) == []  # no float training here
     wrong = run_module([a if a != "3" else "2" for a in args])  # another level than the source
     assert wrong.returncode == 2 and "--init_from" in last_line(wrong.stderr)
+
+
+def test_mirrored_strategy_trains(tiny_archive, tmp_path):
+    """--distribute mirrored (one CPU replica here): variables are MirroredVariables."""
+    run_dir = tmp_path / "mirrored"
+    result = run_module(_train_args(tiny_archive, run_dir, 1, "--distribute", "mirrored"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _float_epochs(run_dir) == [1] and (run_dir / "model_float.keras").exists()
