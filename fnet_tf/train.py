@@ -215,23 +215,30 @@ def _check_init_from(path, run):
     return path
 
 
+def _record_test_metrics(run, phase, model, dataset, **extra):
+    """Measure ``model`` on the test split once and record it as ``phase`` in metrics.json."""
+    from fnet_tf.training import evaluate
+
+    test = evaluate(model, dataset.test, len(dataset.classes))
+    seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == phase]
+    run.update_metrics(phase, {
+        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+        "num_test_images": test["num_images"],
+        "mean_epoch_seconds": sum(seconds) / len(seconds) if seconds else None, **extra})
+    return test
+
+
 def _finish_float(model, dataset, spec, run, **info):
     """Save the float model, measure it on the test split once, mark the step complete."""
     from fnet_tf import fileio
     from fnet_tf.artifacts import FLOAT_MODEL
     from fnet_tf.spec import summarize
-    from fnet_tf.training import evaluate
 
     model_path = run.file(FLOAT_MODEL)
     with fileio.atomic_path(model_path) as tmp:
         model.save(tmp)
-    test = evaluate(model, dataset.test, len(dataset.classes))
-    epoch_seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == "float"]
-    run.update_metrics("float", {
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "num_test_images": test["num_images"],
-        "mean_epoch_seconds": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None,
-        "data": dataset.source, "classes": list(dataset.classes), **summarize(spec), **info})
+    test = _record_test_metrics(run, "float", model, dataset, data=dataset.source,
+                                classes=list(dataset.classes), **summarize(spec), **info)
     run.complete("float", [model_path], **info)
     print(f"[float] test accuracy {test['accuracy']:.4f} on {test['num_images']} images; "
           f"model: {model_path}", flush=True)
@@ -271,7 +278,7 @@ def _float_from(path, run, dataset, spec):
 
 def _train_qat(float_model, dataset, recipe, scheme, run, verbose):
     from fnet_tf import artifacts, fileio
-    from fnet_tf.training import evaluate, fit_phase
+    from fnet_tf.training import fit_phase
 
     if float_model is None:
         float_model = artifacts.float_model(run)
@@ -285,12 +292,8 @@ def _train_qat(float_model, dataset, recipe, scheme, run, verbose):
     weights = run.file(artifacts.QAT_WEIGHTS)
     with fileio.atomic_path(weights) as tmp:
         model.save_weights(tmp)
-    test = evaluate(model, dataset.test, len(dataset.classes))
-    epoch_seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == "qat"]
-    run.update_metrics("qat", {
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "num_test_images": test["num_images"], "epochs": recipe.epochs, "scheme": scheme.name,
-        "mean_epoch_seconds": sum(epoch_seconds) / len(epoch_seconds) if epoch_seconds else None})
+    test = _record_test_metrics(run, "qat", model, dataset, epochs=recipe.epochs,
+                                scheme=scheme.name)
     run.complete("qat", [weights], scheme=scheme.name, epochs=recipe.epochs)
     print(f"[qat] test accuracy {test['accuracy']:.4f} on {test['num_images']} images "
           f"(Keras QAT model); weights: {weights}", flush=True)

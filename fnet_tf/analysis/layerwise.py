@@ -200,17 +200,24 @@ def analyze_layers(model, content, images, float_architecture=None):
         ref = floats[layer].astype(np.float64)
         if ref.shape != values.shape:
             continue
-        row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": tname[:120],
-               "scale": scale, **quant_error(ref, values, scale), **activation_stats(ref)}
         conv = producers.get(layer)
-        if conv in kernels:
-            kind, kernel, axis = kernels[conv]
-            stats = weight_stats(kernel, axis)
-            per_channel[conv] = stats.pop("per_channel_range")
-            row.update(weight_layer=conv, weight_kind=kind, params=int(kernel.size), **stats)
-        rows.append(row)
-        activations[layer] = ref.ravel()
+        _add_row(rows, per_channel, activations, (op, opname, tname, scale), layer, ref, values,
+                 (conv, kernels[conv]) if conv in kernels else None)
     return rows, per_channel, activations
+
+
+def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weights):
+    """One layers.csv row: error and activation stats, plus the weights that produced it."""
+    op, opname, tensor_name, scale = op_info
+    row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": tensor_name[:120],
+           "scale": scale, **quant_error(ref, values, scale), **activation_stats(ref)}
+    if weights is not None:
+        weight_layer, (kind, kernel, axis) = weights
+        stats = weight_stats(kernel, axis)
+        per_channel[weight_layer] = stats.pop("per_channel_range")
+        row.update(weight_layer=weight_layer, weight_kind=kind, params=int(kernel.size), **stats)
+    rows.append(row)
+    activations[layer] = ref.ravel()
 
 
 def _conv_feeding(model):
@@ -260,15 +267,7 @@ def analyze_tflite_pair(int8_content, float_content, images):
     for op, opname, name, is_output, values, scale in quantized:
         if name not in floats or floats[name][0].shape != values.shape:
             continue
-        ref = floats[name][0]
         layer = "output" if is_output else _short_name(name)
-        row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": name[:120], "scale": scale,
-               **quant_error(ref, values, scale), **activation_stats(ref)}
-        if name in filters:
-            kind, kernel, axis = filters[name]
-            stats = weight_stats(kernel, axis)
-            per_channel[layer] = stats.pop("per_channel_range")
-            row.update(weight_layer=layer, weight_kind=kind, params=int(kernel.size), **stats)
-        rows.append(row)
-        activations[layer] = ref.ravel()
+        _add_row(rows, per_channel, activations, (op, opname, name, scale), layer, floats[name][0],
+                 values, (layer, filters[name]) if name in filters else None)
     return rows, per_channel, activations
