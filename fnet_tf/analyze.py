@@ -128,15 +128,16 @@ def layerwise(target, dataset, out):
     sibling = target.float_sibling()
     if sibling:
         with open(sibling, "rb") as f:
-            rows, per_channel, activations = lw.analyze_tflite_pair(target.content, f.read(), images)
+            rows, per_channel, activations, weights = lw.analyze_tflite_pair(
+                target.content, f.read(), images)
         architecture = None
     else:
         models, note = target.keras_models()
         if models is None:
             return [], f"layer-wise analysis skipped: {note}"
         model, architecture = models
-        rows, per_channel, activations = lw.analyze_layers(model, target.content, images,
-                                                           architecture)
+        rows, per_channel, activations, weights = lw.analyze_layers(model, target.content, images,
+                                                                    architecture)
     fields = ["op", "tflite_op", "layer", "weight_layer", "weight_kind", "params", "channels",
               "weight_min", "weight_max", "weight_std", "channel_range_min", "channel_range_max",
               "channel_range_ratio", "weight_sqnr_db_per_channel", "weight_sqnr_db_per_tensor", "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99",
@@ -148,8 +149,10 @@ def layerwise(target, dataset, out):
     fileio.write_text(os.path.join(out, "layers.csv"), buf.getvalue())
     plots.weight_ranges(per_channel, os.path.join(out, "weight_ranges.png"),
                         f"{target.name}: per-channel weight ranges")
-    plots.activation_histograms(activations, os.path.join(out, "activation_histograms.png"),
-                                f"{target.name}: activations on {len(images)} training images")
+    plots.histograms(activations, os.path.join(out, "activation_histograms.png"),
+                     f"{target.name}: activations on {len(images)} training images", "activation value")
+    plots.histograms(weights, os.path.join(out, "weight_histograms.png"),
+                     f"{target.name}: weights as the int8 file stores them (BN folded)", "weight value")
     plots.sqnr_bars(rows, os.path.join(out, "sqnr.png"),
                     f"{target.name}: INT8 vs float per layer ({len(images)} training images)")
     if sibling:
@@ -205,7 +208,7 @@ def report(metrics, rows, note, out):
                          f"| {'-' if ratio is None else f'{ratio:.1f}'} | {wsq} | {r['sqnr_db']:.1f} "
                          f"| {r.get('rmse_lsb', float('nan')):.2f} |")
         lines += ["", "![weight ranges](weight_ranges.png)", "![SQNR](sqnr.png)",
-                  "![activations](activation_histograms.png)"]
+                  "![activations](activation_histograms.png)", "![weights](weight_histograms.png)"]
     lines += ["", "![summary](summary.png)", ""]
     fileio.write_text(os.path.join(out, "report.md"), "\n".join(lines))
 

@@ -28,7 +28,7 @@ def _convert(model, images, scheme):
 
 def test_tensors_match_their_keras_layers(float_model_and_images):
     model, images = float_model_and_images
-    rows, per_channel, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
+    rows, per_channel, _, weights = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
     convs = [layer.name for layer in model.layers
              if type(layer).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense")]
     assert [r["weight_layer"] for r in rows if "weight_layer" in r] == convs  # one row each
@@ -37,7 +37,7 @@ def test_tensors_match_their_keras_layers(float_model_and_images):
     assert rows[-1]["layer"] == model.layers[-1].name
     # the first layer's error is rounding alone: RMSE near 1/sqrt(12) = 0.29 steps
     assert 0.15 < first["rmse_lsb"] < 0.6 and np.isfinite(first["sqnr_db"])
-    assert set(per_channel) == set(convs)
+    assert set(per_channel) == set(convs) == set(weights)
 
 
 def _spread_depthwise_channels(model, ratio=20.0):
@@ -67,8 +67,8 @@ def test_per_channel_beats_per_tensor_on_depthwise_layers(tiny_archive):
     model = _spread_depthwise_channels(_with_random_bn(
         architectures.create_model("factorizenet", 5, width=0.5)))
     images = data.load(tiny_archive).train.images[:48]
-    pc, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
-    pt, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq_per_tensor"), images)
+    pc, _, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq"), images)
+    pt, _, _, _ = layerwise.analyze_layers(model, _convert(model, images, "ptq_per_tensor"), images)
     depthwise = [(a, b) for a, b in zip(pc, pt) if a.get("weight_kind") == "DepthwiseConv2D"]
     assert len(depthwise) >= 3 and all(a["channel_range_ratio"] > 5 for a, _ in depthwise)
     for a, b in depthwise:
@@ -113,7 +113,8 @@ def test_analyze_a_run_directory(qat_run, tmp_path):
     # factorizenet level 3: the stem, 5 factorized convs (spatial + pointwise each), the dense
     assert len([r for r in rows if r["weight_layer"]]) == 12
     assert all(np.isfinite(float(r["sqnr_db"])) for r in rows)
-    for png in ("weight_ranges.png", "sqnr.png", "activation_histograms.png", "summary.png"):
+    for png in ("weight_ranges.png", "sqnr.png", "activation_histograms.png", "weight_histograms.png",
+                "summary.png"):
         data = (out / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
     assert "## Layers" in (out / "report.md").read_text()

@@ -184,7 +184,8 @@ def keras_outputs(model, names, images, batch_size=128):
 
 def analyze_layers(model, content, images, float_architecture=None):
     """One row per INT8 op that matches a Keras layer: weights (if a conv/dense feeds it),
-    activations and quantization error; plus the data for plots."""
+    activations and quantization error; plus the data for plots: (rows, per-channel weight
+    ranges, activation values, weight values), the last three keyed by layer."""
     reference = float_reference(model, float_architecture)
     layer_names = {layer.name for layer in reference.layers}
     kernels = folded_kernels(reference)
@@ -195,18 +196,19 @@ def analyze_layers(model, content, images, float_architecture=None):
                for op, opname, tname, is_out, values, scale in ints]
     matched = [m for m in matched if m[3] is not None]
     floats = keras_outputs(reference, sorted({m[3] for m in matched}), images)
-    rows, per_channel, activations = [], {}, {}
+    rows, per_channel, activations, weight_values = [], {}, {}, {}
     for op, opname, tname, layer, values, scale in matched:
         ref = floats[layer].astype(np.float64)
         if ref.shape != values.shape:
             continue
         conv = producers.get(layer)
         _add_row(rows, per_channel, activations, (op, opname, tname, scale), layer, ref, values,
-                 (conv, kernels[conv]) if conv in kernels else None)
-    return rows, per_channel, activations
+                 (conv, kernels[conv]) if conv in kernels else None, weight_values)
+    return rows, per_channel, activations, weight_values
 
 
-def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weights):
+def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weights,
+             weight_values):
     """One layers.csv row: error and activation stats, plus the weights that produced it."""
     op, opname, tensor_name, scale = op_info
     row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": tensor_name[:120],
@@ -215,6 +217,7 @@ def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weight
         weight_layer, (kind, kernel, axis) = weights
         stats = weight_stats(kernel, axis)
         per_channel[weight_layer] = stats.pop("per_channel_range")
+        weight_values[weight_layer] = kernel.ravel()
         row.update(weight_layer=weight_layer, weight_kind=kind, params=int(kernel.size), **stats)
     rows.append(row)
     activations[layer] = ref.ravel()
@@ -263,11 +266,11 @@ def analyze_tflite_pair(int8_content, float_content, images):
                 op["op_name"], "GroupedConv2D" if groups > 1 else
                 ("PointwiseConv2D" if kernel.shape[1:3] == (1, 1) else "Conv2D"))
             filters[out_name] = (kind, kernel, axis)
-    rows, per_channel, activations = [], {}, {}
+    rows, per_channel, activations, weight_values = [], {}, {}, {}
     for op, opname, name, is_output, values, scale in quantized:
         if name not in floats or floats[name][0].shape != values.shape:
             continue
         layer = "output" if is_output else _short_name(name)
         _add_row(rows, per_channel, activations, (op, opname, name, scale), layer, floats[name][0],
-                 values, (layer, filters[name]) if name in filters else None)
-    return rows, per_channel, activations
+                 values, (layer, filters[name]) if name in filters else None, weight_values)
+    return rows, per_channel, activations, weight_values

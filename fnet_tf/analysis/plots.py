@@ -27,9 +27,9 @@ def weight_ranges(per_channel, path, title):
     _save(fig, path)
 
 
-def activation_histograms(activations, path, title, max_layers=6):
-    """Histograms of a few layers' activations: the first, the last and evenly between."""
-    names = list(activations)
+def histograms(values_by_layer, path, title, xlabel, max_layers=6):
+    """Histograms of a few layers' values: the first, the last and evenly between."""
+    names = list(values_by_layer)
     if len(names) > max_layers:
         picks = np.linspace(0, len(names) - 1, max_layers).round().astype(int)
         names = [names[i] for i in picks]
@@ -37,10 +37,10 @@ def activation_histograms(activations, path, title, max_layers=6):
     rows = int(np.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names):
-        ax.hist(activations[name], bins=80, color="tab:blue")
+        ax.hist(values_by_layer[name], bins=80, color="tab:blue")
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
-        ax.set_xlabel("activation value")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("count")
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
