@@ -51,8 +51,12 @@ def main(argv):
                         "keras_top1": keras_acc, "num_images": r["num_images"],
                         "parity_points": (None if keras_acc is None
                                           else abs(r["accuracy_top1"] - keras_acc) * 100)})
+    float_epochs = config.get("epochs")
+    if config.get("init_from"):  # QAT started from another run's float model
+        source = RunDir(config["init_from"]).config() or {}
+        float_epochs = f"{source.get('epochs')} (in {config['init_from']})"
     lines = [f"Model: {config.get('model')} level {config.get('level')}, width {config.get('width')}; "
-             f"float {config.get('epochs')} epochs, QAT {config.get('qat_epochs')} epochs; "
+             f"float {float_epochs} epochs, QAT {config.get('qat_epochs')} epochs; "
              f"data {dataset.source}, test split ({len(dataset.test)} images), LiteRT 1 thread.",
              "", "| model | LiteRT top-1 | LiteRT top-5 | Keras top-1 | parity (points) | bytes |",
              "| --- | --- | --- | --- | --- | --- |"]
