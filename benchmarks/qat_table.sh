@@ -15,6 +15,7 @@ $PY -m fnet_tf.train $COMMON --qat_epochs "$QAT" --qat_scheme int8 --run_dir "$R
 $PY -m fnet_tf.train $COMMON --qat_epochs "$QAT" --qat_scheme int8_per_tensor --run_dir "$RUN-per-tensor"
 $PY export/to_tflite.py "$RUN" --float32 --check_images 10000
 $PY export/to_tflite.py "$RUN" --scheme ptq --out "$RUN/model_int8_ptq.tflite" --check_images 0
+$PY export/to_tflite.py "$RUN" --scheme ptq_per_tensor --out "$RUN/model_int8_ptq_per_tensor.tflite" --check_images 0
 $PY export/to_tflite.py "$RUN-per-tensor" --check_images 10000
 $PY benchmarks/quantization_table.py --run "$RUN" --per_tensor_run "$RUN-per-tensor" \
     --out "results/quantization-factorizenet-l$LEVEL"

@@ -2,8 +2,9 @@
 
     python benchmarks/quantization_table.py --run RUN --per_tensor_run RUN_PT --out DIR
 
-RUN: float training + int8 QAT, exported with ``export/to_tflite.py RUN --float32`` and
-``--scheme ptq --out RUN/model_int8_ptq.tflite``; RUN_PT: the same float model QAT-trained
+RUN: float training + int8 QAT, exported with ``export/to_tflite.py RUN --float32``,
+``--scheme ptq --out RUN/model_int8_ptq.tflite`` and ``--scheme ptq_per_tensor --out
+RUN/model_int8_ptq_per_tensor.tflite``; RUN_PT: the same float model QAT-trained
 with int8_per_tensor (``--epochs 0 --init_from RUN``) and exported. Every .tflite is
 evaluated with the LiteRT interpreter (1 thread) on all test images and set beside the Keras
 accuracy the training measured; the parity column is |LiteRT - Keras| in points.
@@ -36,6 +37,7 @@ def main(argv):
     rows = [
         ("FP32", run.file("model_float32.tflite"), metrics["float"]["test_accuracy"]),
         ("PTQ INT8 (per-channel)", run.file("model_int8_ptq.tflite"), None),
+        ("PTQ INT8 (per-tensor)", run.file("model_int8_ptq_per_tensor.tflite"), None),
         ("QAT INT8 (per-channel)", run.file("model_int8.tflite"), metrics["qat"]["test_accuracy"]),
         ("QAT INT8 (per-tensor)", run_pt.file("model_int8.tflite"),
          metrics_pt["qat"]["test_accuracy"]),
