@@ -96,7 +96,7 @@ def main(argv):
     from fnet_tf.backend import configure_threads
 
     configure_threads(FLAGS.threads)
-    from fnet_tf import export, fileio
+    from fnet_tf import benchmark, export, fileio
 
     model, scheme, run, default_out, data_source = _resolve(target)
     if not data_source:
@@ -105,7 +105,7 @@ def main(argv):
     out = FLAGS.out or default_out
     representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)
     content = export.convert_int8(model, representative, scheme)
-    report = export.inspect(content)
+    report = benchmark.graph_stats(content)  # the int8 check, ops, params, I/O quantization
     if report["problems"]:
         message = (f"{target} is not fully int8: {'; '.join(report['problems'][:3])}"
                    + (f" (+{len(report['problems']) - 3} more)" if len(report["problems"]) > 3 else ""))

@@ -79,14 +79,12 @@ def interpreter(content, delegates=False, num_threads=1, preserve_all_tensors=Fa
 
 
 def inspect(content):
-    """Ops, dtypes, quantization and parameter count of a flatbuffer, and its int8 problems."""
+    """Ops, I/O quantization and the int8 problems of a flatbuffer (its params, MACs and
+    memory are ``fnet_tf.benchmark.graph_stats``)."""
     it = interpreter(content)
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     ops = it._get_ops_details()
-    produced = {i for op in ops for i in op["outputs"]}
-    consumed = {i for op in ops for i in op["inputs"] if i >= 0}
     inputs, outputs = it.get_input_details(), it.get_output_details()
-    constants = consumed - produced - {d["index"] for d in inputs}
     problems = []
     for d in inputs + outputs:
         if d["dtype"] != np.int8:
@@ -105,7 +103,6 @@ def inspect(content):
     scale, zero = inputs[0]["quantization"]
     return {
         "ops": dict(collections.Counter(op["op_name"] for op in ops)),
-        "params": int(sum(np.prod(tensors[i]["shape"]) for i in constants)),
         "input": {"dtype": np.dtype(inputs[0]["dtype"]).name,
                   "shape": [int(s) for s in inputs[0]["shape"]],
                   "scale": float(scale), "zero_point": int(zero)},
