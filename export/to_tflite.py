@@ -96,7 +96,7 @@ def main(argv):
     from fnet_tf.backend import configure_threads
 
     configure_threads(FLAGS.threads)
-    from fnet_tf import benchmark, export, fileio
+    from fnet_tf import artifacts, benchmark, export, fileio
 
     model, scheme, run, default_out, data_source = _resolve(target)
     if not data_source:
@@ -119,7 +119,7 @@ def main(argv):
     written = [out]
     if FLAGS.float32:
         float_out = os.path.join(os.path.dirname(out), "model_float32.tflite")
-        float_model = model if not scheme.qat else _float_of(run)
+        float_model = model if not scheme.qat else artifacts.float_model(run)
         fileio.write_bytes(float_out, export.convert_float32(float_model))
         written.append(float_out)
     agreement = None
@@ -141,12 +141,6 @@ def main(argv):
         run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name, agreement=agreement,
                      calibration_samples=FLAGS.calibration_samples)
     return 0
-
-
-def _float_of(run):
-    from fnet_tf import artifacts
-
-    return artifacts.float_model(run)
 
 
 if __name__ == "__main__":

@@ -230,11 +230,10 @@ def main(argv):
         raise UserError("pass --data (e.g. ../shared/data/cifar10-jpeg.tar.gz): a .tflite file "
                         "does not say which data it was trained on")
     data_lib.check_source(source)
-    for t in targets:
-        from fnet_tf import export
+    from fnet_tf import benchmark, export, fileio
 
+    for t in targets:
         export.interpreter(t.content)  # a corrupt file fails here, in one line
-    from fnet_tf import benchmark, fileio
     from fnet_tf.analysis import plots
 
     dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir)
@@ -265,7 +264,7 @@ def main(argv):
             target.run.update_metrics("int8", {k: metrics[k] for k in (
                 "accuracy_top1", "accuracy_top5", "num_images", "latency_ms", "size_bytes",
                 "params", "macs", "peak_activation_bytes")})
-        _print_table(results)
+        print(_table(results))
         if note:
             print(note)
         print(f"wrote {out}/ (metrics.json, report.md{', layers.csv' if rows else ''}, plots) "
@@ -278,7 +277,7 @@ def main(argv):
                      f"INT8 models on {dataset.source} (latency interleaved, {FLAGS.threads} thread(s))")
     fileio.write_json(os.path.join(out, "comparison.json"), results)
     fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n")
-    _print_table(results)
+    print(_table(results))
     print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png)")
     return 0
 
@@ -310,10 +309,6 @@ def _table(results):
                      f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
                      f"{m['latency_ms']['p50']:.3f} | {m['latency_ms']['p50'] / base:.2f}x |")
     return "\n".join(lines)
-
-
-def _print_table(results):
-    print(_table(results))
 
 
 if __name__ == "__main__":

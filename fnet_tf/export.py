@@ -8,6 +8,8 @@ interpreter ignores and ``export/run_tflite.py`` reads with the standard library
 """
 import collections
 import io
+import sys
+import time
 import zipfile
 
 import numpy as np
@@ -35,7 +37,7 @@ def with_input_transform(model, scale, offset):
 
 def convert_int8(model, representative, scheme):
     """Full-integer conversion. Ops without an int8 kernel fall back to float here, so that
-    ``verify_int8`` can name them instead of the converter failing with a stack trace."""
+    ``inspect`` can name them instead of the converter failing with a stack trace."""
     from fnet_tf.backend import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -129,15 +131,19 @@ def quantize_input(images, detail):
     return np.clip(np.round(images / scale + zero), info.min, info.max).astype(detail["dtype"])
 
 
-def predict(content, images, num_threads=1):
-    """Dequantized outputs of the flatbuffer on raw-pixel ``images`` (one invoke per image)."""
+def predict(content, images, num_threads=1, progress=False):
+    """Dequantized outputs of the flatbuffer on raw-pixel ``images`` (one invoke per image);
+    ``progress`` prints a line every 2,000 images to stderr."""
     it = interpreter(content, delegates=True, num_threads=num_threads)
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     scale, zero = out["quantization"]
-    results = []
-    for image in images:
+    results, started = [], time.time()
+    for i, image in enumerate(images):
         it.set_tensor(inp["index"], quantize_input(image[None], inp))
         it.invoke()
         raw = it.get_tensor(out["index"]).astype(np.float32)
         results.append((raw - zero) * scale if scale else raw)
+        if progress and (i + 1) % 2000 == 0:
+            print(f"  evaluated {i + 1}/{len(images)} images ({time.time() - started:.0f}s)",
+                  file=sys.stderr, flush=True)
     return np.concatenate(results)
