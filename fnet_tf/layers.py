@@ -45,11 +45,13 @@ def conv_bn(x, filters, kernel=3, stride=1, *, name, keras=None, init="he_normal
 
 
 def spatial_conv_bn_relu(x, kernel=3, stride=1, groups=None, *, name, keras=None,
-                         init="he_normal"):
+                         init="he_normal", grouped_form="native"):
     """The spatial half of a factorized conv: a kxk conv that keeps the channel count.
 
     ``groups`` equal to the input channels gives a ``DepthwiseConv2D``; fewer gives a grouped
     ``Conv2D`` (each group of ``channels/groups`` channels mixed spatially on its own).
+    ``grouped_form="block_diagonal"`` builds that grouped conv in its fast-training form, a
+    standard ``Conv2D`` with a block-diagonal kernel (``fnet_tf.grouped``; tf_keras only).
     """
     k = _keras(keras)
     channels = x.shape[-1]
@@ -59,20 +61,30 @@ def spatial_conv_bn_relu(x, kernel=3, stride=1, groups=None, *, name, keras=None
     if groups == channels:
         x = k.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
                                      depthwise_initializer=init, name=f"{name}_dw")(x)
-    else:
+    elif grouped_form == "block_diagonal":
+        from fnet_tf import grouped
+
+        x = k.layers.Conv2D(channels, kernel, strides=stride, padding="same", use_bias=False,
+                            kernel_initializer=grouped.BlockDiagonalInit(init, groups),
+                            kernel_constraint=grouped.BlockDiagonal(groups),
+                            name=f"{name}_gconv")(x)
+    elif grouped_form == "native":
         x = k.layers.Conv2D(channels, kernel, strides=stride, padding="same", groups=groups,
                             use_bias=False, kernel_initializer=init, name=f"{name}_gconv")(x)
+    else:
+        raise ValueError(f"grouped_form must be 'native' or 'block_diagonal', got {grouped_form!r}")
     x = batch_norm(f"{name}_spatial_bn", k)(x)
     return k.layers.ReLU(name=f"{name}_spatial_relu")(x)
 
 
 def factorized_conv(x, filters, kernel=3, stride=1, groups=None, *, name, keras=None,
-                    init="he_normal", relu=True):
+                    init="he_normal", relu=True, grouped_form="native"):
     """A depth-factorized kxk conv: grouped/depthwise kxk spatial conv + 1x1 pointwise conv.
 
     ``groups=None`` (or the input channel count) makes it depthwise-separable.
     """
-    x = spatial_conv_bn_relu(x, kernel, stride, groups, name=name, keras=keras, init=init)
+    x = spatial_conv_bn_relu(x, kernel, stride, groups, name=name, keras=keras, init=init,
+                             grouped_form=grouped_form)
     k = _keras(keras)
     x = k.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=init,
                         name=f"{name}_pw")(x)

@@ -41,6 +41,7 @@ class Cost:
 class BuildContext:
     keras: object
     init: str = "he_normal"
+    grouped_form: str = "native"  # or "block_diagonal": see fnet_tf.grouped
 
 
 def _out_hw(shape, stride):
@@ -96,7 +97,8 @@ class Conv:
                                   keras=ctx.keras, init=ctx.init, relu=self.relu, bn=self.bn)
         return layers.factorized_conv(x, self.filters, self.kernel, self.stride,
                                       self.spatial_groups, name=name, keras=ctx.keras,
-                                      init=ctx.init, relu=self.relu)
+                                      init=ctx.init, relu=self.relu,
+                                      grouped_form=ctx.grouped_form)
 
 
 @dataclass(frozen=True)
@@ -211,14 +213,22 @@ def summarize(spec):
     }
 
 
-def build_model(spec, keras=None, kernel_initializer="he_normal"):
+def has_grouped_convs(spec):
+    """True if ``spec`` holds a grouped (not depthwise, not standard) spatial conv."""
+    return any(conv.spatial_groups is not None and 1 < conv.spatial_groups < cin
+               for conv, cin in spec.convs_with_inputs())
+
+
+def build_model(spec, keras=None, kernel_initializer="he_normal", grouped_form="native"):
     """The Keras model of ``spec``: raw pixels (0..255) in, logits out.
 
     No rescaling layer: the first conv + BN normalise, so an INT8 model's input is the raw
     pixel minus 128 and preprocessing stays out of the quantized graph.
+    ``grouped_form="block_diagonal"``: grouped convs in their fast-training form
+    (``fnet_tf.grouped``); the layer names and every other weight are the same.
     """
     keras = layers._keras(keras)
-    ctx = BuildContext(keras, kernel_initializer)
+    ctx = BuildContext(keras, kernel_initializer, grouped_form)
     inputs = keras.Input(shape=spec.input_shape, name="image")
     x = inputs
     for i, block in enumerate(spec.blocks):

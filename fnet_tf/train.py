@@ -56,7 +56,8 @@ flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights
 flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); cosine to 0, "
                    "no warm-up.")
 flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
-                    "(with --epochs 0): a run directory or a .keras file.")
+                    "(with --epochs 0): a run directory, a .keras file, or the --out directory "
+                    "of python -m fnet_tf.keras3_float (float weights trained in Keras 3).")
 flags.DEFINE_bool("layer_stats", True, "Record layer-wise weight/activation statistics after "
                   "every epoch (layer_stats.jsonl, TensorBoard histograms).")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 a line per epoch, "
@@ -188,7 +189,7 @@ def main(argv):
             if float_model is None:
                 return 130
         if need_qat:
-            if not _train_qat(float_model, dataset, qrecipe, scheme, run, verbose):
+            if not _train_qat(float_model, spec, dataset, qrecipe, scheme, run, verbose):
                 return 130
     return 0
 
@@ -198,6 +199,18 @@ def _check_init_from(path, run):
     from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
     from fnet_tf.rundir import RunDir
 
+    from fnet_tf.portable_weights import RESULT, WEIGHTS
+
+    if os.path.isfile(os.path.join(path, RESULT)):  # float weights trained in Keras 3
+        if not os.path.isfile(os.path.join(path, WEIGHTS)):
+            raise UserError(f"--init_from {path} has no {WEIGHTS}: its Keras 3 training did not "
+                            f"finish; run it again")
+        theirs = _read_json_or_fail(os.path.join(path, RESULT))
+        for key in ("model", "level", "width"):
+            if theirs.get(key) != getattr(FLAGS, key):
+                raise UserError(f"--init_from {path} holds --{key}={theirs.get(key)!r}, not "
+                                f"{getattr(FLAGS, key)!r}: pass the same --model/--level/--width")
+        return os.path.join(path, WEIGHTS)
     if is_run_dir(path):
         source = RunDir(path)
         if os.path.abspath(path) == run.path:
@@ -213,6 +226,17 @@ def _check_init_from(path, run):
     if not os.path.isfile(path):
         raise UserError(f"--init_from {path!r} does not exist: pass a run directory or a .keras file")
     return path
+
+
+def _read_json_or_fail(path):
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or not JSON ({e.__class__.__name__}): "
+                        f"re-create it") from None
 
 
 def _record_test_metrics(run, phase, model, dataset, **extra):
@@ -252,15 +276,27 @@ def _stats_callbacks(run, phase, dataset):
     return [LayerStatsCallback(run.path, phase, dataset.train.images[:64])]
 
 
+def _training_form(spec):
+    """How grouped convs are built for training: as block-diagonal standard convs where the
+    spec has any (TF's grouped-conv kernels train 50-200x slower on CPU; fnet_tf.grouped)."""
+    from fnet_tf.spec import has_grouped_convs
+
+    return "block_diagonal" if has_grouped_convs(spec) else "native"
+
+
 def _train_float(spec, dataset, recipe, run, verbose):
+    from fnet_tf.grouped import transfer_weights
     from fnet_tf.spec import build_model
     from fnet_tf.training import fit_phase
 
-    model = build_model(spec, kernel_initializer=FLAGS.init)
+    form = _training_form(spec)
+    model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
                      callbacks=_stats_callbacks(run, "float", dataset)):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return None
+    if form != "native":  # what is saved and exported is the native grouped model
+        model = transfer_weights(model, build_model(spec, kernel_initializer=FLAGS.init))
     _finish_float(model, dataset, spec, run, epochs=recipe.epochs)
     return model
 
@@ -268,6 +304,8 @@ def _train_float(spec, dataset, recipe, run, verbose):
 def _float_from(path, run, dataset, spec):
     from fnet_tf.artifacts import load_keras_model
 
+    if path.endswith(".npz"):  # Keras 3 float weights: into the tf_keras model of the spec
+        return _float_from_keras3(path, run, dataset, spec)
     model = load_keras_model(path)
     if model.output_shape[-1] != len(dataset.classes):
         raise UserError(f"--init_from {path} predicts {model.output_shape[-1]} classes but the "
@@ -276,19 +314,49 @@ def _float_from(path, run, dataset, spec):
     return model
 
 
-def _train_qat(float_model, dataset, recipe, scheme, run, verbose):
+def _float_from_keras3(path, run, dataset, spec):
+    import numpy as np
+
+    from fnet_tf.portable_weights import RESULT, load_weights_by_layer
+    from fnet_tf.spec import build_model
+
+    try:
+        with np.load(path) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # noqa: BLE001  (numpy raises several types for a bad file)
+        raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
+                        f"train it again") from None
+    model = load_weights_by_layer(build_model(spec), arrays)
+    theirs = _read_json_or_fail(os.path.join(os.path.dirname(path), RESULT))
+    _finish_float(model, dataset, spec, run, epochs=theirs.get("recipe", {}).get("epochs", 0),
+                  init_from=os.path.abspath(path), trained_in=f"Keras {theirs.get('keras')} "
+                  f"({theirs.get('backend')}, {theirs.get('device')})",
+                  keras3_test_accuracy=theirs.get("test_accuracy"),
+                  keras3_recipe=theirs.get("recipe"))
+    return model
+
+
+def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     from fnet_tf import artifacts, fileio
+    from fnet_tf.grouped import transfer_weights
+    from fnet_tf.spec import build_model
     from fnet_tf.training import fit_phase
 
     if float_model is None:
         float_model = artifacts.float_model(run)
-    model = scheme.quantize(float_model)
+    form = _training_form(spec)
+    trainable = float_model
+    if form != "native":
+        trainable = transfer_weights(float_model, build_model(spec, grouped_form=form))
+    model = scheme.quantize(trainable)
     print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
           f"{recipe.lr:g}", flush=True)
     if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose,
                      callbacks=_stats_callbacks(run, "qat", dataset)):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return False
+    if form != "native":  # saved QAT weights are those of the native grouped QAT model
+        model = transfer_weights(model, scheme.quantize(float_model))
     weights = run.file(artifacts.QAT_WEIGHTS)
     with fileio.atomic_path(weights) as tmp:
         model.save_weights(tmp)

@@ -67,6 +67,8 @@ def folded_kernels(model):
     (a quantize wrapper owns its layer's variables under the layer's names) and the BN that
     follows a conv is found through the Keras graph.
     """
+    from fnet_tf.grouped import diagonal_blocks, training_groups
+
     values = {v.name: v for v in model.weights}
     result = {}
     for outer in model.layers:
@@ -85,7 +87,10 @@ def folded_kernels(model):
             var_ = values[f"{bn.name}/moving_variance:0"].numpy()
             kernel = kernel * (gamma / np.sqrt(var_ + bn.epsilon))
         label = kind
-        if kind == "Conv2D" and layer.groups > 1:
+        groups = training_groups(layer) if kind == "Conv2D" else None
+        if groups:  # a grouped conv in its block-diagonal training form: keep its groups only
+            kernel, label = diagonal_blocks(kernel, groups), "GroupedConv2D"
+        elif kind == "Conv2D" and layer.groups > 1:
             label = "GroupedConv2D"
         elif kind == "Conv2D" and tuple(layer.kernel_size) == (1, 1):
             label = "PointwiseConv2D"
