@@ -1,0 +1,40 @@
+"""Weights by layer name: the format that moves a float model between Keras 3 and tf_keras.
+
+A model trained by ``fnet_tf.keras3_float`` (Keras 3, e.g. on JAX) is saved as an ``.npz`` of
+``<layer name>/<index>`` arrays, each layer's ``get_weights()`` in order; ``fnet_tf.train
+--init_from DIR`` loads it into the tf_keras model of the same spec. Both Keras versions order
+a layer's weights the same way for the layers specs use (Conv2D: kernel, bias; BN: gamma, beta,
+moving mean, moving variance; Dense: kernel, bias), which a test checks on every model.
+"""
+import numpy as np
+
+from fnet_tf.errors import UserError
+
+WEIGHTS = "float_weights.npz"
+RESULT = "keras3_result.json"
+
+
+def weights_by_layer(model):
+    """{'<layer>/<i>': array} for every layer with weights, in each layer's own order."""
+    return {f"{layer.name}/{i}": np.asarray(w)
+            for layer in model.layers for i, w in enumerate(layer.get_weights())}
+
+
+def load_weights_by_layer(model, arrays):
+    """Set ``model``'s weights from ``weights_by_layer`` output; every layer must be there with
+    the same shapes (a different spec is an error naming the first mismatch)."""
+    for layer in model.layers:
+        current = layer.get_weights()
+        if not current:
+            continue
+        values = []
+        for i, w in enumerate(current):
+            key = f"{layer.name}/{i}"
+            if key not in arrays:
+                raise UserError(f"imported weights lack {key}: they were trained for another model")
+            if arrays[key].shape != w.shape:
+                raise UserError(f"imported weight {key} has shape {arrays[key].shape}, the model "
+                                f"wants {w.shape}: they were trained for another model/level/width")
+            values.append(arrays[key])
+        layer.set_weights(values)
+    return model
