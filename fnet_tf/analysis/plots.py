@@ -116,3 +116,89 @@ def evolution(entries, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def pareto(entries, peer, path, title):
+    """QAT INT8 accuracy against MACs, latency and size: one point per level, the Pareto front
+    drawn, the peer model (if any) as a star."""
+    from fnet_tf.analysis.sweep_report import pareto_front
+
+    axes_spec = (("macs", 1e6, "MACs (M)"), ("latency_p50_ms", 1.0, "latency p50, 1 thread (ms)"),
+                 ("size_bytes", 1024.0, "INT8 file size (KiB)"))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, (key, unit, label) in zip(axes, axes_spec):
+        xs = [e[key] / unit for e in entries]
+        ys = [100 * e["qat_int8_accuracy"] for e in entries]
+        errs = [100 * e.get("qat_int8_accuracy_std", 0.0) for e in entries]
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", color="tab:blue", capsize=3, label="levels")
+        for e, x, y in zip(entries, xs, ys):
+            ax.annotate(f"L{e['level']}", (x, y), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        front = pareto_front(list(zip(xs, ys)))
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post",
+                color="tab:blue", alpha=0.5, label="Pareto front")
+        if peer:
+            px, py = peer[key] / unit, 100 * peer["qat_int8_accuracy"]
+            ax.scatter([px], [py], marker="*", s=160, color="tab:red", label=peer["model"])
+        ax.set_xlabel(label)
+        ax.set_ylabel("QAT INT8 top-1 (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def layers_across_levels(by_level, path, title):
+    """Per layer position (x) and level (one line each): the widest weight channel range, the
+    widest/narrowest channel range ratio (BN folded) and the INT8 output SQNR."""
+    keys = []
+    for level in sorted(by_level):
+        for key in by_level[level]:
+            if key not in keys:
+                keys.append(key)
+    panels = (("channel_range_max", "widest channel |w| (BN folded)", True),
+              ("channel_range_ratio", "channel range ratio (widest / narrowest)", True),
+              ("sqnr_db", "INT8 output SQNR (dB)", False))
+    fig, axes = plt.subplots(3, 1, figsize=(max(8, 0.6 * len(keys) + 3), 10), sharex=True)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(by_level), 1)))
+    for color, level in zip(colors, sorted(by_level)):
+        rows = by_level[level]
+        for ax, (column, label, log) in zip(axes, panels):
+            xs = [i for i, k in enumerate(keys) if k in rows and rows[k].get(column) not in ("", None)]
+            ys = [float(rows[keys[i]][column]) for i in xs]
+            ax.plot(xs, ys, "o-", color=color, label=f"level {level}", ms=4)
+            ax.set_ylabel(label, fontsize=9)
+            if log:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[-1].set_xticks(range(len(keys)))
+    axes[-1].set_xticklabels(keys, rotation=60, ha="right", fontsize=8)
+    axes[0].legend(fontsize=7, ncol=min(len(by_level), 8), loc="upper right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def init_ablation(entries, path, title):
+    """QAT INT8 accuracy and INT8 drop per level, one bar group per initializer."""
+    inits = sorted({e["init"] for e in entries})
+    levels = sorted({e["level"] for e in entries})
+    width = 0.8 / len(inits)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for j, init in enumerate(inits):
+        by_level = {e["level"]: e for e in entries if e["init"] == init}
+        xs = [i + j * width for i, lvl in enumerate(levels) if lvl in by_level]
+        for ax, key, scale in ((axes[0], "qat_int8_accuracy", 100), (axes[1], "int8_drop", 100)):
+            vals = [scale * by_level[lvl][key] for lvl in levels if lvl in by_level]
+            errs = [scale * by_level[lvl].get(key + "_std", 0) for lvl in levels if lvl in by_level]
+            ax.bar(xs, vals, width, yerr=errs, capsize=2, label=init)
+    for ax, label in ((axes[0], "QAT INT8 top-1 (%)"), (axes[1], "INT8 drop, float - QAT INT8 (points)")):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))])
+        ax.set_xticklabels([f"L{lvl}" for lvl in levels])
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,307 @@
+"""The sweep's table, plots and design selection, from the run directories under ``OUT/runs``.
+
+Reads what the steps left (run ``metrics.json``, ``analysis/metrics.json``, ``layers.csv``, the
+INT8 files), so it works on any merged set of runs. Writes ``sweep.csv`` (one row per run),
+``summary.md`` (one row per level and initializer: mean ± std over seeds), ``pareto.png``,
+``layers_across_levels.png`` and, with several initializers, ``init_ablation.png``.
+"""
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+
+from fnet_tf import fileio
+from fnet_tf.errors import UserError
+
+QAT_FILE = "model_int8.tflite"
+PTQ_FILE = "model_ptq_int8.tflite"
+PTQ_METRICS = "ptq_metrics.json"
+COLUMNS = ("model", "level", "seed", "init", "params", "macs", "size_bytes", "float_accuracy",
+           "ptq_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy", "int8_drop",
+           "latency_p50_ms", "min_sqnr_layer", "min_sqnr_db", "run")
+SELECT_KEYS = {"macs": "macs", "params": "params", "latency_ms": "latency_p50_ms",
+               "size_bytes": "size_bytes", "accuracy": "qat_int8_accuracy"}
+
+
+def analysis_complete(run_dir):
+    """The analyzer's output exists and is newer than the INT8 file it describes."""
+    metrics = os.path.join(run_dir, "analysis", "metrics.json")
+    model = os.path.join(run_dir, QAT_FILE)
+    return (os.path.isfile(metrics) and os.path.isfile(model)
+            and os.path.getmtime(metrics) >= os.path.getmtime(model))
+
+
+def _read_json(path, default=None):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return default
+
+
+def finished_runs(out):
+    """Run directories under ``out/runs`` whose every sweep step is complete, in level order."""
+    root = os.path.join(out, "runs")
+    if not os.path.isdir(root):
+        return []
+    runs = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        config = _read_json(os.path.join(path, "config.json"))
+        if config and analysis_complete(path) and os.path.isfile(os.path.join(path, PTQ_FILE)):
+            runs.append((config, path))
+    return sorted(runs, key=lambda r: (r[0]["level"], r[0].get("init", ""), r[0].get("seed", 0)))
+
+
+def _min_sqnr(run_dir):
+    path = os.path.join(run_dir, "analysis", "layers.csv")
+    if not os.path.isfile(path):
+        return "", float("nan")
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("sqnr_db") not in (None, "", "nan")]
+    if not rows:
+        return "", float("nan")
+    worst = min(rows, key=lambda r: float(r["sqnr_db"]))
+    return worst["layer"], float(worst["sqnr_db"])
+
+
+def _ptq_accuracy(run_dir, dataset):
+    """PTQ INT8 top-1 of the run's post-training-quantized file, cached beside it."""
+    from fnet_tf import benchmark
+
+    path = os.path.join(run_dir, PTQ_FILE)
+    digest = fileio.sha256_file(path)
+    cached = _read_json(os.path.join(run_dir, PTQ_METRICS), {})
+    if cached.get("sha256") == digest:
+        return cached["accuracy_top1"]
+    with open(path, "rb") as f:
+        result = benchmark.evaluate_tflite(f.read(), dataset.test, progress=False)
+    fileio.write_json(os.path.join(run_dir, PTQ_METRICS), {"sha256": digest, **result})
+    return result["accuracy_top1"]
+
+
+def collect_rows(out, dataset, latency_runs=200, peer=None):
+    """One row per finished run (and the peer's, if given), INT8 latencies timed together."""
+    from fnet_tf import benchmark
+
+    runs = finished_runs(out)
+    if not runs:
+        raise UserError(f"no finished sweep runs in {out}/runs: run the sweep first")
+    rows, contents = [], []
+    for config, path in runs:
+        metrics = _read_json(os.path.join(path, "metrics.json"), {})
+        analysis = _read_json(os.path.join(path, "analysis", "metrics.json"), {})
+        layer, sqnr = _min_sqnr(path)
+        float_acc = metrics.get("float", {}).get("test_accuracy", float("nan"))
+        qat_acc = analysis["accuracy_top1"]
+        rows.append({
+            "model": config["model"], "level": config["level"], "seed": config.get("seed", 0),
+            "init": config.get("init", "he_normal"), "params": analysis["params"],
+            "macs": analysis["macs"], "size_bytes": analysis["size_bytes"],
+            "float_accuracy": float_acc, "ptq_int8_accuracy": _ptq_accuracy(path, dataset),
+            "qat_int8_accuracy": qat_acc,
+            "qat_keras_accuracy": metrics.get("qat", {}).get("test_accuracy", float("nan")),
+            "int8_drop": float_acc - qat_acc, "latency_p50_ms": float("nan"),
+            "min_sqnr_layer": layer, "min_sqnr_db": sqnr, "run": os.path.relpath(path, out)})
+        with open(os.path.join(path, QAT_FILE), "rb") as f:
+            contents.append(f.read())
+    peer_row = None
+    if peer:
+        with open(peer, "rb") as f:
+            content = f.read()
+        stats = benchmark.graph_stats(content)
+        acc = benchmark.evaluate_tflite(content, dataset.test, progress=False)["accuracy_top1"]
+        peer_row = {"model": os.path.basename(peer), "level": "", "seed": "", "init": "",
+                    "params": stats["params"], "macs": stats["macs"], "size_bytes": len(content),
+                    "float_accuracy": float("nan"), "ptq_int8_accuracy": float("nan"),
+                    "qat_int8_accuracy": acc, "qat_keras_accuracy": float("nan"),
+                    "int8_drop": float("nan"), "latency_p50_ms": float("nan"),
+                    "min_sqnr_layer": "", "min_sqnr_db": float("nan"), "run": "peer"}
+        contents.append(content)
+    print(f"timing {len(contents)} INT8 models, interleaved, 1 thread", file=sys.stderr, flush=True)
+    latencies = benchmark.latency(contents, threads=1, runs=latency_runs)
+    for row, lat in zip(rows + ([peer_row] if peer_row else []), latencies):
+        row["latency_p50_ms"] = lat["p50"]
+    return rows, peer_row
+
+
+def _csv_text(rows):
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return text.getvalue()
+
+
+def read_csv(path):
+    if not os.path.isfile(path):
+        raise UserError(f"no {path}: run the sweep (or --report) first")
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key in COLUMNS[4:-3] + ("min_sqnr_db",):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
+    return [r for r in rows if r["run"] != "peer"]
+
+
+def aggregate(rows):
+    """Rows grouped by (model, level, init): means, and std over seeds (0 for one seed)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["model"], int(row["level"]), row["init"]), []).append(row)
+    result = []
+    for (model, level, init), members in sorted(groups.items(), key=lambda g: (g[0][1], g[0][2])):
+        entry = {"model": model, "level": level, "init": init, "seeds": len(members)}
+        for key in COLUMNS[4:-3]:
+            values = np.array([m[key] for m in members], dtype=float)
+            entry[key] = float(np.mean(values))
+            entry[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+        worst = min(members, key=lambda m: m["min_sqnr_db"]
+                    if not math.isnan(m["min_sqnr_db"]) else float("inf"))
+        entry["min_sqnr_layer"], entry["min_sqnr_db"] = worst["min_sqnr_layer"], worst["min_sqnr_db"]
+        result.append(entry)
+    return result
+
+
+def _pct(entry, key):
+    value, std = entry[key], entry.get(key + "_std", 0.0)
+    if math.isnan(value):
+        return "-"
+    return f"{100 * value:.2f}" + (f" ± {100 * std:.2f}" if entry.get("seeds", 1) > 1 else "")
+
+
+def summary_markdown(entries, peer_row, title):
+    lines = [f"# {title}", "",
+             "| level | init | seeds | params | MACs (M) | size (KiB) | float top-1 % | "
+             "PTQ INT8 % | QAT INT8 % | INT8 drop (pts) | p50 ms | lowest-SQNR layer (dB) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        drop = 100 * e["int8_drop"]
+        lines.append(
+            f"| {e['level']} | {e['init']} | {e['seeds']} | {e['params']:,.0f} | "
+            f"{e['macs'] / 1e6:.2f} | {e['size_bytes'] / 1024:.1f} | {_pct(e, 'float_accuracy')} | "
+            f"{_pct(e, 'ptq_int8_accuracy')} | {_pct(e, 'qat_int8_accuracy')} | {drop:+.2f} | "
+            f"{e['latency_p50_ms']:.3f} | {e['min_sqnr_layer']} ({e['min_sqnr_db']:.1f}) |")
+    if peer_row:
+        lines.append(f"| peer: {peer_row['model']} | | | {peer_row['params']:,} | "
+                     f"{peer_row['macs'] / 1e6:.2f} | {peer_row['size_bytes'] / 1024:.1f} | - | - | "
+                     f"{100 * peer_row['qat_int8_accuracy']:.2f} | - | "
+                     f"{peer_row['latency_p50_ms']:.3f} | - |")
+    lines += ["", "INT8 accuracies are LiteRT's on the test split; latency: 1 thread, all models "
+              "timed in one interleaved pass; INT8 drop = float - QAT INT8."]
+    return "\n".join(lines) + "\n"
+
+
+def pareto_front(points):
+    """Indices of the points no other point beats (lower-or-equal cost, higher accuracy)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -float("inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def parse_constraints(text):
+    """'macs<=5e6,accuracy>=0.8' -> [(column, op, value)]; a bad one is a UserError."""
+    constraints = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\w+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*", part)
+        if not m or m.group(1) not in SELECT_KEYS:
+            raise UserError(f"bad --select constraint {part.strip()!r}: use KEY<=VALUE or "
+                            f"KEY>=VALUE with KEY one of {', '.join(SELECT_KEYS)}")
+        try:
+            value = float(m.group(3))
+        except ValueError:
+            raise UserError(f"bad number in --select constraint {part.strip()!r}") from None
+        constraints.append((SELECT_KEYS[m.group(1)], m.group(2), value))
+    return constraints
+
+
+_OPS = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
+        "<": lambda a, b: a < b, ">": lambda a, b: a > b}
+
+
+def select(entries, constraints):
+    """The entry with the highest QAT INT8 accuracy meeting every constraint (ties: fewer
+    MACs), or None."""
+    ok = [e for e in entries if all(_OPS[op](e[key], value) for key, op, value in constraints)]
+    if not ok:
+        return None
+    return max(ok, key=lambda e: (e["qat_int8_accuracy"], -e["macs"]))
+
+
+def select_text(out, text):
+    constraints = parse_constraints(text)
+    entries = aggregate(read_csv(os.path.join(out, "sweep.csv")))
+    best = select(entries, constraints)
+    if best is None:
+        return f"no level of {out} meets {text}"
+    return (f"best under {text}: level {best['level']} ({best['init']}): QAT INT8 "
+            f"{100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
+            f"{best['params']:,.0f} params, {best['size_bytes'] / 1024:.1f} KiB, p50 "
+            f"{best['latency_p50_ms']:.3f} ms")
+
+
+def _layer_key(weight_layer):
+    """'b3_gconv' / 'b3_dw' / 'b3_conv' -> 'b3 3x3'; 'b3_pw' -> 'b3 1x1': the same place in
+    the network at every level, whatever the factorization made of it."""
+    m = re.fullmatch(r"(.+)_(dw|gconv|conv)", weight_layer)
+    if m:
+        return f"{m.group(1)} kxk"
+    m = re.fullmatch(r"(.+)_pw", weight_layer)
+    return f"{m.group(1)} 1x1" if m else weight_layer
+
+
+def layers_by_level(runs):
+    """{level: {layer key: layers.csv row}} from the first seed/initializer of each level."""
+    result = {}
+    for config, path in runs:
+        level = config["level"]
+        if level in result:
+            continue
+        with open(os.path.join(path, "analysis", "layers.csv")) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("weight_layer")]
+        result[level] = {_layer_key(r["weight_layer"]): r for r in rows}
+    return result
+
+
+def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
+    from fnet_tf import data as data_lib
+    from fnet_tf.analysis import plots
+
+    runs = finished_runs(out)
+    if not runs:
+        raise UserError(f"no finished sweep runs in {out}/runs: run the sweep first")
+    source = data or runs[0][0]["data"]
+    data_lib.check_source(source)
+    dataset = data_lib.load(source, cache_dir=cache_dir)
+    rows, peer_row = collect_rows(out, dataset, latency_runs, peer)
+    fileio.write_text(os.path.join(out, "sweep.csv"),
+                      _csv_text(rows + ([peer_row] if peer_row else [])))
+    entries = aggregate(rows)
+    model = rows[0]["model"]
+    title = f"{model} sweep on {dataset.source}"
+    fileio.write_text(os.path.join(out, "summary.md"), summary_markdown(entries, peer_row, title))
+    inits = sorted({e["init"] for e in entries})
+    main_init = "he_normal" if "he_normal" in inits else inits[0]
+    main = [e for e in entries if e["init"] == main_init]
+    plots.pareto(main, peer_row, os.path.join(out, "pareto.png"),
+                 f"{title}: QAT INT8 accuracy vs cost ({main_init})")
+    plots.layers_across_levels(layers_by_level(runs), os.path.join(out, "layers_across_levels.png"),
+                               f"{model}: per-layer weights and INT8 error at each level")
+    written = ["sweep.csv", "summary.md", "pareto.png", "layers_across_levels.png"]
+    if len(inits) > 1:
+        plots.init_ablation(entries, os.path.join(out, "init_ablation.png"),
+                            f"{model}: weight initializer vs INT8 accuracy")
+        written.append("init_ablation.png")
+    print(summary_markdown(entries, peer_row, title))
+    print(f"wrote {out}/ ({', '.join(written)}) from {len(rows)} runs")
+    return entries

@@ -1,0 +1,227 @@
+"""The progressive depth-factorization sweep: ``python -m fnet_tf.sweep --levels 0-7 ...``.
+
+For every level (x seed x initializer) it trains float, QAT, exports the INT8 file (and a
+post-training-quantized one for comparison) and analyzes it, each step in the point's own run
+directory ``OUT/runs/<model>-l<level>-s<seed>-<init>/``, skipping steps already complete there.
+An interrupted sweep therefore resumes where it stopped; a finished one re-reports in seconds.
+At the end all INT8 files are timed in one interleaved pass and ``OUT`` gets ``sweep.csv``,
+``summary.md`` and the plots (``fnet_tf.analysis.sweep_report``).
+
+    python -m fnet_tf.sweep --levels 0-7 --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --out sweeps/fnet --epochs 30 --qat_epochs 3
+    python -m fnet_tf.sweep --out sweeps/fnet --report            # merge + re-plot only
+    python -m fnet_tf.sweep --out sweeps/fnet --select "macs<=1e7,latency_ms<=0.5"
+
+Float training can come from Keras 3 on an accelerator machine (``tools/accel_float.sh``):
+``--float_from DIR`` imports ``DIR/<model>-l<level>/`` instead of training float here.
+Several machines can each take some levels (``--levels 0-3`` here, ``--levels 4-7`` there)
+into copies of the same ``--out``; ``--report`` over the merged ``runs/`` makes one table.
+"""
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from fnet_tf import cli
+from fnet_tf.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
+flags.DEFINE_string("levels", None, "Levels: 'all', '0-7', '0,3,7' or a mix ('0-2,7').")
+flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
+flags.DEFINE_string("out", None, "Sweep directory (runs/, sweep.csv, summary.md, plots).")
+flags.DEFINE_integer("epochs", 30, "Float epochs per point (ignored with --float_from).")
+flags.DEFINE_integer("qat_epochs", 3, "QAT epochs per point.")
+flags.DEFINE_string("qat_scheme", "int8", "QAT scheme.")
+flags.DEFINE_integer("seeds", 1, "Seeds per level (0 .. seeds-1); the table shows mean ± std.")
+flags.DEFINE_list("init", ["he_normal"], "Kernel initializers to compare (a sweep dimension).")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_integer("val_split", 5000, "Training images held out for validation.")
+flags.DEFINE_integer("threads", 0, "CPU threads for training (0: all); INT8 timing uses 1.")
+flags.DEFINE_string("float_from", None, "Directory of Keras 3 float runs "
+                    "(tools/accel_float.sh output): import <model>-l<level>/ instead of "
+                    "training float here (seed 0, he_normal only).")
+flags.DEFINE_string("peer", None, "A reference INT8 .tflite (e.g. the MLPerf Tiny ResNet-8) "
+                    "added to the table and the Pareto plots.")
+flags.DEFINE_integer("check_images", 2000, "Test images for the export's Keras/LiteRT check.")
+flags.DEFINE_integer("latency_runs", 200, "Timed invokes per model in the interleaved pass.")
+flags.DEFINE_bool("report", False, "Only collect the finished runs in --out and re-plot.")
+flags.DEFINE_string("select", None, "Print the best level under constraints, e.g. "
+                    "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
+                    "accuracy), from the existing sweep.csv; trains nothing.")
+flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse_levels(text, top, model="the model"):
+    """'all', '0-7', '0,3,7', '0-2,7' -> sorted unique levels, each in 0..top."""
+    if text is None:
+        raise UserError("--levels is required, e.g. --levels 0-7 or --levels all")
+    if text.strip() == "all":
+        return list(range(top + 1))
+    levels = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            lo, hi = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise UserError(f"bad --levels part {part!r}: use e.g. 0-7 or 0,3,7") from None
+        if not 0 <= lo <= hi <= top:
+            raise UserError(f"--levels {part} is outside 0..{top} for {model}")
+        levels.update(range(lo, hi + 1))
+    return sorted(levels)
+
+
+class Point:
+    """One sweep point (level, seed, initializer) and its run directory."""
+
+    def __init__(self, out, model, level, seed, init):
+        self.level, self.seed, self.init = level, seed, init
+        self.name = f"{model}-l{level}-s{seed}-{init}"
+        self.run_dir = os.path.join(out, "runs", self.name)
+
+    def run(self):
+        from fnet_tf.rundir import RunDir
+
+        return RunDir(self.run_dir)
+
+
+def _stream(args, prefix):
+    """Run ``python args`` from the repo root, echoing its output lines after ``prefix``;
+    a failure stops the sweep with the child's last line."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    last = ""
+    for line in proc.stdout:
+        line = line.rstrip()
+        if line and not _noise(line):
+            print(f"{prefix} | {line}", flush=True)
+            last = line
+    if proc.wait() != 0:
+        raise UserError(f"{prefix}: step failed ({last}); fix it and re-run the same command "
+                        f"to resume")
+
+
+def _noise(line):
+    return (line.startswith(("WARNING:", "INFO:", "W0000", "I0000", "E0000", "warnings.warn",
+                             "fully_quantize"))
+            or "oneDNN" in line or "UserWarning" in line)
+
+
+def train_args(point):
+    args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(point.level),
+            "--width", str(FLAGS.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
+            "--qat_epochs", str(FLAGS.qat_epochs), "--qat_scheme", FLAGS.qat_scheme,
+            "--batch_size", str(FLAGS.batch_size), "--val_split", str(FLAGS.val_split),
+            "--seed", str(point.seed), "--init", point.init, "--threads", str(FLAGS.threads),
+            "--verbose", "2"]
+    if FLAGS.cache_dir:
+        args += ["--cache_dir", FLAGS.cache_dir]
+    if FLAGS.float_from:
+        source = os.path.join(FLAGS.float_from, f"{FLAGS.model}-l{point.level}")
+        return args + ["--epochs", "0", "--init_from", source]
+    return args + ["--epochs", str(FLAGS.epochs)]
+
+
+def export_args(point, scheme, out):
+    args = ["export/to_tflite.py", point.run_dir, "--scheme", scheme, "--out", out,
+            "--check_images", str(FLAGS.check_images)]
+    return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
+
+
+def run_point(point, index, total):
+    """Every missing step of one point, in order; complete steps are reused."""
+    from fnet_tf.analysis import sweep_report as report
+
+    prefix = f"level {point.level} ({index}/{total}) seed {point.seed} {point.init}"
+    run = point.run()
+    steps = [
+        ("train", lambda: run.is_complete("float") and run.is_complete("qat"),
+         lambda: _stream(train_args(point), f"{prefix}: train")),
+        ("export QAT int8", lambda: run.is_complete(f"export:{report.QAT_FILE}"),
+         lambda: _stream(export_args(point, "auto", os.path.join(point.run_dir, report.QAT_FILE)),
+                         f"{prefix}: export")),
+        ("export PTQ int8", lambda: run.is_complete(f"export:{report.PTQ_FILE}"),
+         lambda: _stream(export_args(point, "ptq", os.path.join(point.run_dir, report.PTQ_FILE)),
+                         f"{prefix}: export PTQ")),
+        ("analyze", lambda: report.analysis_complete(point.run_dir),
+         lambda: _stream(["-m", "fnet_tf.analyze", point.run_dir, "--tool_check=false",
+                          "--latency_runs", "50", "--threads", "1"]
+                         + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []),
+                         f"{prefix}: analyze")),
+    ]
+    for name, done, do in steps:
+        if done():
+            print(f"{prefix}: {name} complete, reusing {point.run_dir}", flush=True)
+            continue
+        started = time.time()
+        print(f"{prefix}: {name} ...", flush=True)
+        do()
+        print(f"{prefix}: {name} done in {time.time() - started:.0f}s", flush=True)
+
+
+def _validate():
+    if not FLAGS.out:
+        raise UserError("--out is required: the sweep directory, e.g. sweeps/factorizenet")
+    if FLAGS.select or FLAGS.report:
+        return
+    checks = [
+        (FLAGS.data, "--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)"),
+        (FLAGS.seeds >= 1, f"--seeds must be 1 or more, got {FLAGS.seeds}"),
+        (FLAGS.qat_epochs >= 1, f"--qat_epochs must be 1 or more, got {FLAGS.qat_epochs}"),
+        (FLAGS.epochs >= 1 or FLAGS.float_from, f"--epochs must be 1 or more, got {FLAGS.epochs}"),
+        (FLAGS.threads >= 0, f"--threads must be 0 (all cores) or more, got {FLAGS.threads}"),
+        (not FLAGS.float_from or (FLAGS.seeds == 1 and FLAGS.init == ["he_normal"]),
+         "--float_from imports one float model per level: use it with --seeds 1 and the "
+         "default --init"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+    if FLAGS.float_from and not os.path.isdir(FLAGS.float_from):
+        raise UserError(f"--float_from {FLAGS.float_from!r} is not a directory")
+    if FLAGS.peer and not os.path.isfile(FLAGS.peer):
+        raise UserError(f"--peer {FLAGS.peer!r} does not exist: pass an INT8 .tflite file")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
+    _validate()
+    from fnet_tf.analysis import sweep_report as report
+
+    if FLAGS.select:
+        print(report.select_text(FLAGS.out, FLAGS.select))
+        return 0
+    if not FLAGS.report:
+        from fnet_tf import architectures, data as data_lib
+
+        top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
+        levels = parse_levels(FLAGS.levels, top, FLAGS.model)
+        data_lib.check_source(FLAGS.data)
+        for init in FLAGS.init:
+            if not init.replace("_", "").isalnum():
+                raise UserError(f"bad --init {init!r}: a Keras initializer name")
+        if FLAGS.float_from:
+            missing = [lvl for lvl in levels if not os.path.isdir(
+                os.path.join(FLAGS.float_from, f"{FLAGS.model}-l{lvl}"))]
+            if missing:
+                raise UserError(f"--float_from {FLAGS.float_from} has no {FLAGS.model}-l"
+                                f"{missing[0]}/: train it there or drop that level")
+        points = [Point(FLAGS.out, FLAGS.model, lvl, seed, init)
+                  for lvl in levels for init in FLAGS.init for seed in range(FLAGS.seeds)]
+        for i, point in enumerate(points, 1):
+            run_point(point, i, len(points))
+    report.write_report(FLAGS.out, data=FLAGS.data, peer=FLAGS.peer,
+                        latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,120 @@
+"""The factorization sweep: resume after a kill, the report's fields, design selection."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, last_line, run_module
+from fnet_tf.analysis import sweep_report
+from fnet_tf.errors import UserError
+
+FIELDS = ("level", "params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
+          "qat_int8_accuracy", "int8_drop", "latency_p50_ms", "min_sqnr_layer")
+
+
+def _sweep_args(archive, out):
+    return ["-m", "fnet_tf.sweep", "--levels", "0-1", "--width", "0.25", "--data", archive,
+            "--out", str(out), "--epochs", "1", "--qat_epochs", "1", "--batch_size", "8",
+            "--val_split", "0", "--check_images", "20", "--latency_runs", "10"]
+
+
+def test_sweep_resumes_after_kill_without_retraining(tiny_archive, tmp_path):
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, *_sweep_args(tiny_archive, out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("level 1 (2/2)") and "train" in line:
+            os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training child, mid-level
+            break
+    proc.wait()
+    assert any("level 0 (1/2)" in s and "analyze done" in s for s in seen), "".join(seen)[-3000:]
+    level0 = out / "runs" / "factorizenet-l0-s0-he_normal"
+    before = {name: (level0 / name).stat().st_mtime_ns
+              for name in ("history.csv", "run.json", "model_int8.tflite")}
+
+    result = run_module(_sweep_args(tiny_archive, out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for step in ("train", "export QAT int8", "export PTQ int8", "analyze"):
+        assert f"level 0 (1/2) seed 0 he_normal: {step} complete, reusing" in result.stdout
+    assert "level 1 (2/2) seed 0 he_normal: analyze done" in result.stdout
+    after = {name: (level0 / name).stat().st_mtime_ns for name in before}
+    assert after == before, "level 0 was redone"
+
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["level"]) for r in rows] == [0, 1]
+    for row in rows:
+        assert all(row[k] not in ("", "nan") for k in FIELDS), row
+    assert int(rows[1]["macs"]) < int(rows[0]["macs"])  # factorizing cuts MACs
+    for png in ("pareto.png", "layers_across_levels.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert "QAT INT8" in (out / "summary.md").read_text()
+
+    # a finished sweep re-reports without training; --select reads its CSV
+    again = run_module(["-m", "fnet_tf.sweep", "--out", str(out), "--report", "--latency_runs", "5"])
+    assert again.returncode == 0 and "from 2 runs" in again.stdout, again.stderr[-2000:]
+    chosen = run_module(["-m", "fnet_tf.sweep", "--out", str(out), "--select",
+                         f"macs<={rows[1]['macs']}"])
+    assert chosen.returncode == 0 and "level 1" in chosen.stdout
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sweep_report.COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in sweep_report.COLUMNS})
+
+
+def test_select_picks_the_most_accurate_level_under_the_budget(tmp_path):
+    table = [  # level, macs, latency, size, accuracy
+        (0, 38e6, 0.90, 300e3, 0.86), (3, 9e6, 0.40, 70e3, 0.85), (5, 6e6, 0.35, 60e3, 0.83),
+        (6, 5.8e6, 0.30, 58e3, 0.84), (7, 5.7e6, 0.28, 57e3, 0.82)]
+    rows = []
+    for level, macs, lat, size, acc in table:
+        for seed, jitter in ((0, -0.005), (1, 0.005)):  # two seeds: the mean decides
+            rows.append({"model": "m", "level": level, "seed": seed, "init": "he_normal",
+                         "params": macs / 100, "macs": macs, "size_bytes": size,
+                         "float_accuracy": acc + 0.01, "ptq_int8_accuracy": acc - 0.01,
+                         "qat_int8_accuracy": acc + jitter, "qat_keras_accuracy": acc,
+                         "int8_drop": 0.01, "latency_p50_ms": lat, "min_sqnr_layer": "b1",
+                         "min_sqnr_db": 20.0, "run": f"runs/{level}-{seed}"})
+    _write_csv(tmp_path / "sweep.csv", rows)
+    assert "level 0 " in sweep_report.select_text(tmp_path, "macs<=4e7")
+    assert "level 3 " in sweep_report.select_text(tmp_path, "macs<=1e7")
+    assert "level 6 " in sweep_report.select_text(tmp_path, "macs<=6e6")
+    assert "level 6 " in sweep_report.select_text(tmp_path, "latency_ms<=0.3")
+    assert "level 7 " in sweep_report.select_text(tmp_path, "size_bytes<=57e3")
+    assert "level 3 " in sweep_report.select_text(tmp_path, "accuracy>=0.845,macs<=2e7")
+    assert "no level" in sweep_report.select_text(tmp_path, "macs<=1e6")
+    with pytest.raises(UserError, match="bad --select"):
+        sweep_report.select_text(tmp_path, "flops<=3")
+
+
+def test_pareto_front_and_level_parsing():
+    points = [(38, 86), (9, 85), (6, 83), (5.8, 84), (5.7, 82), (20, 84)]
+    assert sorted(sweep_report.pareto_front(points)) == [0, 1, 3, 4]
+    from fnet_tf import sweep
+
+    assert sweep.parse_levels("0-2,7", 7) == [0, 1, 2, 7]
+    assert sweep.parse_levels("all", 3) == [0, 1, 2, 3]
+    with pytest.raises(UserError, match="outside"):
+        sweep.parse_levels("0-9", 7)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--levels", "0-1"], "--out is required"),
+    (["--levels", "0-12", "--out", "x", "--data", "d"], "outside 0..7"),
+    (["--levels", "0-1", "--out", "x", "--data", "nowhere.tar.gz"], "nowhere.tar.gz"),
+    (["--levels", "0-1", "--out", "x", "--data", "d", "--seeds", "0"], "--seeds"),
+    (["--out", "nowhere", "--select", "macs<=1"], "no nowhere/sweep.csv"),
+])
+def test_bad_sweep_input_is_one_line(args, message):
+    result = run_module(["-m", "fnet_tf.sweep", *args])
+    assert result.returncode == 2 and message in last_line(result.stderr), result.stderr[-500:]
