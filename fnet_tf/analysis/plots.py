@@ -143,7 +143,7 @@ def pareto(entries, peer, path, title):
         ax.set_xlabel(label)
         ax.set_ylabel("QAT INT8 top-1 (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
@@ -152,11 +152,13 @@ def pareto(entries, peer, path, title):
 def layers_across_levels(by_level, path, title):
     """Per layer position (x) and level (one line each): the widest weight channel range, the
     widest/narrowest channel range ratio (BN folded) and the INT8 output SQNR."""
-    keys = []
-    for level in sorted(by_level):
-        for key in by_level[level]:
-            if key not in keys:
-                keys.append(key)
+    import re
+
+    def position(key):  # network order: by block numbers, the kxk before its 1x1, dense last
+        numbers = [int(n) for n in re.findall(r"\d+", key.split(" ")[0])]
+        return (not numbers, numbers, key.endswith("1x1"))
+
+    keys = sorted({key for rows in by_level.values() for key in rows}, key=position)
     panels = (("channel_range_max", "widest channel |w| (BN folded)", True),
               ("channel_range_ratio", "channel range ratio (widest / narrowest)", True),
               ("sqnr_db", "INT8 output SQNR (dB)", False))
