@@ -1,0 +1,86 @@
+"""The released models: ``fnet_tf.zoo.load("factorizenet-l3")`` and ``python -m fnet_tf.zoo list``.
+
+Each released model is a folder ``models/<name>/`` holding ``model_int8.tflite`` (verified
+fully-integer, labels embedded), ``card.md`` and ``metrics.json`` with its measured numbers,
+and the analyzer's layer-wise plots. Folders are written by ``tools/release.py`` from run
+directories, never by hand. ``$FNET_TF_ZOO`` points at another models folder.
+"""
+import json
+import os
+import sys
+
+from fnet_tf import cli
+from fnet_tf.errors import UserError
+
+MODEL_FILE = "model_int8.tflite"
+METRICS = "metrics.json"
+CARD = "card.md"
+
+
+def zoo_dir():
+    default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+    return os.environ.get("FNET_TF_ZOO", default)
+
+
+def names():
+    root = zoo_dir()
+    if not os.path.isdir(root):
+        return []
+    return sorted(n for n in os.listdir(root)
+                  if os.path.isfile(os.path.join(root, n, MODEL_FILE)))
+
+
+def load(name):
+    """The path of released model ``name``'s INT8 ``.tflite`` (run it with LiteRT or
+    ``export/run_tflite.py``); UserError listing the released names if unknown."""
+    path = os.path.join(zoo_dir(), name, MODEL_FILE)
+    if not os.path.isfile(path):
+        known = ", ".join(names()) or "none (see tools/release.py)"
+        raise UserError(f"no released model {name!r}: choose one of {known}")
+    return path
+
+
+def metrics(name):
+    load(name)
+    with open(os.path.join(zoo_dir(), name, METRICS)) as f:
+        return json.load(f)
+
+
+def table_rows():
+    """One dict per released model, from its metrics.json, in MACs order."""
+    rows = [metrics(n) for n in names()]
+    return sorted(rows, key=lambda m: (m["macs"], m["name"]))
+
+
+def table_markdown(rows=None):
+    """The results table of the README, generated from the released models' metrics."""
+    rows = table_rows() if rows is None else rows
+    lines = ["| model | float top-1 | QAT INT8 top-1 | INT8 drop | MACs (M) | params | "
+             "size (KiB) | p50 ms (1 thread) | latency vs ResNet-8 peer |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for m in rows:
+        lines.append(
+            f"| [{m['name']}](models/{m['name']}/card.md) | {100 * m['float_accuracy']:.2f}% | "
+            f"{100 * m['int8_accuracy']:.2f}% | {100 * m['int8_drop']:+.2f} | "
+            f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
+            f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("list", "path"):
+        if len(argv) == 3 and argv[1] == "path":
+            print(load(argv[2]))
+            return 0
+        raise UserError("usage: python -m fnet_tf.zoo list | path NAME")
+    if argv[1] == "path":
+        raise UserError("usage: python -m fnet_tf.zoo path NAME")
+    if not names():
+        print(f"no released models in {zoo_dir()}", file=sys.stderr)
+        return 0
+    print(table_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

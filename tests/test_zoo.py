@@ -1,0 +1,45 @@
+"""Releasing runs into the zoo and loading them back."""
+import json
+import os
+
+import pytest
+
+from conftest import REPO, last_line, run_module
+from fnet_tf import zoo
+from fnet_tf.errors import UserError
+
+PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
+
+
+def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
+    if not os.path.isfile(PEER):
+        pytest.skip("the MLPerf Tiny peer model is not beside the repo")
+    for args in (["export/to_tflite.py", qat_run, "--check_images", "20"],
+                 ["-m", "fnet_tf.analyze", qat_run, "--tool_check=false", "--latency_runs", "10"]):
+        result = run_module(args)
+        assert result.returncode == 0, result.stderr[-2000:]
+    models = tmp_path / "models"
+    released = run_module(["tools/release.py", "--data", tiny_archive, "--peer", PEER,
+                           "--zoo", str(models), "--latency_runs", "10", f"tiny-l3={qat_run}"])
+    assert released.returncode == 0, released.stderr[-3000:]
+    folder = models / "tiny-l3"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for key in ("float_accuracy", "int8_accuracy", "int8_drop", "keras_agreement", "macs",
+                "params", "size_bytes", "latency_p50_ms", "peer_latency_p50_ms"):
+        assert metrics[key] == metrics[key], key  # present and not NaN
+    assert 0 <= metrics["keras_agreement"] <= 1 and metrics["level"] == 3
+    card = (folder / "card.md").read_text()
+    assert "QAT INT8 top-1" in card and "run_tflite.py" in card and "ratio" in card
+
+    monkeypatch.setenv("FNET_TF_ZOO", str(models))
+    assert zoo.load("tiny-l3") == str(folder / "model_int8.tflite")
+    assert zoo.names() == ["tiny-l3"] and "tiny-l3" in zoo.table_markdown()
+    with pytest.raises(UserError, match="tiny-l3"):
+        zoo.load("nope")
+    listing = run_module(["-m", "fnet_tf.zoo", "list"], env={"FNET_TF_ZOO": str(models)})
+    assert listing.returncode == 0 and "tiny-l3" in listing.stdout
+
+
+def test_release_refuses_an_unfinished_run(tmp_path):
+    result = run_module(["tools/release.py", "--data", "d", "--peer", PEER, f"x={tmp_path}"])
+    assert result.returncode == 2 and "no complete float step" in last_line(result.stderr)

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Release trained runs into the zoo: ``models/<name>/`` with the INT8 file, card and numbers.
+
+    python tools/release.py --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite \\
+        factorizenet-l3=sweeps/fnet/runs/factorizenet-l3-s0-he_normal resnet8=runs/resnet8
+
+Every run must be complete (float, QAT, export, analysis). For each model this measures, once
+more and on the whole test split: the INT8 file's top-1 (LiteRT) and its top-1 agreement with
+the QAT Keras model; then all released models and the peer are timed in one interleaved pass
+(1 thread), so each card's latency ratio to the peer is fair. Cards are generated, never typed.
+"""
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from fnet_tf import cli  # noqa: E402
+from fnet_tf.errors import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "The dataset the runs were trained on (test split used).")
+flags.DEFINE_string("peer", None, "The reference INT8 .tflite timed beside every model.")
+flags.DEFINE_string("zoo", None, "Models folder (default: the repo's models/).")
+flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model.")
+flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+
+PLOTS = ("summary.png", "weight_ranges.png", "sqnr.png", "weight_histograms.png",
+         "activation_histograms.png")
+
+
+def _parse(argv):
+    pairs = []
+    for item in argv[1:]:
+        name, sep, run_dir = item.partition("=")
+        if not sep or not name or not run_dir:
+            raise UserError(f"bad argument {item!r}: use NAME=RUN_DIR")
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"bad model name {name!r}: letters, digits, '-' and '_' only")
+        pairs.append((name, run_dir))
+    if not pairs:
+        raise UserError("nothing to release: pass NAME=RUN_DIR ...")
+    return pairs
+
+
+def _check_run(run_dir):
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    for step in ("float", "qat", "export:model_int8.tflite"):
+        if not run.is_complete(step):
+            raise UserError(f"{run_dir} has no complete {step} step: finish the run first")
+    if not os.path.isfile(os.path.join(run_dir, "analysis", "metrics.json")):
+        raise UserError(f"{run_dir} has no analysis: run python -m fnet_tf.analyze {run_dir}")
+    return run
+
+
+def _agreement(run, content, dataset):
+    """Top-1 agreement of the INT8 file (LiteRT) with the QAT Keras model, all test images."""
+    import numpy as np
+
+    from fnet_tf import artifacts, export
+    from fnet_tf.training import eval_dataset
+
+    model, _ = artifacts.qat_model(run)
+    keras_logits = model.predict(eval_dataset(dataset.test, len(dataset.classes))
+                                 .map(lambda x, y: x), verbose=0)
+    int8_scores = export.predict(content, dataset.test.images)
+    return float(np.mean(keras_logits.argmax(1) == int8_scores.argmax(1)))
+
+
+def card_text(m):
+    recipe = m["recipe"]
+    float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
+                  if m.get("float_trained_in") else f"float trained {recipe.get('float_epochs')} "
+                  f"epochs in tf_keras on this machine")
+    return f"""# {m['name']}
+
+{m['description']}
+
+| | |
+| --- | --- |
+| architecture | `{m['model']}`, level {m['level']}, width {m['width']:g} |
+| params (int8 file) | {m['params']:,} |
+| MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
+| file size | {m['size_bytes']:,} bytes |
+| float top-1 | {100 * m['float_accuracy']:.2f}% |
+| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%) |
+| INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
+| INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
+| latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
+| lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |
+
+**Data**: {m['data']}, test split ({m['num_test_images']:,} images). The JPEG copy of CIFAR-10
+scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
+{100 * m['peer_accuracy']:.2f}% here against 88.5% published).
+
+**Recipe**: {float_note}: SGD Nesterov lr {recipe.get('lr')}, warm-up {recipe.get('warmup_epochs')}
+epochs then cosine, decoupled weight decay {recipe.get('weight_decay')}, batch
+{recipe.get('batch_size')}, pad-4 crop + flip, label smoothing {recipe.get('label_smoothing')},
+{recipe.get('val_split')} training images held out for validation, seed {recipe.get('seed')}.
+QAT: {recipe.get('qat_epochs')} epochs, scheme `{recipe.get('qat_scheme')}`, peak lr
+{recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
+
+**Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,
+XNNPACK, on {m['machine']['cpu']} ({m['machine']['cores']} cores), all released models and the
+peer timed interleaved in one pass.
+
+## Run it on a device
+
+```bash
+pip install ai-edge-litert numpy Pillow          # Raspberry Pi OS (arm64) or Termux
+python run_tflite.py model_int8.tflite image.jpg  # export/run_tflite.py from this repo
+```
+
+Input: int8 `[1, 32, 32, 3]`, raw pixels minus 128 (the scale and zero point are read from the
+file). Output: int8 logits for {len(m['classes'])} classes; labels are embedded in the file.
+From Python: `fnet_tf.zoo.load("{m['name']}")` returns this file's path.
+
+Plots: `summary.png`, `weight_ranges.png`, `sqnr.png` (per-layer INT8 error),
+`weight_histograms.png`, `activation_histograms.png`; per-layer numbers in `layers.csv`.
+"""
+
+
+def main(argv):
+    pairs = _parse(argv)
+    if not FLAGS.data or not FLAGS.peer:
+        raise UserError("--data and --peer are required (the test split, the reference model)")
+    if not os.path.isfile(FLAGS.peer):
+        raise UserError(f"--peer {FLAGS.peer!r} does not exist")
+    runs = [(name, run_dir, _check_run(run_dir)) for name, run_dir in pairs]
+    from fnet_tf import benchmark, data as data_lib, fileio, zoo
+    from fnet_tf.analysis.sweep_report import _min_sqnr, _read_json
+
+    data_lib.check_source(FLAGS.data)
+    if FLAGS.zoo:
+        os.environ["FNET_TF_ZOO"] = FLAGS.zoo
+    dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir)
+    with open(FLAGS.peer, "rb") as f:
+        peer = f.read()
+    peer_accuracy = benchmark.evaluate_tflite(peer, dataset.test, progress=False)["accuracy_top1"]
+    entries, contents = [], []
+    for name, run_dir, run in runs:
+        with open(os.path.join(run_dir, "model_int8.tflite"), "rb") as f:
+            content = f.read()
+        config = run.config()
+        run_metrics = _read_json(os.path.join(run_dir, "metrics.json"), {})
+        analysis = _read_json(os.path.join(run_dir, "analysis", "metrics.json"))
+        accuracy = benchmark.evaluate_tflite(content, dataset.test, progress=False)
+        float_info = run_metrics["float"]
+        keras3 = float_info.get("keras3_recipe") or {}
+        layer, sqnr = _min_sqnr(run_dir)
+        entries.append({
+            "name": name, "model": config["model"], "level": config["level"],
+            "width": config["width"],
+            "description": f"{config['model']} level {config['level']}: "
+                           f"{'the MLPerf Tiny ResNet-8 architecture' if config['model'] == 'resnet8' else 'FactorizeNet'}"
+                           f", trained with fnet_tf's pipeline and recipe.",
+            "params": analysis["params"], "macs": analysis["macs"], "size_bytes": len(content),
+            "float_accuracy": float_info["test_accuracy"],
+            "int8_accuracy": accuracy["accuracy_top1"], "int8_top5": accuracy["accuracy_top5"],
+            "qat_keras_accuracy": run_metrics.get("qat", {}).get("test_accuracy"),
+            "int8_drop": float_info["test_accuracy"] - accuracy["accuracy_top1"],
+            "keras_agreement": _agreement(run, content, dataset),
+            "num_test_images": len(dataset.test), "data": dataset.source,
+            "classes": list(dataset.classes), "min_sqnr_layer": layer, "min_sqnr_db": sqnr,
+            "float_trained_in": float_info.get("trained_in"),
+            "recipe": {**{k: config.get(k) for k in (
+                "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing",
+                "val_split", "seed", "init", "qat_epochs", "qat_scheme", "qat_lr")},
+                **{k: v for k, v in keras3.items() if k != "epochs"},
+                "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))},
+            "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
+            "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
+            "source_run": os.path.abspath(run_dir)})
+        contents.append(content)
+        print(f"{name}: INT8 {100 * accuracy['accuracy_top1']:.2f}%, agreement "
+              f"{100 * entries[-1]['keras_agreement']:.2f}%", flush=True)
+    print(f"timing {len(contents) + 1} models interleaved (1 thread)", flush=True)
+    latencies = benchmark.latency(contents + [peer], threads=1, runs=FLAGS.latency_runs)
+    machine = benchmark.machine_info()
+    peer_p50 = latencies[-1]["p50"]
+    for entry, lat, (name, run_dir, _) in zip(entries, latencies, runs):
+        entry.update(latency_ms=lat, latency_p50_ms=lat["p50"], peer_latency_p50_ms=peer_p50,
+                     latency_ratio_to_peer=lat["p50"] / peer_p50, machine=machine)
+        target = os.path.join(zoo.zoo_dir(), name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with fileio.atomic_dir(target) as tmp:
+            shutil.copyfile(os.path.join(run_dir, "model_int8.tflite"),
+                            os.path.join(tmp, zoo.MODEL_FILE))
+            for extra in PLOTS + ("layers.csv",):
+                src = os.path.join(run_dir, "analysis", extra)
+                if os.path.isfile(src):
+                    shutil.copyfile(src, os.path.join(tmp, extra))
+            fileio.write_json(os.path.join(tmp, zoo.METRICS),
+                              {k: v for k, v in entry.items() if k != "description"})
+            fileio.write_text(os.path.join(tmp, zoo.CARD), card_text(entry))
+        print(f"released {target}: INT8 {100 * entry['int8_accuracy']:.2f}%, "
+              f"p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
+    print(zoo.table_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
