@@ -47,7 +47,7 @@ def _resolve(target):
     if artifacts.is_run_dir(target):
         run = RunDir(target)
         config = run.config() or {}
-        done_scheme = artifacts.qat_scheme_name(run) if run.is_complete("qat") else None
+        done_scheme = artifacts.qat_scheme_name(run) if run.verified("qat") else None
         wanted = FLAGS.scheme
         if wanted == "auto":
             wanted = done_scheme or "ptq"

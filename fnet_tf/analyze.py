@@ -47,6 +47,7 @@ class Target:
                 raise UserError(f"no INT8 model in {path}: run python export/to_tflite.py {path} first")
             self.name = os.path.basename(os.path.abspath(path))
             self.data = (self.run.config() or {}).get("data")
+            self.run.manifest()  # a corrupt run.json fails now, not after the evaluation
         elif os.path.isfile(path):
             self.tflite, self.name, self.data = path, os.path.splitext(os.path.basename(path))[0], None
         elif not os.path.exists(path):
@@ -80,7 +81,7 @@ class Target:
         exported = self.run.manifest()["steps"].get("export:model_int8.tflite", {})
         if exported.get("scheme"):
             return not get_scheme(exported["scheme"]).qat
-        return not self.run.is_complete("qat")
+        return not self.run.verified("qat")
 
     def keras_models(self):
         """(model, float architecture) for the layer-wise analysis, or None with a reason."""
@@ -91,10 +92,10 @@ class Target:
                           "directory, or put x_float32.tflite beside x_int8.tflite)")
         from fnet_tf.quantization import get_scheme
 
-        if self.run.is_complete("qat") and not self.is_ptq():
+        if self.run.verified("qat") and not self.is_ptq():
             model, _ = artifacts.qat_model(self.run)
             return (model, artifacts.float_model(self.run)), None
-        if self.run.is_complete("float"):
+        if self.run.verified("float"):
             model = artifacts.float_model(self.run)
             return (model, model), None
         return None, f"no trained model in {self.run.path}"
@@ -237,6 +238,11 @@ def main(argv):
     from fnet_tf.analysis import plots
 
     dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir)
+    for t in targets:
+        outputs = int(export.interpreter(t.content).get_output_details()[0]["shape"][-1])
+        if outputs != len(dataset.classes):
+            raise UserError(f"{t.name} predicts {outputs} classes but {dataset.source} has "
+                            f"{len(dataset.classes)}: pass the dataset the model was trained on")
     started = time.time()
     results = [measure(t, dataset) for t in targets]
     print(f"timing {len(targets)} model(s), interleaved", file=sys.stderr, flush=True)

@@ -39,7 +39,7 @@ def load_keras_model(path):
 
 
 def float_model(run):
-    if not run.is_complete("float"):
+    if not run.verified("float"):
         raise UserError(f"no trained float model in {run.path}: run python -m fnet_tf.train "
                         f"--run_dir {run.path} first")
     return load_keras_model(run.file(FLOAT_MODEL))
@@ -55,7 +55,7 @@ def qat_model(run):
     with the QAT weights."""
     from fnet_tf.quantization import get_scheme
 
-    if not run.is_complete("qat"):
+    if not run.verified("qat"):
         raise UserError(f"no QAT model in {run.path}: run python -m fnet_tf.train --run_dir "
                         f"{run.path} --qat_epochs N first")
     scheme = get_scheme(qat_scheme_name(run))

@@ -8,7 +8,32 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+
+CRASH_ENV = "FNET_TF_CRASH_AT"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_crash_counts = {}
+
+
+def crash_point(kind, path):
+    """Fault injection for the reliability tests: with ``FNET_TF_CRASH_AT=POINT:N`` in the
+    environment, the Nth time the process reaches ``POINT`` it kills itself with SIGKILL (as a
+    power cut or the OOM killer would). A no-op otherwise.
+
+    POINT is ``atomic-file`` or ``atomic-dir`` (any artifact fully written under its temporary
+    name, not yet renamed into place), or ``atomic-file/<name>`` for one file name.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    target, _, count = spec.rpartition(":") if ":" in spec else (spec, "", "1")
+    if target not in (kind, f"{kind}/{os.path.basename(path)}"):
+        return
+    _crash_counts[target] = _crash_counts.get(target, 0) + 1
+    if _crash_counts[target] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def sha256_file(path, chunk=1 << 20):
@@ -37,6 +62,8 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual mode
+        crash_point("atomic-file", path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -68,6 +95,7 @@ def atomic_dir(path):
     tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
     try:
         yield tmp
+        crash_point("atomic-dir", path)
         if os.path.isdir(path):
             old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=parent)
             os.replace(path, os.path.join(old, name))

@@ -86,6 +86,22 @@ class RunDir:
                 return False
         return True
 
+    def verified(self, step):
+        """Like ``is_complete``, but a recorded step whose artifact is missing or altered is an
+        error naming the file (a tool must not quietly fall back to another model)."""
+        entry = self.manifest()["steps"].get(step)
+        if not entry:
+            return False
+        for rel, digest in entry["artifacts"].items():
+            path = self.file(rel)
+            if not os.path.isfile(path):
+                raise UserError(f"{path} is missing though run.json records step {step!r}: "
+                                f"re-run that step")
+            if fileio.sha256_file(path) != digest:
+                raise UserError(f"{path} does not match its sha256 in run.json (corrupt or "
+                                f"replaced): delete it and re-run step {step!r}")
+        return True
+
     # --- history and metrics ----------------------------------------------------------------
     def append_history(self, row):
         rows = self.history()

@@ -51,7 +51,7 @@ def _check_run(run_dir):
 
     run = RunDir(run_dir)
     for step in ("float", "qat", "export:model_int8.tflite"):
-        if not run.is_complete(step):
+        if not run.verified(step):
             raise UserError(f"{run_dir} has no complete {step} step: finish the run first")
     if not os.path.isfile(os.path.join(run_dir, "analysis", "metrics.json")):
         raise UserError(f"{run_dir} has no analysis: run python -m fnet_tf.analyze {run_dir}")
