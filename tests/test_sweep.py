@@ -118,3 +118,13 @@ def test_pareto_front_and_level_parsing():
 def test_bad_sweep_input_is_one_line(args, message):
     result = run_module(["-m", "fnet_tf.sweep", *args])
     assert result.returncode == 2 and message in last_line(result.stderr), result.stderr[-500:]
+
+
+def test_init_ablation_plot(tmp_path):
+    from fnet_tf.analysis import plots
+
+    entries = [{"level": lvl, "init": init, "qat_int8_accuracy": 0.8 + 0.01 * lvl,
+                "qat_int8_accuracy_std": 0.002, "int8_drop": 0.002 * lvl, "int8_drop_std": 0.0}
+               for lvl in (0, 3, 7) for init in ("he_normal", "glorot_uniform")]
+    plots.init_ablation(entries, str(tmp_path / "a.png"), "t")
+    assert (tmp_path / "a.png").stat().st_size > 10_000

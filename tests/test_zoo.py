@@ -43,3 +43,15 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
 def test_release_refuses_an_unfinished_run(tmp_path):
     result = run_module(["tools/release.py", "--data", "d", "--peer", PEER, f"x={tmp_path}"])
     assert result.returncode == 2 and "no complete float step" in last_line(result.stderr)
+
+
+def test_released_models_load_and_the_readme_table_is_current():
+    names = zoo.names()
+    if not names:
+        pytest.skip("no released models")
+    for name in names:
+        m = zoo.metrics(name)
+        assert open(zoo.load(name), "rb").read(8)[4:8] == b"TFL3"
+        assert m["int8_accuracy"] == pytest.approx(m["float_accuracy"] - m["int8_drop"])
+    result = run_module(["tools/readme_table.py", "--check"])
+    assert result.returncode == 0, result.stderr
