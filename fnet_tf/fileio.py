@@ -79,6 +79,18 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
+def read_json(path):
+    """The JSON in ``path``; a missing or corrupt file is a UserError naming it."""
+    from fnet_tf.errors import UserError
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable or corrupt ({e}): delete it, or the directory "
+                        f"holding it, and run again") from None
+
+
 def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 

@@ -10,7 +10,6 @@ Every file here is written atomically.
 """
 import csv
 import io
-import json
 import os
 
 from fnet_tf import fileio
@@ -31,12 +30,7 @@ class RunDir:
         path = self.file(name)
         if not os.path.exists(path):
             return default
-        try:
-            with open(path) as f:
-                return json.load(f)
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path} is corrupt ({e}): delete it, or the run directory, and "
-                            f"run again") from None
+        return fileio.read_json(path)
 
     def config(self):
         return self.read_json(self.CONFIG)

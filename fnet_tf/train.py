@@ -205,7 +205,7 @@ def _check_init_from(path, run):
         if not os.path.isfile(os.path.join(path, WEIGHTS)):
             raise UserError(f"--init_from {path} has no {WEIGHTS}: its Keras 3 training did not "
                             f"finish; run it again")
-        theirs = _read_json_or_fail(os.path.join(path, RESULT))
+        theirs = _read_json(os.path.join(path, RESULT))
         for key in ("model", "level", "width"):
             if theirs.get(key) != getattr(FLAGS, key):
                 raise UserError(f"--init_from {path} holds --{key}={theirs.get(key)!r}, not "
@@ -228,15 +228,10 @@ def _check_init_from(path, run):
     return path
 
 
-def _read_json_or_fail(path):
-    import json
+def _read_json(path):
+    from fnet_tf import fileio
 
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or not JSON ({e.__class__.__name__}): "
-                        f"re-create it") from None
+    return fileio.read_json(path)
 
 
 def _record_test_metrics(run, phase, model, dataset, **extra):
@@ -327,7 +322,7 @@ def _float_from_keras3(path, run, dataset, spec):
         raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
                         f"train it again") from None
     model = load_weights_by_layer(build_model(spec), arrays)
-    theirs = _read_json_or_fail(os.path.join(os.path.dirname(path), RESULT))
+    theirs = _read_json(os.path.join(os.path.dirname(path), RESULT))
     _finish_float(model, dataset, spec, run, epochs=theirs.get("recipe", {}).get("epochs", 0),
                   init_from=os.path.abspath(path), trained_in=f"Keras {theirs.get('keras')} "
                   f"({theirs.get('backend')}, {theirs.get('device')})",
