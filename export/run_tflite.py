@@ -41,10 +41,11 @@ def load_interpreter(path, threads):
     try:
         interpreter = Interpreter(model_path=path, num_threads=threads)
         interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
+        details = interpreter.get_input_details()  # names of a damaged file may not decode
+        interpreter.get_output_details()
+    except (ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
         first = (str(e).strip().splitlines() or ["unreadable"])[0][:160]
         raise RunError(f"{path!r} is a corrupt .tflite model ({first}): copy or export it again")
-    details = interpreter.get_input_details()
     if len(details) != 1 or len(details[0]["shape"]) != 4 or details[0]["shape"][-1] != 3:
         raise RunError(f"{path!r} does not take one image (its input is "
                        f"{[list(d['shape']) for d in details]}): this runner feeds NHWC RGB images")

@@ -75,7 +75,12 @@ def interpreter(content, delegates=False, num_threads=1, preserve_all_tensors=Fa
                          experimental_op_resolver_type=resolver,
                          experimental_preserve_all_tensors=preserve_all_tensors)
         it.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
+        # Read every name and detail now: a damaged file can hold names that are not UTF-8,
+        # which LiteRT would only trip over later, deep inside an analysis.
+        it.get_input_details(), it.get_output_details(), it.get_tensor_details()
+        if hasattr(it, "_get_ops_details"):
+            it._get_ops_details()
+    except (ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
         raise UserError(f"not a valid .tflite model ({_first_line(e)}): re-export it") from None
     return it
 
