@@ -284,6 +284,9 @@ def _train_float(spec, dataset, recipe, run, verbose):
     from fnet_tf.spec import build_model
     from fnet_tf.training import fit_phase
 
+    from fnet_tf.backend import keras
+
+    keras.utils.set_random_seed(recipe.seed)  # --seed decides the initial weights too
     form = _training_form(spec)
     model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,

@@ -62,6 +62,43 @@ def test_kill_while_writing_a_checkpoint_resumes_after_the_last_whole_epoch(tiny
     assert _history_epochs(run_dir) == [1, 2, 3]
     _assert_run_whole(run_dir)
 
+    # the resumed run ends where an uninterrupted one with the same seed ends
+    straight = str(tmp_path / "straight")
+    result = run_module([*TRAIN, "--data", tiny_archive, "--epochs", "3", "--run_dir", straight])
+    assert result.returncode == 0, result.stderr[-2000:]
+    diff = _max_weight_difference(os.path.join(run_dir, "model_float.keras"),
+                                  os.path.join(straight, "model_float.keras"))
+    print(f"max relative |w_resumed - w_uninterrupted| = {diff:.3g}")
+    assert diff < 1e-3
+
+
+def _max_weight_difference(a, b):
+    """The largest difference between two models' weights, relative to each tensor's range
+    (BN moving variances of raw-pixel inputs run to 1e5 and more)."""
+    from fnet_tf.artifacts import load_keras_model
+
+    wa, wb = load_keras_model(a).get_weights(), load_keras_model(b).get_weights()
+    return max(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)) for x, y in zip(wa, wb))
+
+
+def test_ctrl_c_saves_and_stops_cleanly(tiny_archive, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, *TRAIN, "--data", tiny_archive, "--epochs", "40",
+                             "--run_dir", str(run_dir)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    marker = run_dir / "checkpoints" / "float" / "epoch-0002" / "meta.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-1500:]
+    assert "Traceback" not in err and "resume with the same command" in out
+    done = _history_epochs(str(run_dir))
+    assert done == list(range(1, len(done) + 1)) and len(done) >= 2
+    ckpts = sorted(os.listdir(run_dir / "checkpoints" / "float"))
+    assert f"epoch-{len(done):04d}" in ckpts and not [c for c in ckpts if c.endswith(".tmp")]
+
 
 def test_kill_while_exporting_leaves_no_file_that_looks_whole(qat_run, tmp_path):
     run_dir = str(tmp_path / "run")
