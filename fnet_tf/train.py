@@ -199,13 +199,14 @@ def _check_init_from(path, run):
     from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
     from fnet_tf.rundir import RunDir
 
+    from fnet_tf import fileio
     from fnet_tf.portable_weights import RESULT, WEIGHTS
 
     if os.path.isfile(os.path.join(path, RESULT)):  # float weights trained in Keras 3
         if not os.path.isfile(os.path.join(path, WEIGHTS)):
             raise UserError(f"--init_from {path} has no {WEIGHTS}: its Keras 3 training did not "
                             f"finish; run it again")
-        theirs = _read_json(os.path.join(path, RESULT))
+        theirs = fileio.read_json(os.path.join(path, RESULT))
         for key in ("model", "level", "width"):
             if theirs.get(key) != getattr(FLAGS, key):
                 raise UserError(f"--init_from {path} holds --{key}={theirs.get(key)!r}, not "
@@ -226,12 +227,6 @@ def _check_init_from(path, run):
     if not os.path.isfile(path):
         raise UserError(f"--init_from {path!r} does not exist: pass a run directory or a .keras file")
     return path
-
-
-def _read_json(path):
-    from fnet_tf import fileio
-
-    return fileio.read_json(path)
 
 
 def _record_test_metrics(run, phase, model, dataset, **extra):
@@ -315,6 +310,7 @@ def _float_from(path, run, dataset, spec):
 def _float_from_keras3(path, run, dataset, spec):
     import numpy as np
 
+    from fnet_tf import fileio
     from fnet_tf.portable_weights import RESULT, load_weights_by_layer
     from fnet_tf.spec import build_model
 
@@ -325,7 +321,7 @@ def _float_from_keras3(path, run, dataset, spec):
         raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
                         f"train it again") from None
     model = load_weights_by_layer(build_model(spec), arrays)
-    theirs = _read_json(os.path.join(os.path.dirname(path), RESULT))
+    theirs = fileio.read_json(os.path.join(os.path.dirname(path), RESULT))
     _finish_float(model, dataset, spec, run, epochs=theirs.get("recipe", {}).get("epochs", 0),
                   init_from=os.path.abspath(path), trained_in=f"Keras {theirs.get('keras')} "
                   f"({theirs.get('backend')}, {theirs.get('device')})",

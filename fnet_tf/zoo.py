@@ -68,18 +68,17 @@ def table_markdown(rows=None):
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in ("list", "path"):
-        if len(argv) == 3 and argv[1] == "path":
-            print(load(argv[2]))
-            return 0
-        raise UserError("usage: python -m fnet_tf.zoo list | path NAME")
-    if argv[1] == "path":
-        raise UserError("usage: python -m fnet_tf.zoo path NAME")
-    if not names():
-        print(f"no released models in {zoo_dir()}", file=sys.stderr)
+    args = argv[1:]
+    if args == ["list"]:
+        if not names():
+            print(f"no released models in {zoo_dir()}", file=sys.stderr)
+        else:
+            print(table_markdown())
         return 0
-    print(table_markdown())
-    return 0
+    if len(args) == 2 and args[0] == "path":
+        print(load(args[1]))
+        return 0
+    raise UserError("usage: python -m fnet_tf.zoo list | path NAME")
 
 
 if __name__ == "__main__":

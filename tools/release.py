@@ -133,7 +133,7 @@ def main(argv):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
     runs = [(name, run_dir, _check_run(run_dir)) for name, run_dir in pairs]
     from fnet_tf import benchmark, data as data_lib, fileio, zoo
-    from fnet_tf.analysis.sweep_report import _min_sqnr, _read_json
+    from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
 
     data_lib.check_source(FLAGS.data)
     if FLAGS.zoo:
@@ -147,12 +147,12 @@ def main(argv):
         with open(os.path.join(run_dir, "model_int8.tflite"), "rb") as f:
             content = f.read()
         config = run.config()
-        run_metrics = _read_json(os.path.join(run_dir, "metrics.json"), {})
-        analysis = _read_json(os.path.join(run_dir, "analysis", "metrics.json"))
+        run_metrics = fileio.read_json(os.path.join(run_dir, "metrics.json"))
+        analysis = fileio.read_json(os.path.join(run_dir, "analysis", "metrics.json"))
         accuracy = benchmark.evaluate_tflite(content, dataset.test, progress=False)
         float_info = run_metrics["float"]
         keras3 = float_info.get("keras3_recipe") or {}
-        layer, sqnr = _min_sqnr(run_dir)
+        layer, sqnr = lowest_sqnr_layer(run_dir)
         entries.append({
             "name": name, "model": config["model"], "level": config["level"],
             "width": config["width"],

@@ -58,7 +58,8 @@ def finished_runs(out):
     return sorted(runs, key=lambda r: (r[0]["level"], r[0].get("init", ""), r[0].get("seed", 0)))
 
 
-def _min_sqnr(run_dir):
+def lowest_sqnr_layer(run_dir):
+    """(layer, SQNR dB) of the op with the lowest INT8 output SQNR in the run's layers.csv."""
     path = os.path.join(run_dir, "analysis", "layers.csv")
     if not os.path.isfile(path):
         return "", float("nan")
@@ -96,7 +97,7 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
     for config, path in runs:
         metrics = _read_json(os.path.join(path, "metrics.json"), {})
         analysis = _read_json(os.path.join(path, "analysis", "metrics.json"), {})
-        layer, sqnr = _min_sqnr(path)
+        layer, sqnr = lowest_sqnr_layer(path)
         float_acc = metrics.get("float", {}).get("test_accuracy", float("nan"))
         qat_acc = analysis["accuracy_top1"]
         rows.append({
