@@ -69,32 +69,33 @@ class RunDir:
         }
         fileio.write_json(self.file(self.MANIFEST), manifest)
 
-    def is_complete(self, step):
-        """True when ``step`` is recorded and every artifact exists with its recorded sha256."""
+    def _artifact_problem(self, step):
+        """(recorded, problem): whether ``step`` is in run.json, and what is wrong with its
+        artifacts (a missing file or a sha256 mismatch), or None."""
         entry = self.manifest()["steps"].get(step)
         if not entry:
-            return False
+            return False, None
         for rel, digest in entry["artifacts"].items():
             path = self.file(rel)
-            if not os.path.isfile(path) or fileio.sha256_file(path) != digest:
-                return False
-        return True
+            if not os.path.isfile(path):
+                return True, f"{path} is missing though run.json records step {step!r}: re-run that step"
+            if fileio.sha256_file(path) != digest:
+                return True, (f"{path} does not match its sha256 in run.json (corrupt or "
+                              f"replaced): delete it and re-run step {step!r}")
+        return True, None
+
+    def is_complete(self, step):
+        """True when ``step`` is recorded and every artifact exists with its recorded sha256."""
+        recorded, problem = self._artifact_problem(step)
+        return recorded and problem is None
 
     def verified(self, step):
         """Like ``is_complete``, but a recorded step whose artifact is missing or altered is an
         error naming the file (a tool must not quietly fall back to another model)."""
-        entry = self.manifest()["steps"].get(step)
-        if not entry:
-            return False
-        for rel, digest in entry["artifacts"].items():
-            path = self.file(rel)
-            if not os.path.isfile(path):
-                raise UserError(f"{path} is missing though run.json records step {step!r}: "
-                                f"re-run that step")
-            if fileio.sha256_file(path) != digest:
-                raise UserError(f"{path} does not match its sha256 in run.json (corrupt or "
-                                f"replaced): delete it and re-run step {step!r}")
-        return True
+        recorded, problem = self._artifact_problem(step)
+        if problem:
+            raise UserError(problem)
+        return recorded
 
     # --- history and metrics ----------------------------------------------------------------
     def append_history(self, row):
