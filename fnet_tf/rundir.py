@@ -78,7 +78,8 @@ class RunDir:
         for rel, digest in entry["artifacts"].items():
             path = self.file(rel)
             if not os.path.isfile(path):
-                return True, f"{path} is missing though run.json records step {step!r}: re-run that step"
+                return True, (f"{path} is missing though run.json records step {step!r}: "
+                              f"re-run that step")
             if fileio.sha256_file(path) != digest:
                 return True, (f"{path} does not match its sha256 in run.json (corrupt or "
                               f"replaced): delete it and re-run step {step!r}")
