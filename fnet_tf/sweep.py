@@ -18,13 +18,12 @@ Several machines can each take some levels (``--levels 0-3`` here, ``--levels 4-
 into copies of the same ``--out``; ``--report`` over the merged ``runs/`` makes one table.
 """
 import os
-import subprocess
-import sys
 import time
 
 from absl import flags
 
 from fnet_tf import cli
+from fnet_tf.child import run_streamed
 from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -53,8 +52,6 @@ flags.DEFINE_string("select", None, "Print the best level under constraints, e.g
                     "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
                     "accuracy), from the existing sweep.csv; trains nothing.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_levels(text, top, model="the model"):
@@ -91,29 +88,6 @@ class Point:
         return RunDir(self.run_dir)
 
 
-def _stream(args, prefix):
-    """Run ``python args`` from the repo root, echoing its output lines after ``prefix``;
-    a failure stops the sweep with the child's last line."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    last = ""
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line and not _noise(line):
-            print(f"{prefix} | {line}", flush=True)
-            last = line
-    if proc.wait() != 0:
-        raise UserError(f"{prefix}: step failed ({last}); fix it and re-run the same command "
-                        f"to resume")
-
-
-def _noise(line):
-    return (line.startswith(("WARNING:", "INFO:", "W0000", "I0000", "E0000", "warnings.warn",
-                             "fully_quantize"))
-            or "oneDNN" in line or "UserWarning" in line)
-
-
 def train_args(point):
     args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(point.level),
             "--width", str(FLAGS.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
@@ -143,15 +117,15 @@ def run_point(point, index, total):
     run = point.run()
     steps = [
         ("train", lambda: run.is_complete("float") and run.is_complete("qat"),
-         lambda: _stream(train_args(point), f"{prefix}: train")),
+         lambda: run_streamed(train_args(point), f"{prefix}: train")),
         ("export QAT int8", lambda: run.is_complete(f"export:{report.QAT_FILE}"),
-         lambda: _stream(export_args(point, "auto", os.path.join(point.run_dir, report.QAT_FILE)),
+         lambda: run_streamed(export_args(point, "auto", os.path.join(point.run_dir, report.QAT_FILE)),
                          f"{prefix}: export")),
         ("export PTQ int8", lambda: run.is_complete(f"export:{report.PTQ_FILE}"),
-         lambda: _stream(export_args(point, "ptq", os.path.join(point.run_dir, report.PTQ_FILE)),
+         lambda: run_streamed(export_args(point, "ptq", os.path.join(point.run_dir, report.PTQ_FILE)),
                          f"{prefix}: export PTQ")),
         ("analyze", lambda: report.analysis_complete(point.run_dir),
-         lambda: _stream(["-m", "fnet_tf.analyze", point.run_dir, "--tool_check=false",
+         lambda: run_streamed(["-m", "fnet_tf.analyze", point.run_dir, "--tool_check=false",
                           "--latency_runs", "50", "--threads", "1"]
                          + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []),
                          f"{prefix}: analyze")),
