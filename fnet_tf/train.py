@@ -60,6 +60,9 @@ flags.DEFINE_string("init_from", None, "Float model to start from instead of tra
                     "of python -m fnet_tf.keras3_float (float weights trained in Keras 3).")
 flags.DEFINE_bool("layer_stats", True, "Record layer-wise weight/activation statistics after "
                   "every epoch (layer_stats.jsonl, TensorBoard histograms).")
+flags.DEFINE_bool("evaluate_test", True, "Measure the test split once at the end of each phase. "
+                  "Recipe tuning (python -m fnet_tf.tune) turns it off: the phase's last "
+                  "validation accuracy is recorded instead and the test split is never scored.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 a line per epoch, "
                      "0 silent (default: 1 on a terminal, 2 otherwise).")
 
@@ -87,6 +90,8 @@ def validate_flags():
         (FLAGS.qat_lr is None or FLAGS.qat_lr > 0, f"--qat_lr must be positive, got {FLAGS.qat_lr}"),
         (FLAGS.epochs > 0 or FLAGS.qat_epochs > 0, "--epochs and --qat_epochs are both 0: "
          "nothing to train"),
+        (FLAGS.evaluate_test or FLAGS.val_split > 0, "--evaluate_test=false records validation "
+         "accuracy instead of test accuracy: pass --val_split N (N > 0) with it"),
         (FLAGS.init_from is None or FLAGS.epochs == 0, "--init_from replaces float training: "
          "pass --epochs 0 with it"),
     ]
@@ -164,8 +169,9 @@ def main(argv):
                         f"train float first in {run.path}")
     if not (need_float or need_qat):
         metrics = run.read_json(run.METRICS, {})
-        done = ", ".join(f"{k} test accuracy {v.get('test_accuracy', float('nan')):.4f}"
-                         for k, v in metrics.items() if k in ("float", "qat"))
+        done = ", ".join(f"{k} {split} accuracy {v[f'{split}_accuracy']:.4f}"
+                         for k, v in metrics.items() if k in ("float", "qat")
+                         for split in ("test", "val") if f"{split}_accuracy" in v)
         print(f"training in {run.path} is already complete ({done}); nothing to do")
         return 0
 
@@ -230,16 +236,23 @@ def _check_init_from(path, run):
 
 
 def _record_test_metrics(run, phase, model, dataset, **extra):
-    """Measure ``model`` on the test split once and record it as ``phase`` in metrics.json."""
+    """Measure ``model`` on the test split once and record it as ``phase`` in metrics.json
+    (with ``--evaluate_test=false``: the phase's last validation accuracy, never the test's)."""
     from fnet_tf.training import evaluate
 
+    history = [r for r in run.history() if r.get("phase") == phase]
+    seconds = [float(r["seconds"]) for r in history]
+    timing = {"mean_epoch_seconds": sum(seconds) / len(seconds) if seconds else None}
+    if not FLAGS.evaluate_test:
+        val = evaluate(model, dataset.val, len(dataset.classes))
+        run.update_metrics(phase, {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                                   "num_val_images": val["num_images"], **timing, **extra})
+        return {**val, "split": "validation"}
     test = evaluate(model, dataset.test, len(dataset.classes))
-    seconds = [float(r["seconds"]) for r in run.history() if r.get("phase") == phase]
     run.update_metrics(phase, {
         "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "num_test_images": test["num_images"],
-        "mean_epoch_seconds": sum(seconds) / len(seconds) if seconds else None, **extra})
-    return test
+        "num_test_images": test["num_images"], **timing, **extra})
+    return {**test, "split": "test"}
 
 
 def _finish_float(model, dataset, spec, run, **info):
@@ -254,7 +267,7 @@ def _finish_float(model, dataset, spec, run, **info):
     test = _record_test_metrics(run, "float", model, dataset, data=dataset.source,
                                 classes=list(dataset.classes), **summarize(spec), **info)
     run.complete("float", [model_path], **info)
-    print(f"[float] test accuracy {test['accuracy']:.4f} on {test['num_images']} images; "
+    print(f"[float] {test['split']} accuracy {test['accuracy']:.4f} on {test['num_images']} images; "
           f"model: {model_path}", flush=True)
 
 
@@ -357,7 +370,7 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     test = _record_test_metrics(run, "qat", model, dataset, epochs=recipe.epochs,
                                 scheme=scheme.name)
     run.complete("qat", [weights], scheme=scheme.name, epochs=recipe.epochs)
-    print(f"[qat] test accuracy {test['accuracy']:.4f} on {test['num_images']} images "
+    print(f"[qat] {test['split']} accuracy {test['accuracy']:.4f} on {test['num_images']} images "
           f"(Keras QAT model); weights: {weights}", flush=True)
     return True
 

@@ -204,3 +204,18 @@ def init_ablation(entries, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def val_curves(curves, path, title):
+    """Validation accuracy per epoch, one line per tuning trial ({trial: [(epoch, acc)]})."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name, curve in curves.items():
+        epochs, accuracy = zip(*curve)
+        ax.plot(epochs, [100 * a for a in accuracy], marker=".", label=name,
+                linewidth=2.5 if name == "base" else 1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

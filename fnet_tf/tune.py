@@ -1,0 +1,199 @@
+"""Tune the training recipe on the validation split: ``python -m fnet_tf.tune ...``.
+
+Trains the base recipe and one variant per changed setting (one factor at a time), each a
+float run of ``fnet_tf.train`` with ``--evaluate_test=false`` in ``OUT/trials/<trial>/``, and
+ranks them by the validation accuracy of their last epoch (the last ``--val_split`` training
+images, the last 500 of each class for CIFAR-10). The test split is never scored, so the
+recipe it picks can be tested once per released model. A killed tuning run resumes: finished
+trials are reused and the trial in progress continues from its last epoch.
+
+    python -m fnet_tf.tune --model factorizenet --level 7 --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --epochs 15 --out tuning/factorizenet-l7 \\
+        --vary label_smoothing=0.1 --vary weight_decay=2.5e-3,1e-2 --vary lr=0.05,0.2
+
+``OUT`` gets ``tune.csv`` (one row per trial), ``tune.md`` (ranked table), ``chosen.json``
+(the winning settings as train flags) and ``val_curves.png`` (validation accuracy per epoch).
+"""
+import csv
+import io
+import os
+import time
+
+from absl import flags
+
+from fnet_tf import cli
+from fnet_tf.child import run_streamed
+from fnet_tf.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "factorizenet", "Registered model.")
+flags.DEFINE_integer("level", 0, "Depth-factorization level.")
+flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
+flags.DEFINE_string("out", None, "Tuning directory (trials/, tune.csv, tune.md, chosen.json).")
+flags.DEFINE_integer("epochs", 15, "Float epochs per trial (the same for every trial).")
+flags.DEFINE_integer("val_split", 5000, "Training images held out for validation (> 0).")
+flags.DEFINE_list("base", [], "Settings of the base recipe that differ from fnet_tf.train's "
+                  "defaults, e.g. 'lr=0.1,weight_decay=5e-3'.")
+flags.DEFINE_multi_string("vary", [], "SETTING=V1,V2,...: one trial per value, the other "
+                          "settings as in the base recipe. Repeatable.")
+flags.DEFINE_integer("seed", 0, "Seed of every trial (weights, data order, augmentation).")
+flags.DEFINE_integer("threads", 0, "CPU threads for training (0: all cores).")
+flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_bool("report", False, "Only rank the finished trials in --out; trains nothing.")
+
+# The recipe settings a trial may change, with the type of their value.
+TUNABLE = {"lr": float, "weight_decay": float, "label_smoothing": float, "cutout": int,
+           "warmup_epochs": float, "batch_size": int, "optimizer": str, "schedule": str}
+BASE = "base"
+COLUMNS = ["trial", "setting", "value", "val_accuracy", "best_val_accuracy", "best_epoch",
+           "epochs", "mean_epoch_seconds"]
+
+
+def parse_setting(text, what):
+    """'name=v1,v2' -> (name, [typed values]); UserError names the mistake."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not values.strip():
+        raise UserError(f"bad {what} {text!r}: use SETTING=VALUE[,VALUE...]")
+    if name not in TUNABLE:
+        raise UserError(f"{what} {name!r} is not a tunable setting: use one of "
+                        f"{', '.join(sorted(TUNABLE))}")
+    try:
+        return name, [TUNABLE[name](v.strip()) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad value in {what} {text!r}: {name} takes "
+                        f"{TUNABLE[name].__name__} values") from None
+
+
+def plan_trials(base_items, vary_items):
+    """[(trial name, setting, value, settings)]: the base recipe, then one change at a time."""
+    base = {}
+    for item in base_items:
+        name, values = parse_setting(item, "--base")
+        if len(values) != 1:
+            raise UserError(f"--base {item!r} gives {len(values)} values: give one")
+        base[name] = values[0]
+    trials = [(BASE, "", "", dict(base))]
+    for item in vary_items:
+        name, values = parse_setting(item, "--vary")
+        for value in values:
+            if base.get(name) == value:
+                continue  # that is the base trial
+            trial = f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+            if trial not in [t[0] for t in trials]:
+                trials.append((trial, name, value, {**base, name: value}))
+    return trials
+
+
+def train_args(run_dir, settings):
+    args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(FLAGS.level),
+            "--width", str(FLAGS.width), "--data", FLAGS.data, "--run_dir", run_dir,
+            "--epochs", str(FLAGS.epochs), "--qat_epochs", "0", "--val_split",
+            str(FLAGS.val_split), "--seed", str(FLAGS.seed), "--threads", str(FLAGS.threads),
+            "--evaluate_test=false", "--layer_stats=false", "--verbose", "2"]
+    args += [f"--{k}={v}" for k, v in settings.items()]
+    return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
+
+
+def trial_result(run_dir):
+    """Validation figures of a finished trial, or None when it has not finished."""
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    if not run.is_complete("float"):
+        return None
+    curve = [(int(r["epoch"]), float(r["val_accuracy"])) for r in run.history()
+             if r.get("phase") == "float" and r.get("val_accuracy")]
+    if not curve:
+        return None
+    metrics = run.read_json(run.METRICS, {}).get("float", {})
+    best_epoch, best = max(curve, key=lambda c: c[1])
+    return {"val_accuracy": metrics.get("val_accuracy", curve[-1][1]),
+            "best_val_accuracy": best, "best_epoch": best_epoch, "epochs": len(curve),
+            "mean_epoch_seconds": metrics.get("mean_epoch_seconds"), "curve": curve}
+
+
+def report(out, trials):
+    """Rank the finished trials by last-epoch validation accuracy; write the four outputs."""
+    from fnet_tf import fileio
+    from fnet_tf.analysis import plots
+
+    rows = []
+    for name, setting, value, settings in trials:
+        result = trial_result(os.path.join(out, "trials", name))
+        if result:
+            rows.append({"trial": name, "setting": setting, "value": value,
+                         "settings": settings, **result})
+    if not rows:
+        raise UserError(f"no finished trial in {out}/trials: run the tuning first")
+    rows.sort(key=lambda r: -r["val_accuracy"])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(os.path.join(out, "tune.csv"), buf.getvalue())
+    base = next((r for r in rows if r["trial"] == BASE), None)
+    lines = [f"# Recipe tuning: {FLAGS.model} level {FLAGS.level}, {FLAGS.epochs} epochs per "
+             f"trial, validation split ({FLAGS.val_split} held-out training images), seed "
+             f"{FLAGS.seed}", "",
+             "| rank | trial | val top-1 (last epoch) | vs base | best val (epoch) | s/epoch |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for rank, r in enumerate(rows, 1):
+        delta = f"{100 * (r['val_accuracy'] - base['val_accuracy']):+.2f}" if base else "?"
+        secs = f"{r['mean_epoch_seconds']:.1f}" if r["mean_epoch_seconds"] else "?"
+        lines.append(f"| {rank} | {r['trial']} | {100 * r['val_accuracy']:.2f}% | {delta} | "
+                     f"{100 * r['best_val_accuracy']:.2f}% ({r['best_epoch']}) | {secs} |")
+    missing = [t[0] for t in trials if t[0] not in {r["trial"] for r in rows}]
+    if missing:
+        lines += ["", f"Not finished: {', '.join(missing)}."]
+    chosen = rows[0]
+    lines += ["", f"Chosen: **{chosen['trial']}** (ranked by the last epoch's validation "
+              f"accuracy; one seed, so differences of a few tenths of a point are within "
+              f"seed noise)."]
+    fileio.write_text(os.path.join(out, "tune.md"), "\n".join(lines) + "\n")
+    fileio.write_json(os.path.join(out, "chosen.json"), {
+        "trial": chosen["trial"], "settings": chosen["settings"],
+        "train_flags": [f"--{k}={v}" for k, v in chosen["settings"].items()],
+        "val_accuracy": chosen["val_accuracy"], "epochs_per_trial": FLAGS.epochs,
+        "model": FLAGS.model, "level": FLAGS.level, "seed": FLAGS.seed,
+        "finished_trials": len(rows), "planned_trials": len(trials)})
+    plots.val_curves({r["trial"]: r["curve"] for r in rows}, os.path.join(out, "val_curves.png"),
+                     f"{FLAGS.model} level {FLAGS.level}: validation accuracy per epoch")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
+    if not FLAGS.out:
+        raise UserError("--out is required: the tuning directory, e.g. tuning/factorizenet-l7")
+    if FLAGS.val_split <= 0:
+        raise UserError(f"--val_split must be positive (tuning scores the validation split), "
+                        f"got {FLAGS.val_split}")
+    if FLAGS.epochs < 1:
+        raise UserError(f"--epochs must be 1 or more, got {FLAGS.epochs}")
+    trials = plan_trials(FLAGS.base, FLAGS.vary)
+    if not FLAGS.report:
+        from fnet_tf import architectures, data as data_lib
+
+        if not FLAGS.data:
+            raise UserError("--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)")
+        architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)  # fails fast if unknown
+        data_lib.check_source(FLAGS.data)
+        for i, (name, _, _, settings) in enumerate(trials, 1):
+            run_dir = os.path.join(FLAGS.out, "trials", name)
+            prefix = f"trial {i}/{len(trials)} {name}"
+            if trial_result(run_dir):
+                print(f"{prefix}: complete, reusing {run_dir}", flush=True)
+                continue
+            started = time.time()
+            print(f"{prefix}: training {FLAGS.epochs} epochs ...", flush=True)
+            run_streamed(train_args(run_dir, settings), prefix)
+            print(f"{prefix}: done in {time.time() - started:.0f}s", flush=True)
+    print(report(FLAGS.out, trials))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
