@@ -3,6 +3,14 @@
 
     python run_tflite.py model_int8.tflite cat.jpg dog.png      # top-5 classes per image
     python run_tflite.py model_int8.tflite --benchmark 500 --threads 4
+    python run_tflite.py model_int8.tflite --batch batch.npz --dump-logits here.npy
+    python run_tflite.py model_int8.tflite --batch batch.npz --compare-with x86.npy
+
+A batch (``.npz`` with ``images`` uint8 [N, H, W, 3] and optional ``labels``, or a ``.npy`` of
+images) is run image by image; ``--dump-logits`` saves the raw output tensors ([N, classes],
+int8 for fnet_tf's models) and ``--compare-with`` checks them against another machine's dump:
+top-1 agreement, the largest difference in output steps (LSB) and the share of bit-exact
+outputs. That is how an arm64 board is checked against x86 (tools/arm64_check.py).
 
 Copy this one file and the model to a Raspberry Pi or Android (Termux) and
 ``pip install ai-edge-litert numpy Pillow`` (or use ``tflite_runtime`` where that is what
@@ -114,6 +122,89 @@ def classify(interpreter, images, labels, top):
         print(f"{path}: {shown}")
 
 
+def load_batch(path, height, width):
+    """(images [N, H, W, 3], labels or None) from a .npz (images, labels) or .npy file."""
+    if not os.path.isfile(path):
+        raise RunError(f"batch {path!r} does not exist")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise RunError(f"{path!r} is not a readable .npz/.npy batch ({e.__class__.__name__})")
+    if isinstance(data, np.ndarray):
+        images, labels = data, None
+    else:  # an .npz archive
+        with data:
+            if "images" not in data.files:
+                raise RunError(f"batch {path!r} has no 'images' array (it has {data.files})")
+            try:
+                images = data["images"]
+                labels = data["labels"] if "labels" in data.files else None
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+                raise RunError(f"{path!r} is a damaged .npz batch ({e.__class__.__name__})")
+    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, 3):
+        raise RunError(f"batch {path!r} holds images of shape {list(images.shape)}, but the model "
+                       f"takes [N, {height}, {width}, 3]")
+    if labels is not None and len(labels) != len(images):
+        raise RunError(f"batch {path!r} has {len(images)} images but {len(labels)} labels")
+    return images.astype(np.float32), labels
+
+
+def raw_outputs(interpreter, images):
+    """The output tensor of every image as the model gives it (int8 for an int8 model)."""
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    rows = []
+    for pixels in images:
+        interpreter.set_tensor(inp["index"], to_input(pixels, inp))
+        interpreter.invoke()
+        rows.append(interpreter.get_tensor(out["index"])[0].copy())
+    return np.stack(rows)
+
+
+def compare_outputs(mine, reference):
+    """How closely two machines' raw outputs agree: top-1, largest difference, bit-exactness."""
+    if mine.shape != reference.shape:
+        raise RunError(f"the reference outputs have shape {list(reference.shape)}, these "
+                       f"{list(mine.shape)}: dump both from the same model and batch")
+    diff = np.abs(mine.astype(np.int64) - reference.astype(np.int64))
+    return {"images": int(len(mine)),
+            "top1_agreement": float(np.mean(mine.argmax(1) == reference.argmax(1))),
+            "max_diff_lsb": int(diff.max()) if diff.size else 0,
+            "bit_exact_outputs": float(np.mean(diff == 0)),
+            "bit_exact_images": float(np.mean(diff.max(1) == 0))}
+
+
+def describe_comparison(c):
+    return (f"top-1 agreement {100 * c['top1_agreement']:.2f}% on {c['images']} images, max diff "
+            f"{c['max_diff_lsb']} LSB, bit-exact {100 * c['bit_exact_outputs']:.2f}% of outputs "
+            f"({100 * c['bit_exact_images']:.2f}% of images)")
+
+
+def run_batch(interpreter, batch, dump, reference):
+    _, height, width, _ = interpreter.get_input_details()[0]["shape"]
+    images, labels = load_batch(batch, height, width)
+    if reference is not None and not os.path.isfile(reference):
+        raise RunError(f"reference outputs {reference!r} do not exist")
+    outputs = raw_outputs(interpreter, images)
+    line = f"{len(images)} images"
+    if labels is not None:
+        line += f": top-1 accuracy {100 * np.mean(outputs.argmax(1) == labels):.2f}%"
+    print(line)
+    if dump:
+        tmp = f"{dump}.partial.npy"  # written whole, then renamed: never a half-written dump
+        np.save(tmp, outputs)
+        os.replace(tmp, dump)
+        print(f"raw outputs {list(outputs.shape)} {outputs.dtype} written to {dump}")
+    if reference is not None:
+        try:
+            ref = np.load(reference, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise RunError(f"{reference!r} is not a readable .npy file ({e.__class__.__name__})")
+        if not isinstance(ref, np.ndarray):
+            raise RunError(f"{reference!r} is not a .npy array of outputs: pass a --dump-logits file")
+        print("compared with the reference: " + describe_comparison(compare_outputs(outputs, ref)))
+
+
 def benchmark(interpreter, runs, warmup=20):
     inp = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
@@ -139,14 +230,23 @@ def main(argv=None):
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
                         help="time N invokes after a warm-up and print latency percentiles")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    parser.add_argument("--batch", help="a .npz (images, labels) or .npy of images to run")
+    parser.add_argument("--dump-logits", metavar="FILE",
+                        help="save the raw outputs of --batch as a .npy file")
+    parser.add_argument("--compare-with", metavar="FILE",
+                        help="compare the outputs of --batch with another machine's dump")
     args = parser.parse_args(argv)
     try:
         if args.threads < 1:
             raise RunError(f"--threads must be 1 or more, got {args.threads}")
-        if not args.images and not args.benchmark:
-            raise RunError("give image files to classify, or --benchmark N")
+        if (args.dump_logits or args.compare_with) and not args.batch:
+            raise RunError("--dump-logits and --compare-with work on a --batch file: pass one")
+        if not args.images and not args.benchmark and not args.batch:
+            raise RunError("give image files to classify, --batch FILE, or --benchmark N")
         interpreter = load_interpreter(args.model, args.threads)
         classify(interpreter, args.images, read_labels(args.model, args.labels), args.top)
+        if args.batch:
+            run_batch(interpreter, args.batch, args.dump_logits, args.compare_with)
         if args.benchmark:
             r = benchmark(interpreter, args.benchmark)
             print(f"latency over {r['runs']} invokes, {args.threads} thread(s): p50 {r['p50']:.3f} "

@@ -56,14 +56,17 @@ def table_markdown(rows=None):
     """The results table of the README, generated from the released models' metrics."""
     rows = table_rows() if rows is None else rows
     lines = ["| model | float top-1 | QAT INT8 top-1 | INT8 drop | MACs (M) | params | "
-             "size (KiB) | p50 ms (1 thread) | latency vs ResNet-8 peer |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "size (KiB) | p50 ms (1 thread) | latency vs ResNet-8 peer | arm64 vs x86 top-1 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in rows:
+        arm64 = m.get("arm64")
+        arm64 = (f"{100 * arm64['top1_agreement']:.2f}% ({arm64['max_diff_lsb']} LSB)"
+                 if arm64 else "not checked")
         lines.append(
             f"| [{m['name']}](models/{m['name']}/card.md) | {100 * m['float_accuracy']:.2f}% | "
             f"{100 * m['int8_accuracy']:.2f}% | {100 * m['int8_drop']:+.2f} | "
             f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
-            f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x |")
+            f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x | {arm64} |")
     return "\n".join(lines)
 
 

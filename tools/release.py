@@ -72,59 +72,6 @@ def _agreement(run, content, dataset):
     return float(np.mean(keras_logits.argmax(1) == int8_scores.argmax(1)))
 
 
-def card_text(m):
-    recipe = m["recipe"]
-    float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
-                  if m.get("float_trained_in") else f"float trained {recipe.get('float_epochs')} "
-                  f"epochs in tf_keras on this machine")
-    return f"""# {m['name']}
-
-{m['description']}
-
-| | |
-| --- | --- |
-| architecture | `{m['model']}`, level {m['level']}, width {m['width']:g} |
-| params (int8 file) | {m['params']:,} |
-| MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
-| file size | {m['size_bytes']:,} bytes |
-| float top-1 | {100 * m['float_accuracy']:.2f}% |
-| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%) |
-| INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
-| INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
-| latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
-| lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |
-
-**Data**: {m['data']}, test split ({m['num_test_images']:,} images). The JPEG copy of CIFAR-10
-scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
-{100 * m['peer_accuracy']:.2f}% here against 88.5% published).
-
-**Recipe**: {float_note}: SGD Nesterov lr {recipe.get('lr')}, warm-up {recipe.get('warmup_epochs')}
-epochs then cosine, decoupled weight decay {recipe.get('weight_decay')}, batch
-{recipe.get('batch_size')}, pad-4 crop + flip, label smoothing {recipe.get('label_smoothing')},
-{recipe.get('val_split')} training images held out for validation, seed {recipe.get('seed')}.
-QAT: {recipe.get('qat_epochs')} epochs, scheme `{recipe.get('qat_scheme')}`, peak lr
-{recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
-
-**Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,
-XNNPACK, on {m['machine']['cpu']} ({m['machine']['cores']} cores), all released models and the
-peer timed interleaved in one pass.
-
-## Run it on a device
-
-```bash
-pip install ai-edge-litert numpy Pillow          # Raspberry Pi OS (arm64) or Termux
-python run_tflite.py model_int8.tflite image.jpg  # export/run_tflite.py from this repo
-```
-
-Input: int8 `[1, 32, 32, 3]`, raw pixels minus 128 (the scale and zero point are read from the
-file). Output: int8 logits for {len(m['classes'])} classes; labels are embedded in the file.
-From Python: `fnet_tf.zoo.load("{m['name']}")` returns this file's path.
-
-Plots: `summary.png`, `weight_ranges.png`, `sqnr.png` (per-layer INT8 error),
-`weight_histograms.png`, `activation_histograms.png`; per-layer numbers in `layers.csv`.
-"""
-
-
 def main(argv):
     pairs = _parse(argv)
     if not FLAGS.data or not FLAGS.peer:
@@ -132,7 +79,7 @@ def main(argv):
     if not os.path.isfile(FLAGS.peer):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
     runs = [(name, run_dir, _check_run(run_dir)) for name, run_dir in pairs]
-    from fnet_tf import benchmark, data as data_lib, fileio, zoo
+    from fnet_tf import benchmark, data as data_lib, fileio, model_card, zoo
     from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
 
     data_lib.check_source(FLAGS.data)
@@ -156,9 +103,6 @@ def main(argv):
         entries.append({
             "name": name, "model": config["model"], "level": config["level"],
             "width": config["width"],
-            "description": f"{config['model']} level {config['level']}: "
-                           f"{'the MLPerf Tiny ResNet-8 architecture' if config['model'] == 'resnet8' else 'FactorizeNet'}"
-                           f", trained with fnet_tf's pipeline and recipe.",
             "params": analysis["params"], "macs": analysis["macs"], "size_bytes": len(content),
             "float_accuracy": float_info["test_accuracy"],
             "int8_accuracy": accuracy["accuracy_top1"], "int8_top5": accuracy["accuracy_top5"],
@@ -184,6 +128,7 @@ def main(argv):
     machine = benchmark.machine_info()
     peer_p50 = latencies[-1]["p50"]
     for entry, lat, (name, run_dir, _) in zip(entries, latencies, runs):
+        entry.update(model_card.kept_arm64_check(os.path.join(zoo.zoo_dir(), name), entry))
         entry.update(latency_ms=lat, latency_p50_ms=lat["p50"], peer_latency_p50_ms=peer_p50,
                      latency_ratio_to_peer=lat["p50"] / peer_p50, machine=machine)
         target = os.path.join(zoo.zoo_dir(), name)
@@ -195,9 +140,8 @@ def main(argv):
                 src = os.path.join(run_dir, "analysis", extra)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, extra))
-            fileio.write_json(os.path.join(tmp, zoo.METRICS),
-                              {k: v for k, v in entry.items() if k != "description"})
-            fileio.write_text(os.path.join(tmp, zoo.CARD), card_text(entry))
+            fileio.write_json(os.path.join(tmp, zoo.METRICS), entry)
+            fileio.write_text(os.path.join(tmp, zoo.CARD), model_card.card_text(entry))
         print(f"released {target}: INT8 {100 * entry['int8_accuracy']:.2f}%, "
               f"p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
     print(zoo.table_markdown())

@@ -1,0 +1,91 @@
+"""The model card of a released zoo model, rendered from its ``metrics.json`` (never typed).
+
+``tools/release.py`` writes both files; ``tools/arm64_check.py`` adds the arm64 comparison to
+``metrics.json`` and renders the card again.
+"""
+import os
+
+from fnet_tf import fileio
+
+
+def description(m):
+    kind = ("the MLPerf Tiny ResNet-8 architecture" if m["model"] == "resnet8"
+            else "FactorizeNet")
+    return (f"{m['model']} level {m['level']}: {kind}, trained with fnet_tf's pipeline and "
+            f"recipe.")
+
+
+def arm64_line(check):
+    """The card's arm64 row: how the emulated Cortex-A72 run agrees with x86 (never a latency)."""
+    if not check:
+        return "not checked yet (`python tools/arm64_check.py`)"
+    return (f"top-1 agreement {100 * check['top1_agreement']:.2f}% on {check['images']:,} test "
+            f"images, max diff {check['max_diff_lsb']} LSB, bit-exact "
+            f"{100 * check['bit_exact_outputs']:.2f}% of outputs (LiteRT "
+            f"{check['arm64_litert']} under qemu {check['qemu']} vs {check['x86_litert']} on x86)")
+
+
+def kept_arm64_check(model_dir, entry):
+    """{'arm64': ...} from the released metrics when it checked this very file, else {}."""
+    path = os.path.join(model_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    old = fileio.read_json(path)
+    check = old.get("arm64")
+    if check and check.get("sha256") == entry["sha256"]:
+        return {"arm64": check}
+    return {}
+
+
+def card_text(m):
+    recipe = m["recipe"]
+    float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
+                  if m.get("float_trained_in") else f"float trained {recipe.get('float_epochs')} "
+                  f"epochs in tf_keras on this machine")
+    return f"""# {m['name']}
+
+{description(m)}
+
+| | |
+| --- | --- |
+| architecture | `{m['model']}`, level {m['level']}, width {m['width']:g} |
+| params (int8 file) | {m['params']:,} |
+| MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
+| file size | {m['size_bytes']:,} bytes |
+| float top-1 | {100 * m['float_accuracy']:.2f}% |
+| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%) |
+| INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
+| INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
+| latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
+| lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |
+| arm64 (emulated Cortex-A72) | {arm64_line(m.get('arm64'))} |
+
+**Data**: {m['data']}, test split ({m['num_test_images']:,} images). The JPEG copy of CIFAR-10
+scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
+{100 * m['peer_accuracy']:.2f}% here against 88.5% published).
+
+**Recipe**: {float_note}: SGD Nesterov lr {recipe.get('lr')}, warm-up {recipe.get('warmup_epochs')}
+epochs then cosine, decoupled weight decay {recipe.get('weight_decay')}, batch
+{recipe.get('batch_size')}, pad-4 crop + flip, label smoothing {recipe.get('label_smoothing')},
+{recipe.get('val_split')} training images held out for validation, seed {recipe.get('seed')}.
+QAT: {recipe.get('qat_epochs')} epochs, scheme `{recipe.get('qat_scheme')}`, peak lr
+{recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
+
+**Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,
+XNNPACK, on {m['machine']['cpu']} ({m['machine']['cores']} cores), all released models and the
+peer timed interleaved in one pass.
+
+## Run it on a device
+
+```bash
+pip install ai-edge-litert numpy Pillow          # Raspberry Pi OS (arm64) or Termux
+python run_tflite.py model_int8.tflite image.jpg  # export/run_tflite.py from this repo
+```
+
+Input: int8 `[1, 32, 32, 3]`, raw pixels minus 128 (the scale and zero point are read from the
+file). Output: int8 logits for {len(m['classes'])} classes; labels are embedded in the file.
+From Python: `fnet_tf.zoo.load("{m['name']}")` returns this file's path.
+
+Plots: `summary.png`, `weight_ranges.png`, `sqnr.png` (per-layer INT8 error),
+`weight_histograms.png`, `activation_histograms.png`; per-layer numbers in `layers.csv`.
+"""
