@@ -235,7 +235,7 @@ def _check_init_from(path, run):
     return path
 
 
-def _record_test_metrics(run, phase, model, dataset, **extra):
+def _record_final_metrics(run, phase, model, dataset, **extra):
     """Measure ``model`` on the test split once and record it as ``phase`` in metrics.json
     (with ``--evaluate_test=false``: the phase's last validation accuracy, never the test's)."""
     from fnet_tf.training import evaluate
@@ -264,11 +264,11 @@ def _finish_float(model, dataset, spec, run, **info):
     model_path = run.file(FLOAT_MODEL)
     with fileio.atomic_path(model_path) as tmp:
         model.save(tmp)
-    test = _record_test_metrics(run, "float", model, dataset, data=dataset.source,
-                                classes=list(dataset.classes), **summarize(spec), **info)
+    result = _record_final_metrics(run, "float", model, dataset, data=dataset.source,
+                                   classes=list(dataset.classes), **summarize(spec), **info)
     run.complete("float", [model_path], **info)
-    print(f"[float] {test['split']} accuracy {test['accuracy']:.4f} on {test['num_images']} images; "
-          f"model: {model_path}", flush=True)
+    print(f"[float] {result['split']} accuracy {result['accuracy']:.4f} on "
+          f"{result['num_images']} images; model: {model_path}", flush=True)
 
 
 def _stats_callbacks(run, phase, dataset):
@@ -367,11 +367,11 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     weights = run.file(artifacts.QAT_WEIGHTS)
     with fileio.atomic_path(weights) as tmp:
         model.save_weights(tmp)
-    test = _record_test_metrics(run, "qat", model, dataset, epochs=recipe.epochs,
-                                scheme=scheme.name)
+    result = _record_final_metrics(run, "qat", model, dataset, epochs=recipe.epochs,
+                                   scheme=scheme.name)
     run.complete("qat", [weights], scheme=scheme.name, epochs=recipe.epochs)
-    print(f"[qat] {test['split']} accuracy {test['accuracy']:.4f} on {test['num_images']} images "
-          f"(Keras QAT model); weights: {weights}", flush=True)
+    print(f"[qat] {result['split']} accuracy {result['accuracy']:.4f} on {result['num_images']} "
+          f"images (Keras QAT model); weights: {weights}", flush=True)
     return True
 
 
