@@ -154,13 +154,13 @@ def _guest(rootfs, args, what):
     env = {"PYTHONPATH": "/site", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp",
            "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        return _run([qemu, "-cpu", FLAGS.cpu if FLAGS.is_parsed() else "cortex-a72", "-L", root,
+        return _run([qemu, "-cpu", FLAGS.cpu, "-L", root,
                      os.path.join(root, GUEST_PYTHON.lstrip("/")), *args], what, env=env)
     except UserError as e:
         if "signal 11" in str(e) or "Segmentation" in str(e):
             raise UserError(f"{e}: this LiteRT build crashes under qemu (2.x does under qemu "
                             f"7.2); use --litert 1.4.0 with a fresh --rootfs") from None
-        raise
+        raise UserError(f"{e} (if the userland is damaged, delete {rootfs} to rebuild it)") from None
 
 
 def _guest_versions(rootfs):
@@ -259,7 +259,6 @@ def update_zoo(zoo_name, check):
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
-    versions = None
     if not FLAGS.build_only:
         if not FLAGS.data:
             raise UserError("--data is required: the dataset whose test images are compared "
