@@ -39,15 +39,22 @@ class RunError(Exception):
     """A mistake to report as one line (exit code 2)."""
 
 
-def load_interpreter(path, threads):
+def load_interpreter(path, threads, xnnpack=True):
     if not os.path.isfile(path):
         raise RunError(f"model {path!r} does not exist")
     with open(path, "rb") as f:
         head = f.read(8)
     if len(head) < 8 or head[4:8] != b"TFL3":
         raise RunError(f"{path!r} is not a .tflite file (no TFL3 identifier)")
+    options = {}
+    if not xnnpack:  # TFLite's builtin kernels, as on builds without the XNNPACK delegate
+        try:
+            from ai_edge_litert.interpreter import OpResolverType
+        except ImportError:
+            from tflite_runtime.interpreter import OpResolverType
+        options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = Interpreter(model_path=path, num_threads=threads)
+        interpreter = Interpreter(model_path=path, num_threads=threads, **options)
         interpreter.allocate_tensors()
         details = interpreter.get_input_details()  # names of a damaged file may not decode
         interpreter.get_output_details()
@@ -230,6 +237,8 @@ def main(argv=None):
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
                         help="time N invokes after a warm-up and print latency percentiles")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    parser.add_argument("--no-xnnpack", action="store_true",
+                        help="run TFLite's builtin kernels, not the default XNNPACK delegate")
     parser.add_argument("--batch", help="a .npz (images, labels) or .npy of images to run")
     parser.add_argument("--dump-logits", metavar="FILE",
                         help="save the raw outputs of --batch as a .npy file")
@@ -243,7 +252,7 @@ def main(argv=None):
             raise RunError("--dump-logits and --compare-with work on a --batch file: pass one")
         if not args.images and not args.benchmark and not args.batch:
             raise RunError("give image files to classify, --batch FILE, or --benchmark N")
-        interpreter = load_interpreter(args.model, args.threads)
+        interpreter = load_interpreter(args.model, args.threads, xnnpack=not args.no_xnnpack)
         classify(interpreter, args.images, read_labels(args.model, args.labels), args.top)
         if args.batch:
             run_batch(interpreter, args.batch, args.dump_logits, args.compare_with)

@@ -49,6 +49,8 @@ flags.DEFINE_string("rootfs", os.environ.get("FNET_TF_ARM64_ROOTFS", os.path.joi
     "Where the arm64 userland is built once and reused ($FNET_TF_ARM64_ROOTFS).")
 flags.DEFINE_string("litert", "1.4.0", "ai-edge-litert version of the arm64 userland.")
 flags.DEFINE_string("cpu", "cortex-a72", "CPU qemu emulates (cortex-a72: Raspberry Pi 4).")
+flags.DEFINE_bool("xnnpack", True, "Run with LiteRT's default XNNPACK delegate on both sides "
+                  "(--noxnnpack: TFLite's builtin kernels, as on builds without it).")
 flags.DEFINE_bool("build_only", False, "Only build (or check) the arm64 userland.")
 flags.DEFINE_bool("update_zoo", False, "Write each zoo model's result into its metrics.json "
                   "and card.md.")
@@ -225,14 +227,15 @@ def check_model(rootfs, work, name, path, labels, runner):
     for stale in (x86_out, arm_out):
         if os.path.exists(stale):
             os.remove(stale)
+    kernels = [] if FLAGS.xnnpack else ["--no-xnnpack"]
     _run([sys.executable, RUNNER, os.path.join(work, "model.tflite"), "--batch",
-          os.path.join(work, "batch.npz"), "--dump-logits", x86_out], f"{name} on x86")
+          os.path.join(work, "batch.npz"), "--dump-logits", x86_out, *kernels], f"{name} on x86")
     started = time.time()
     # qemu -L looks a path up in the userland first and falls back to the host's, so the
     # guest reads and writes the host's work folder under the same names.
     printed = _guest(rootfs, [os.path.join(work, "run_tflite.py"), os.path.join(work, "model.tflite"),
                               "--batch", os.path.join(work, "batch.npz"), "--dump-logits", arm_out,
-                              "--compare-with", x86_out], f"{name} under emulated arm64")
+                              "--compare-with", x86_out, *kernels], f"{name} under emulated arm64")
     emulated_seconds = time.time() - started
     x86, arm64 = np.load(x86_out), np.load(arm_out)
     result = runner.compare_outputs(arm64, x86)
@@ -263,6 +266,9 @@ def main(argv):
         if not FLAGS.data:
             raise UserError("--data is required: the dataset whose test images are compared "
                             "(e.g. ../shared/data/cifar10-jpeg.tar.gz)")
+        if FLAGS.update_zoo and not FLAGS.xnnpack:
+            raise UserError("--update_zoo records the default kernels (XNNPACK) in the cards: "
+                            "drop --noxnnpack, or --update_zoo")
         models = resolve_models(FLAGS.models)
         images, labels, test = fixed_batch(FLAGS.data, FLAGS.images, FLAGS.cache_dir)
     versions = build_rootfs(FLAGS.rootfs, FLAGS.litert)
@@ -279,7 +285,7 @@ def main(argv):
         np.savez(os.path.join(work, "batch.npz"), images=images, labels=labels)
         for i, (name, path, zoo_name) in enumerate(models, 1):
             check = check_model(FLAGS.rootfs, work, name, path, labels, runner)
-            check.update(name=name, cpu=FLAGS.cpu, arm64_litert=versions["ai_edge_litert"],
+            check.update(name=name, cpu=FLAGS.cpu, xnnpack=FLAGS.xnnpack, arm64_litert=versions["ai_edge_litert"],
                          arm64_numpy=versions["numpy"], qemu=versions["qemu"],
                          x86_litert=x86_litert, data=os.path.basename(FLAGS.data),
                          test_images_total=len(test))
