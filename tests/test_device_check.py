@@ -46,6 +46,12 @@ def test_dump_then_compare_with_itself_is_bit_exact(tmp_path, batch):
             in out)
 
 
+def test_builtin_kernels_run_without_xnnpack(tmp_path, batch):
+    dump = str(tmp_path / "builtin.npy")
+    _ok(run_module([RUN_TFLITE, MODEL, "--batch", batch, "--no-xnnpack", "--dump-logits", dump]))
+    assert np.load(dump).shape == (12, 10)
+
+
 def test_compare_reports_disagreement_and_lsb_difference(tmp_path, batch):
     dump = str(tmp_path / "x86.npy")
     _ok(run_module([RUN_TFLITE, MODEL, "--batch", batch, "--dump-logits", dump]))
