@@ -98,7 +98,7 @@ def _qemu(rootfs):
 def build_rootfs(rootfs, litert):
     """Build the arm64 userland into ``rootfs`` (whole or not at all); return its versions."""
     marker = os.path.join(rootfs, VERSIONS)
-    if os.path.isfile(marker):
+    if os.path.isfile(marker):  # built before
         with open(marker) as f:
             versions = json.load(f)
         if versions.get("ai_edge_litert") == litert and _qemu(rootfs):
@@ -107,9 +107,10 @@ def build_rootfs(rootfs, litert):
                         f"remove it or pass another --rootfs")
     for tool in ("apt-get", "dpkg", "dpkg-deb"):
         if not shutil.which(tool):
-            raise UserError(f"building the arm64 userland needs {tool} (a Debian or Ubuntu "
-                            f"host): run this on one, or copy a built --rootfs here")
-    print(f"building the arm64 userland in {rootfs} (once; about a minute) ...", flush=True)
+            raise UserError(f"building the arm64 userland needs {tool} (a Debian 12 host, "
+                            f"whose apt sources serve the arm64 packages): run this on one, or "
+                            f"copy a built --rootfs here")
+    print(f"building the arm64 userland in {rootfs} (once; 20-60 s) ...", flush=True)
     partial = rootfs + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     root = os.path.join(partial, "root")
