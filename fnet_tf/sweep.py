@@ -35,6 +35,8 @@ flags.DEFINE_string("out", None, "Sweep directory (runs/, sweep.csv, summary.md,
 flags.DEFINE_integer("epochs", 30, "Float epochs per point (ignored with --float_from).")
 flags.DEFINE_integer("qat_epochs", 3, "QAT epochs per point.")
 flags.DEFINE_string("qat_scheme", "int8", "QAT scheme.")
+flags.DEFINE_string("recipe_flags", None, "An absl flagfile of recipe settings passed to every "
+                    "point's training, e.g. the tuner's chosen.flags (python -m fnet_tf.tune).")
 flags.DEFINE_integer("seeds", 1, "Seeds per level (0 .. seeds-1); the table shows mean ± std.")
 flags.DEFINE_list("init", ["he_normal"], "Kernel initializers to compare (a sweep dimension).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
@@ -97,6 +99,8 @@ def train_args(point):
             "--verbose", "2"]
     if FLAGS.cache_dir:
         args += ["--cache_dir", FLAGS.cache_dir]
+    if FLAGS.recipe_flags:
+        args += ["--flagfile", os.path.abspath(FLAGS.recipe_flags)]
     if FLAGS.float_from:
         source = os.path.join(FLAGS.float_from, f"{FLAGS.model}-l{point.level}")
         return args + ["--epochs", "0", "--init_from", source]
@@ -160,6 +164,9 @@ def _validate():
             raise UserError(message)
     if FLAGS.float_from and not os.path.isdir(FLAGS.float_from):
         raise UserError(f"--float_from {FLAGS.float_from!r} is not a directory")
+    if FLAGS.recipe_flags and not os.path.isfile(FLAGS.recipe_flags):
+        raise UserError(f"--recipe_flags {FLAGS.recipe_flags!r} does not exist: pass a flagfile "
+                        f"such as the tuner's chosen.flags")
     if FLAGS.peer and not os.path.isfile(FLAGS.peer):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist: pass an INT8 .tflite file")
 

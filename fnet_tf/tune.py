@@ -12,7 +12,9 @@ trials are reused and the trial in progress continues from its last epoch.
         --vary label_smoothing=0.1 --vary weight_decay=2.5e-3,1e-2 --vary lr=0.05,0.2
 
 ``OUT`` gets ``tune.csv`` (one row per trial), ``tune.md`` (ranked table), ``chosen.json``
-(the winning settings as train flags) and ``val_curves.png`` (validation accuracy per epoch).
+(the winning settings), ``chosen.flags`` (the same as an absl flagfile: ``fnet_tf.train
+--flagfile OUT/chosen.flags``, ``fnet_tf.sweep --recipe_flags OUT/chosen.flags``) and
+``val_curves.png`` (validation accuracy per epoch).
 """
 import csv
 import io
@@ -158,6 +160,8 @@ def report(out, trials):
         "val_accuracy": chosen["val_accuracy"], "epochs_per_trial": FLAGS.epochs,
         "model": FLAGS.model, "level": FLAGS.level, "seed": FLAGS.seed,
         "finished_trials": len(rows), "planned_trials": len(trials)})
+    fileio.write_text(os.path.join(out, "chosen.flags"),
+                      "".join(f"--{k}={v}\n" for k, v in chosen["settings"].items()))
     plots.val_curves({r["trial"]: r["curve"] for r in rows}, os.path.join(out, "val_curves.png"),
                      f"{FLAGS.model} level {FLAGS.level}: validation accuracy per epoch")
     return "\n".join(lines)

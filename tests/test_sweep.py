@@ -128,3 +128,10 @@ def test_init_ablation_plot(tmp_path):
                for lvl in (0, 3, 7) for init in ("he_normal", "glorot_uniform")]
     plots.init_ablation(entries, str(tmp_path / "a.png"), "t")
     assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_sweep_refuses_a_missing_recipe_flagfile(tmp_path, tiny_archive):
+    result = run_module(["-m", "fnet_tf.sweep", "--levels", "7", "--data", tiny_archive,
+                         "--out", str(tmp_path / "s"), "--recipe_flags", str(tmp_path / "no.flags")])
+    assert result.returncode == 2 and "--recipe_flags" in last_line(result.stderr)
+    assert "Traceback" not in result.stderr

@@ -56,6 +56,8 @@ def test_tuning_scores_validation_only_and_resumes(tmp_path, tiny_archive):
         chosen = json.load(f)
     assert chosen["trial"] == rows[0]["trial"] and chosen["finished_trials"] == 2
     assert os.path.getsize(os.path.join(out, "val_curves.png")) > 1000
+    with open(os.path.join(out, "chosen.flags")) as f:
+        assert f.read() == "".join(f"{flag}\n" for flag in chosen["train_flags"])
     again = run_module(args)
     assert again.returncode == 0
     assert again.stdout.count("complete, reusing") == 2 and "training 2 epochs" not in again.stdout
