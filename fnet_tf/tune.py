@@ -136,9 +136,13 @@ def report(out, trials):
     writer.writerows(rows)
     fileio.write_text(os.path.join(out, "tune.csv"), buf.getvalue())
     base = next((r for r in rows if r["trial"] == BASE), None)
-    lines = [f"# Recipe tuning: {FLAGS.model} level {FLAGS.level}, {FLAGS.epochs} epochs per "
+    epochs = "/".join(str(e) for e in sorted({r["epochs"] for r in rows}))  # as trained
+    lines = [f"# Recipe tuning: {FLAGS.model} level {FLAGS.level}, {epochs} epochs per "
              f"trial, validation split ({FLAGS.val_split} held-out training images), seed "
              f"{FLAGS.seed}", "",
+             f"Base recipe: fnet_tf.train's defaults"
+             + (f" with {', '.join(f'{k}={v}' for k, v in trials[0][3].items())}"
+                if trials[0][3] else "") + "; each other trial changes one setting.", "",
              "| rank | trial | val top-1 (last epoch) | vs base | best val (epoch) | s/epoch |",
              "| --- | --- | --- | --- | --- | --- |"]
     for rank, r in enumerate(rows, 1):
@@ -150,14 +154,15 @@ def report(out, trials):
     if missing:
         lines += ["", f"Not finished: {', '.join(missing)}."]
     chosen = rows[0]
-    lines += ["", f"Chosen: **{chosen['trial']}** (ranked by the last epoch's validation "
+    shown = ", ".join(f"{k}={v}" for k, v in chosen["settings"].items()) or "the defaults"
+    lines += ["", f"Chosen: **{chosen['trial']}** ({shown}; ranked by the last epoch's validation "
               f"accuracy; one seed, so differences of a few tenths of a point are within "
               f"seed noise)."]
     fileio.write_text(os.path.join(out, "tune.md"), "\n".join(lines) + "\n")
     fileio.write_json(os.path.join(out, "chosen.json"), {
         "trial": chosen["trial"], "settings": chosen["settings"],
         "train_flags": [f"--{k}={v}" for k, v in chosen["settings"].items()],
-        "val_accuracy": chosen["val_accuracy"], "epochs_per_trial": FLAGS.epochs,
+        "val_accuracy": chosen["val_accuracy"], "epochs_per_trial": epochs,
         "model": FLAGS.model, "level": FLAGS.level, "seed": FLAGS.seed,
         "finished_trials": len(rows), "planned_trials": len(trials)})
     fileio.write_text(os.path.join(out, "chosen.flags"),
