@@ -148,7 +148,9 @@ def load_batch(path, height, width):
                 labels = data["labels"] if "labels" in data.files else None
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
                 raise RunError(f"{path!r} is a damaged .npz batch ({e.__class__.__name__})")
-    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, 3) or not len(images):
+    if images.ndim == 4 and not len(images):
+        raise RunError(f"batch {path!r} holds no images")
+    if images.ndim != 4 or tuple(images.shape[1:]) != (height, width, 3):
         raise RunError(f"batch {path!r} holds images of shape {list(images.shape)}, but the model "
                        f"takes [N, {height}, {width}, 3]")
     if labels is not None and len(labels) != len(images):
