@@ -9,7 +9,7 @@ from conftest import last_line, run_module
 
 
 def test_plan_is_the_base_then_one_change_at_a_time():
-    from fnet_tf.tune import plan_trials
+    from fnet_tf.recipe_grid import plan_trials
 
     trials = plan_trials(["weight_decay=5e-3"], ["label_smoothing=0.1",
                                                  "weight_decay=2.5e-3,5e-3,1e-2", "cutout=8"])
@@ -27,7 +27,7 @@ def test_plan_is_the_base_then_one_change_at_a_time():
 ])
 def test_bad_settings_are_named(vary, message):
     from fnet_tf.errors import UserError
-    from fnet_tf.tune import plan_trials
+    from fnet_tf.recipe_grid import plan_trials
 
     with pytest.raises(UserError, match=message):
         plan_trials([], [vary])
