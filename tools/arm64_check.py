@@ -286,7 +286,8 @@ def main(argv):
         np.savez(os.path.join(work, "batch.npz"), images=images, labels=labels)
         for i, (name, path, zoo_name) in enumerate(models, 1):
             check = check_model(FLAGS.rootfs, work, name, path, labels, runner)
-            check.update(name=name, cpu=FLAGS.cpu, xnnpack=FLAGS.xnnpack, arm64_litert=versions["ai_edge_litert"],
+            check.update(name=name, cpu=FLAGS.cpu, xnnpack=FLAGS.xnnpack,
+                         arm64_litert=versions["ai_edge_litert"],
                          arm64_numpy=versions["numpy"], qemu=versions["qemu"],
                          x86_litert=x86_litert, data=os.path.basename(FLAGS.data),
                          test_images_total=len(test))
