@@ -55,6 +55,9 @@ flags.DEFINE_bool("build_only", False, "Only build (or check) the arm64 userland
 flags.DEFINE_bool("update_zoo", False, "Write each zoo model's result into its metrics.json "
                   "and card.md.")
 flags.DEFINE_string("out", None, "Also write all results to this JSON file.")
+flags.DEFINE_string("keep", None, "Also keep batch.npz and each model's x86 dump "
+                    "(<name>.x86.npy) in this folder, to check a real board with "
+                    "run_tflite.py --batch batch.npz --compare-with <name>.x86.npy.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 
 # Debian bookworm arm64 packages that python3.11 and the wheels need at run time.
@@ -238,6 +241,8 @@ def check_model(rootfs, work, name, path, labels, runner):
                               "--batch", os.path.join(work, "batch.npz"), "--dump-logits", arm_out,
                               "--compare-with", x86_out, *kernels], f"{name} under emulated arm64")
     emulated_seconds = time.time() - started
+    if FLAGS.keep:
+        shutil.copyfile(x86_out, os.path.join(FLAGS.keep, f"{name}.x86.npy"))
     x86, arm64 = np.load(x86_out), np.load(arm_out)
     result = runner.compare_outputs(arm64, x86)
     result.update(x86_accuracy=float(np.mean(x86.argmax(1) == labels)),
@@ -284,6 +289,9 @@ def main(argv):
     work = tempfile.mkdtemp(prefix="fnet-tf-arm64-")
     try:
         np.savez(os.path.join(work, "batch.npz"), images=images, labels=labels)
+        if FLAGS.keep:
+            os.makedirs(FLAGS.keep, exist_ok=True)
+            shutil.copyfile(os.path.join(work, "batch.npz"), os.path.join(FLAGS.keep, "batch.npz"))
         for i, (name, path, zoo_name) in enumerate(models, 1):
             check = check_model(FLAGS.rootfs, work, name, path, labels, runner)
             check.update(name=name, cpu=FLAGS.cpu, xnnpack=FLAGS.xnnpack,
