@@ -27,7 +27,9 @@ def arm64_line(check):
 
 def kept_arm64_check(model_dir, entry):
     """{'arm64': ...} from the released metrics when it checked this very file, else {}."""
-    path = os.path.join(model_dir, "metrics.json")
+    from fnet_tf.zoo import METRICS
+
+    path = os.path.join(model_dir, METRICS)
     if not os.path.isfile(path):
         return {}
     old = fileio.read_json(path)

@@ -226,7 +226,6 @@ def check_model(rootfs, work, name, path, labels, runner):
     from fnet_tf import fileio
 
     shutil.copyfile(path, os.path.join(work, "model.tflite"))
-    shutil.copyfile(RUNNER, os.path.join(work, "run_tflite.py"))
     x86_out, arm_out = os.path.join(work, "x86.npy"), os.path.join(work, "arm64.npy")
     for stale in (x86_out, arm_out):
         if os.path.exists(stale):
@@ -289,6 +288,7 @@ def main(argv):
     work = tempfile.mkdtemp(prefix="fnet-tf-arm64-")
     try:
         np.savez(os.path.join(work, "batch.npz"), images=images, labels=labels)
+        shutil.copyfile(RUNNER, os.path.join(work, "run_tflite.py"))  # what the guest runs
         if FLAGS.keep:
             os.makedirs(FLAGS.keep, exist_ok=True)
             shutil.copyfile(os.path.join(work, "batch.npz"), os.path.join(FLAGS.keep, "batch.npz"))
