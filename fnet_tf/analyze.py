@@ -28,6 +28,8 @@ flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model (after a warm
 flags.DEFINE_integer("layer_images", 128, "Training images for the layer-wise analysis.")
 flags.DEFINE_bool("tool_check", True, "Also time with benchmark_litert_model for comparison.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_bool("op_latency", True, "Also time each operator on its own (op_latency.csv/.png: "
+                  "where the time goes, and which kernel ran each op).")
 flags.DEFINE_bool("evolution", False, "Plot how each layer's ranges evolved over the training "
                   "epochs (from RUN_DIR/layer_stats.jsonl) and stop.")
 
@@ -169,7 +171,46 @@ def layerwise(target, dataset, out):
     return rows, None
 
 
-def report(metrics, rows, note, out):
+def time_ops(target):
+    """Each op of the target timed alone: (rows, the summary kept in metrics.json)."""
+    from fnet_tf.analysis import op_latency
+
+    print(f"{target.name}: timing each op alone", file=sys.stderr, flush=True)
+    timed = op_latency.op_latency(target.content, FLAGS.threads, FLAGS.latency_runs)
+    summary = {"whole_p50_ms": timed["whole_p50_ms"],
+               "sum_of_ops_p50_ms": timed["sum_of_ops_p50_ms"],
+               "by_kind_us": op_latency.by_kind(timed["ops"]),
+               "builtin_kernel_ops": [r["index"] for r in timed["ops"] if r["kernel"] != "XNNPACK"]}
+    return timed["ops"], summary
+
+
+def write_op_latency(rows, name, out):
+    from fnet_tf import fileio
+    from fnet_tf.analysis import op_latency, plots
+
+    fileio.write_text(os.path.join(out, "op_latency.csv"), op_latency.csv_text(rows))
+    plots.op_latency(rows, os.path.join(out, "op_latency.png"),
+                     f"{name}: each op timed alone ({FLAGS.threads} thread(s))")
+
+
+def _op_latency_lines(metrics, rows):
+    from fnet_tf.analysis import op_latency
+
+    by_op = metrics["latency_by_op"]
+    lines = ["## Where the time goes (each op timed alone)", "",
+             f"Sum of the ops' p50: {by_op['sum_of_ops_p50_ms'] * 1e3:.1f} us; the whole model "
+             f"in the same pass: {by_op['whole_p50_ms'] * 1e3:.1f} us (each timed invoke carries "
+             f"the interpreter's fixed cost once). Ops on TFLite's builtin kernels instead of "
+             f"XNNPACK: {by_op['builtin_kernel_ops'] or 'none'}.", "",
+             "| op | kind | output | MACs | kernel | p50 us | share |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in op_latency.slowest(rows, n=len(rows)):
+        lines.append(f"| {r['index']} | {r['kind']} | {r['output_shape']} | {r['macs']:,} | "
+                     f"{r['kernel']} | {r['p50_us']:.1f} | {r['share']:.1%} |")
+    return lines + ["", "![op latency](op_latency.png)", ""]
+
+
+def report(metrics, rows, note, out, op_rows=None):
     from fnet_tf import fileio
 
     lat = metrics["latency_ms"]
@@ -210,6 +251,8 @@ def report(metrics, rows, note, out):
                          f"| {r.get('rmse_lsb', float('nan')):.2f} |")
         lines += ["", "![weight ranges](weight_ranges.png)", "![SQNR](sqnr.png)",
                   "![activations](activation_histograms.png)", "![weights](weight_histograms.png)"]
+    if op_rows:
+        lines += [""] + _op_latency_lines(metrics, op_rows)
     lines += ["", "![summary](summary.png)", ""]
     fileio.write_text(os.path.join(out, "report.md"), "\n".join(lines))
 
@@ -225,7 +268,7 @@ def main(argv):
         return plot_evolution(argv[1:])
     from fnet_tf import data as data_lib
 
-    targets = [Target(p) for p in argv[1:]]
+    targets = _unique_names([Target(p) for p in argv[1:]])
     source = FLAGS.data or next((t.data for t in targets if t.data), None)
     if not source:
         raise UserError("pass --data (e.g. ../shared/data/cifar10-jpeg.tar.gz): a .tflite file "
@@ -261,11 +304,15 @@ def main(argv):
                 target.tflite, FLAGS.threads, FLAGS.latency_runs)
         out = FLAGS.out or (os.path.join(target.path, "analysis") if target.run
                             else os.path.join("analysis", target.name))
+        op_rows = None
+        if FLAGS.op_latency:
+            op_rows, metrics["latency_by_op"] = time_ops(target)
+            write_op_latency(op_rows, target.name, out)
         rows, note = layerwise(target, dataset, out)
         metrics["analysis_seconds"] = time.time() - started
         plots.summary(metrics, os.path.join(out, "summary.png"), target.name)
         fileio.write_json(os.path.join(out, "metrics.json"), metrics)
-        report(metrics, rows, note, out)
+        report(metrics, rows, note, out, op_rows)
         if target.run:
             target.run.update_metrics("int8", {k: metrics[k] for k in (
                 "accuracy_top1", "accuracy_top5", "num_images", "latency_ms", "size_bytes",
@@ -281,10 +328,20 @@ def main(argv):
                 "accuracy_top1": m["accuracy_top1"]} for m in results]
     plots.comparison(entries, os.path.join(out, "comparison.png"),
                      f"INT8 models on {dataset.source} (latency interleaved, {FLAGS.threads} thread(s))")
+    if FLAGS.op_latency:
+        for t, m in zip(targets, results):
+            op_rows, m["latency_by_op"] = time_ops(t)
+            write_op_latency(op_rows, t.name, os.path.join(out, t.name))
+        plots.op_latency_by_kind(
+            [{"name": m["model"], "by_kind": m["latency_by_op"]["by_kind_us"]} for m in results],
+            os.path.join(out, "op_latency_by_kind.png"),
+            f"Where the time goes ({FLAGS.threads} thread(s), each op timed alone)")
     fileio.write_json(os.path.join(out, "comparison.json"), results)
-    fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n")
+    fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n" + (
+        "\n" + _kind_table(results) + "\n" if FLAGS.op_latency else ""))
     print(_table(results))
-    print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png)")
+    print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png"
+          f"{', op_latency_by_kind.png, <model>/op_latency.csv' if FLAGS.op_latency else ''})")
     return 0
 
 
@@ -304,6 +361,31 @@ def plot_evolution(paths):
                     f"{name}: layer ranges over {len(entries)} epochs")
     print(f"wrote {os.path.join(out, 'evolution.png')} ({len(entries)} epochs)")
     return 0
+
+
+def _unique_names(targets):
+    """Targets whose names clash (e.g. models/*/model_int8.tflite) take their folder's name."""
+    names = [t.name for t in targets]
+    for t in targets:
+        if names.count(t.name) > 1:
+            t.name = os.path.basename(os.path.dirname(os.path.abspath(t.tflite))) or t.name
+    return targets
+
+
+def _kind_table(results):
+    """Microseconds per op kind (each op timed alone) for each model."""
+    kinds = []
+    for m in results:
+        kinds += [k for k in m["latency_by_op"]["by_kind_us"] if k not in kinds]
+    lines = ["Where the time goes (us, each op timed alone; sum vs the whole model):", "",
+             "| model | " + " | ".join(kinds) + " | sum | whole |",
+             "| --- |" + " --- |" * (len(kinds) + 2)]
+    for m in results:
+        by_op = m["latency_by_op"]
+        cells = [f"{by_op['by_kind_us'].get(k, 0.0):.1f}" for k in kinds]
+        lines.append(f"| {m['model']} | " + " | ".join(cells) + f" | "
+                     f"{by_op['sum_of_ops_p50_ms'] * 1e3:.1f} | {by_op['whole_p50_ms'] * 1e3:.1f} |")
+    return "\n".join(lines)
 
 
 def _table(results):

@@ -43,7 +43,7 @@ def evaluate_tflite(content, split, limit=None, num_threads=1, progress=True):
             "num_images": count, "seconds": time.time() - started}
 
 
-def _op_macs(op, tensors):
+def op_macs(op, tensors):
     name = op["op_name"]
     out_shape = tensors[op["outputs"][0]]["shape"]
     weights = tensors[op["inputs"][1]]["shape"]
@@ -82,7 +82,7 @@ def graph_stats(content):
                    if produced.get(i, -1) <= op["index"]
                    and (i in model_outputs or last_use.get(i, -1) >= op["index"]))
         peak = max(peak, live)
-    macs = sum(_op_macs(op, tensors) for op in ops if op["op_name"] in MAC_OPS)
+    macs = sum(op_macs(op, tensors) for op in ops if op["op_name"] in MAC_OPS)
     # params: the weights and biases of the MAC ops (shape and axis operands are not params)
     weight_tensors = {i for op in ops if op["op_name"] in MAC_OPS for i in op["inputs"][1:]
                       if i >= 0 and i not in produced}

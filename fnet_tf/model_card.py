@@ -39,6 +39,15 @@ def kept_arm64_check(model_dir, entry):
     return {}
 
 
+def time_split_line(by_op):
+    """The card's row on where the time goes: the op kinds' shares of the summed op latencies."""
+    if not by_op:
+        return "not measured (`python -m fnet_tf.analyze RUN_DIR` writes op_latency.csv)"
+    total = sum(by_op["by_kind_us"].values())
+    shares = ", ".join(f"{kind} {100 * us / total:.0f}%" for kind, us in by_op["by_kind_us"].items())
+    return f"{shares} (each op timed alone: `op_latency.png`, `op_latency.csv`)"
+
+
 def card_text(m):
     recipe = m["recipe"]
     float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
@@ -59,6 +68,7 @@ def card_text(m):
 | INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
 | INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
 | latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
+| where the time goes | {time_split_line(m.get('latency_by_op'))} |
 | lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |
 | arm64 (emulated Cortex-A72) | {arm64_line(m.get('arm64'))} |
 
@@ -89,5 +99,5 @@ file). Output: int8 logits for {len(m['classes'])} classes; labels are embedded 
 From Python: `fnet_tf.zoo.load("{m['name']}")` returns this file's path.
 
 Plots: `summary.png`, `weight_ranges.png`, `sqnr.png` (per-layer INT8 error),
-`weight_histograms.png`, `activation_histograms.png`; per-layer numbers in `layers.csv`.
+`weight_histograms.png`, `activation_histograms.png`{', `op_latency.png`' if m.get('latency_by_op') else ''}; per-layer numbers in `layers.csv`.
 """

@@ -120,6 +120,13 @@ def test_analyze_a_run_directory(qat_run, tmp_path):
         data = (out / png).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
     assert "## Layers" in (out / "report.md").read_text()
+    # each op timed alone: one row per op of the file, the plot, the report's section
+    op_rows = list(csv.DictReader(open(out / "op_latency.csv")))
+    assert len(op_rows) == sum(metrics["ops"].values())
+    assert [r["kind"] for r in op_rows].count("CONV_2D 3x3 grouped") >= 1
+    assert metrics["latency_by_op"]["sum_of_ops_p50_ms"] > 0
+    assert (out / "op_latency.png").read_bytes().startswith(b"\x89PNG")
+    assert "## Where the time goes" in (out / "report.md").read_text()
 
 
 @pytest.mark.skipif(not (os.path.exists(PEER) and os.path.exists(SHARED_ARCHIVE)),
@@ -156,11 +163,13 @@ def test_bare_tflite_skips_the_layer_wise_part(tmp_path, tiny_archive):
 
 
 def test_compare_two_models(tmp_path, tiny_archive):
+    """Two files of one name (as in models/*/model_int8.tflite) are named by their folders."""
     paths = []
     for level in (3, 5):
         model = architectures.create_model("factorizenet", level, width=0.25)
         images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3))
-        path = tmp_path / f"l{level}.tflite"
+        path = tmp_path / f"l{level}" / "model_int8.tflite"
+        path.parent.mkdir()
         path.write_bytes(_convert(model, images, "ptq"))
         paths.append(str(path))
     out = tmp_path / "cmp"
@@ -170,6 +179,11 @@ def test_compare_two_models(tmp_path, tiny_archive):
     rows = json.loads((out / "comparison.json").read_text())
     assert [r["model"] for r in rows] == ["l3", "l5"] and rows[0]["macs"] > rows[1]["macs"]
     assert (out / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "op_latency_by_kind.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "l3" / "op_latency.csv").exists() and (out / "l5" / "op_latency.csv").exists()
+    assert "CONV_2D 3x3 grouped" in rows[0]["latency_by_op"]["by_kind_us"]
+    assert "CONV_2D 3x3 grouped" not in rows[1]["latency_by_op"]["by_kind_us"]
+    assert "Where the time goes" in (out / "comparison.md").read_text()
 
 
 @pytest.mark.parametrize("make,message", [

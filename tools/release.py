@@ -29,7 +29,7 @@ flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 
 PLOTS = ("summary.png", "weight_ranges.png", "sqnr.png", "weight_histograms.png",
-         "activation_histograms.png")
+         "activation_histograms.png", "op_latency.png")
 
 
 def _parse(argv):
@@ -120,6 +120,8 @@ def main(argv):
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
             "source_run": os.path.abspath(run_dir)})
+        if analysis.get("latency_by_op"):
+            entries[-1]["latency_by_op"] = analysis["latency_by_op"]
         contents.append(content)
         print(f"{name}: INT8 {100 * accuracy['accuracy_top1']:.2f}%, agreement "
               f"{100 * entries[-1]['keras_agreement']:.2f}%", flush=True)
@@ -136,7 +138,7 @@ def main(argv):
         with fileio.atomic_dir(target) as tmp:
             shutil.copyfile(os.path.join(run_dir, "model_int8.tflite"),
                             os.path.join(tmp, zoo.MODEL_FILE))
-            for extra in PLOTS + ("layers.csv",):
+            for extra in PLOTS + ("layers.csv", "op_latency.csv"):
                 src = os.path.join(run_dir, "analysis", extra)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, extra))

@@ -90,6 +90,50 @@ def comparison(entries, path, title):
     _save(fig, path)
 
 
+def op_latency(rows, path, title):
+    """Per operator in execution order: its p50 latency beside its share of the MACs, so the
+    ops whose time strays from their MACs stand out."""
+    labels = [f"{r['index']} {r['kind']} {r['output_shape']}" for r in rows]
+    times = np.array([r["p50_us"] for r in rows])
+    macs = np.array([r["macs"] for r in rows], dtype=float)
+    y = np.arange(len(rows))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, max(3.5, 0.32 * len(rows) + 1.5)), sharey=True)
+    axes[0].barh(y, times, color=["tab:red" if r["kernel"] != "XNNPACK" else "tab:blue"
+                                  for r in rows])
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_xlabel("p50 latency of the op alone (us)")
+    axes[0].set_title("time (red: TFLite builtin kernel, blue: XNNPACK)", fontsize=9)
+    axes[1].barh(y, 100 * macs / max(macs.sum(), 1), color="tab:gray")
+    axes[1].set_xlabel("share of the model's MACs (%)")
+    axes[1].set_title("MACs", fontsize=9)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def op_latency_by_kind(entries, path, title):
+    """One stacked bar per model: the sum of its ops' p50 latencies split by op kind."""
+    kinds = []
+    for e in entries:
+        kinds += [k for k in e["by_kind"] if k not in kinds]
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(kinds), 2)))
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.5 * len(entries) + 1.8)))
+    y = np.arange(len(entries))[::-1]
+    left = np.zeros(len(entries))
+    for kind, color in zip(kinds, colors):
+        widths = np.array([e["by_kind"].get(kind, 0.0) for e in entries])
+        ax.barh(y, widths, left=left, color=color, label=kind)
+        left += widths
+    ax.set_yticks(y, [e["name"] for e in entries], fontsize=8)
+    ax.set_xlabel("sum of the ops' p50 latencies, each op timed alone (us)")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title)
+    _save(fig, path)
+
+
 def evolution(entries, path, title):
     """Per layer, over the epochs of every phase: the widest/narrowest weight channel range
     ratio, the widest weight range and the activation maximum."""
