@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Carry unfinished training from one session's machine to the next, in a commit.
+
+    python tools/park.py save sweeps/tuned-lr0.2-e80       # -> results/in-progress/tuned-lr0.2-e80.tar.gz
+    python tools/park.py restore results/in-progress/tuned-lr0.2-e80.tar.gz   # -> sweeps/tuned-lr0.2-e80
+
+Run directories live in gitignored folders (``runs/``, ``sweeps/``) on a machine that ends with
+the session, so an 80-epoch run that a session cannot finish would be lost with it. ``save``
+packs the resume state of every run directory under DIR (everything but TensorBoard logs and
+every checkpoint except the newest whole one of each phase: about 1 MB a run, small enough to
+commit); ``restore`` puts it back at the path it came from, and the same training or sweep
+command resumes from the last whole epoch (bitwise as if never interrupted: the seeded data
+order and the optimizer state are in the checkpoint). Both write atomically.
+"""
+import datetime
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import flags  # noqa: E402
+
+from fnet_tf import cli  # noqa: E402
+from fnet_tf.errors import UserError  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "save: the archive (default results/in-progress/<DIR name>.tar.gz).")
+flags.DEFINE_string("to", None, "restore: where to put the directory (default: where it was).")
+
+MANIFEST = "PARKED.json"
+ROOT = "parked"  # the archive's top folder; the manifest says where it came from
+_EPOCH_DIR = re.compile(r"^epoch-\d{4,}$")
+_SKIPPED_DIRS = ("tensorboard", "__pycache__")
+_SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # entries are checked too
+
+
+def _run_dirs(directory):
+    return sorted(root for root, _, files in os.walk(directory) if "config.json" in files)
+
+
+def _kept_checkpoints(directory):
+    """The newest whole checkpoint of each phase folder (``checkpoints/<phase>/epoch-N``)."""
+    from fnet_tf.checkpoints import EpochCheckpoints
+
+    kept = set()
+    for root, dirs, _ in os.walk(directory):
+        if any(_EPOCH_DIR.match(d) for d in dirs):
+            _, newest = EpochCheckpoints(root).latest()
+            if newest:
+                kept.add(os.path.abspath(newest))
+    return kept
+
+
+def _files_to_park(directory):
+    kept_checkpoints = _kept_checkpoints(directory)
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".tmp")
+                         and not (_EPOCH_DIR.match(d)
+                                  and os.path.abspath(os.path.join(root, d)) not in kept_checkpoints))
+        for name in sorted(files):
+            if not (name.startswith(".") and ".tmp" in name):  # a half-written atomic file
+                yield os.path.join(root, name)
+
+
+def _run_summary(run_dir, directory):
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    config = run.config() or {}
+    epochs = {}
+    for row in run.history():
+        epochs[row.get("phase", "float")] = int(row["epoch"])
+    return {"run": os.path.relpath(run_dir, directory),
+            "completed_steps": sorted(run.manifest()["steps"]),
+            "epochs_done": epochs,
+            "epochs_planned": {"float": config.get("epochs"), "qat": config.get("qat_epochs")}}
+
+
+def save(directory):
+    from fnet_tf import fileio
+
+    if not os.path.isdir(directory):
+        raise UserError(f"{directory!r} is not a directory: pass a run or sweep directory")
+    runs = _run_dirs(directory)
+    if not runs:
+        raise UserError(f"no run directory (with a config.json) under {directory!r}: nothing to park")
+    name = os.path.basename(os.path.abspath(directory))
+    out = FLAGS.out or os.path.join("results", "in-progress", f"{name}.tar.gz")
+    manifest = {"path": os.path.relpath(os.path.abspath(directory)),
+                "parked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "runs": [_run_summary(r, directory) for r in runs]}
+    with fileio.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        data = (json.dumps(manifest, indent=2) + "\n").encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for path in _files_to_park(directory):
+            tar.add(path, arcname=os.path.join(ROOT, os.path.relpath(path, directory)),
+                    recursive=False)
+    for run in manifest["runs"]:
+        done = ", ".join(f"{phase} epoch {n} of {run['epochs_planned'].get(phase)}"
+                         for phase, n in run["epochs_done"].items()) or "no epoch yet"
+        print(f"{run['run']}: {done}; steps done: {', '.join(run['completed_steps']) or 'none'}")
+    print(f"parked {len(runs)} run(s) of {directory} in {out} ({os.path.getsize(out) / 1e6:.1f} MB); "
+          f"restore with: python tools/park.py restore {out}")
+    return 0
+
+
+def _open_archive(path):
+    if not os.path.isfile(path):
+        raise UserError(f"{path!r} does not exist: pass an archive written by tools/park.py save")
+    try:
+        tar = tarfile.open(path, "r:gz")
+        members = tar.getmembers()
+        manifest = json.load(tar.extractfile(MANIFEST))
+    except (tarfile.TarError, OSError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise UserError(f"{path!r} is not a whole parked archive ({type(e).__name__}): take it "
+                        f"again from git, or save the run again") from None
+    for m in members:
+        if m.name == MANIFEST:
+            continue
+        parts = m.name.split("/")
+        if (parts[0] != ROOT or ".." in parts or os.path.isabs(m.name)
+                or not (m.isfile() or m.isdir())):
+            raise UserError(f"{path!r} holds an unsafe entry {m.name!r}: not written by "
+                            f"tools/park.py; refusing to unpack it")
+    return tar, members, manifest
+
+
+def restore(archive):
+    from fnet_tf import fileio
+
+    tar, members, manifest = _open_archive(archive)
+    target = FLAGS.to or manifest.get("path")
+    if not target:
+        raise UserError(f"{archive!r} does not say where it came from: pass --to DIR")
+    if os.path.exists(target) and os.listdir(target):
+        raise UserError(f"{target!r} already exists and is not empty: move it away (it may hold "
+                        f"newer epochs), or pass --to another directory")
+    with tar, fileio.atomic_dir(target) as tmp:
+        with tempfile.TemporaryDirectory(dir=tmp) as unpack:
+            for m in members:
+                if m.name != MANIFEST:
+                    tar.extract(m, unpack, set_attrs=False, **_SAFE)
+            for entry in os.listdir(os.path.join(unpack, ROOT)):
+                os.replace(os.path.join(unpack, ROOT, entry), os.path.join(tmp, entry))
+    for run in manifest["runs"]:
+        done = ", ".join(f"{phase} epoch {n}" for phase, n in run["epochs_done"].items())
+        print(f"{run['run']}: {done or 'no epoch yet'}")
+    print(f"restored {len(manifest['runs'])} run(s) into {target} (parked {manifest['parked_at']}); "
+          f"run the same training or sweep command to resume")
+    return 0
+
+
+def main(argv):
+    if len(argv) != 3 or argv[1] not in ("save", "restore"):
+        raise UserError("usage: python tools/park.py save DIR | restore ARCHIVE.tar.gz")
+    return save(argv[2]) if argv[1] == "save" else restore(argv[2])
+
+
+if __name__ == "__main__":
+    cli.run(main)
