@@ -52,12 +52,18 @@ def table_rows():
     return sorted(rows, key=lambda m: (m["macs"], m["name"]))
 
 
+def recipe_summary(recipe):
+    """The recipe settings that differ between released models, in a few words."""
+    return f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
+
+
 def table_markdown(rows=None):
     """The results table of the README, generated from the released models' metrics."""
     rows = table_rows() if rows is None else rows
     lines = ["| model | float top-1 | QAT INT8 top-1 | INT8 drop | MACs (M) | params | "
-             "size (KiB) | p50 ms (1 thread) | latency vs ResNet-8 peer | arm64 vs x86 top-1 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "size (KiB) | p50 ms (1 thread) | latency vs ResNet-8 peer | arm64 vs x86 top-1 | "
+             "float recipe |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in rows:
         arm64 = m.get("arm64")
         arm64 = (f"{100 * arm64['top1_agreement']:.2f}% ({arm64['max_diff_lsb']} LSB)"
@@ -66,7 +72,8 @@ def table_markdown(rows=None):
             f"| [{m['name']}](models/{m['name']}/card.md) | {100 * m['float_accuracy']:.2f}% | "
             f"{100 * m['int8_accuracy']:.2f}% | {100 * m['int8_drop']:+.2f} | "
             f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
-            f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x | {arm64} |")
+            f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x | {arm64} | "
+            f"{recipe_summary(m['recipe'])} |")
     return "\n".join(lines)
 
 

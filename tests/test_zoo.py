@@ -30,6 +30,10 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert 0 <= metrics["keras_agreement"] <= 1 and metrics["level"] == 3
     card = (folder / "card.md").read_text()
     assert "QAT INT8 top-1" in card and "run_tflite.py" in card and "ratio" in card
+    # where the time goes: the analysis's per-op timing travels with the release
+    assert "| where the time goes | " in card and "op_latency.png" in card
+    assert (folder / "op_latency.png").exists() and (folder / "op_latency.csv").exists()
+    assert "lr " in zoo.table_markdown([metrics])
 
     monkeypatch.setenv("FNET_TF_ZOO", str(models))
     assert zoo.load("tiny-l3") == str(folder / "model_int8.tflite")
