@@ -135,3 +135,17 @@ def test_sweep_refuses_a_missing_recipe_flagfile(tmp_path, tiny_archive):
                          "--out", str(tmp_path / "s"), "--recipe_flags", str(tmp_path / "no.flags")])
     assert result.returncode == 2 and "--recipe_flags" in last_line(result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_a_sweep_folder_of_two_models_names_each_row():
+    row = {"init": "he_normal", "params": 1, "macs": 1e6, "size_bytes": 1024, "float_accuracy": 0.8,
+           "ptq_int8_accuracy": 0.8, "qat_int8_accuracy": 0.79, "qat_keras_accuracy": 0.79,
+           "int8_drop": 0.01,
+           "latency_p50_ms": 0.05, "min_sqnr_layer": "x", "min_sqnr_db": 20.0}
+    rows = [dict(row, model="resnet8", level=0), dict(row, model="factorizenet", level=0)]
+    entries = sweep_report.aggregate(rows)
+    assert len(entries) == 2  # one level, two models: never merged
+    text = sweep_report.summary_markdown(entries, None, "t")
+    assert "| resnet8 l0 |" in text and "| factorizenet l0 |" in text
+    single = sweep_report.summary_markdown(entries[:1], None, "t")
+    assert "| 0 | he_normal |" in single

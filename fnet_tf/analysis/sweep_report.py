@@ -182,10 +182,12 @@ def summary_markdown(entries, peer_row, title):
              "| level | init | seeds | params | MACs (M) | size (KiB) | float top-1 % | "
              "PTQ INT8 % | QAT INT8 % | INT8 drop (pts) | p50 ms | lowest-SQNR layer (dB) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    several_models = len({e["model"] for e in entries}) > 1
     for e in entries:
         drop = 100 * e["int8_drop"]
+        level = f"{e['model']} l{e['level']}" if several_models else e["level"]
         lines.append(
-            f"| {e['level']} | {e['init']} | {e['seeds']} | {e['params']:,.0f} | "
+            f"| {level} | {e['init']} | {e['seeds']} | {e['params']:,.0f} | "
             f"{e['macs'] / 1e6:.2f} | {e['size_bytes'] / 1024:.1f} | {_pct(e, 'float_accuracy')} | "
             f"{_pct(e, 'ptq_int8_accuracy')} | {_pct(e, 'qat_int8_accuracy')} | {drop:+.2f} | "
             f"{e['latency_p50_ms']:.3f} | {e['min_sqnr_layer']} ({e['min_sqnr_db']:.1f}) |")
@@ -288,7 +290,7 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
     fileio.write_text(os.path.join(out, "sweep.csv"),
                       _csv_text(rows + ([peer_row] if peer_row else [])))
     entries = aggregate(rows)
-    model = rows[0]["model"]
+    model = " + ".join(sorted({r["model"] for r in rows}))
     title = f"{model} sweep on {dataset.source}"
     fileio.write_text(os.path.join(out, "summary.md"), summary_markdown(entries, peer_row, title))
     inits = sorted({e["init"] for e in entries})
