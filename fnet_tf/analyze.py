@@ -177,11 +177,7 @@ def time_ops(target):
 
     print(f"{target.name}: timing each op alone", file=sys.stderr, flush=True)
     timed = op_latency.op_latency(target.content, FLAGS.threads, FLAGS.latency_runs)
-    summary = {"whole_p50_ms": timed["whole_p50_ms"],
-               "sum_of_ops_p50_ms": timed["sum_of_ops_p50_ms"],
-               "by_kind_us": op_latency.by_kind(timed["ops"]),
-               "builtin_kernel_ops": [r["index"] for r in timed["ops"] if r["kernel"] != "XNNPACK"]}
-    return timed["ops"], summary
+    return timed["ops"], op_latency.summary(timed)
 
 
 def write_op_latency(rows, name, out):

@@ -35,6 +35,20 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert (folder / "op_latency.png").exists() and (folder / "op_latency.csv").exists()
     assert "lr " in zoo.table_markdown([metrics])
 
+    # --retime: all released files timed again in one pass, cards rendered again
+    before = metrics["latency_p50_ms"]
+    retimed = run_module(["tools/release.py", "--retime", "--peer", PEER, "--zoo", str(models),
+                          "--latency_runs", "10"])
+    assert retimed.returncode == 0, retimed.stderr[-2000:]
+    after = json.loads((folder / "metrics.json").read_text())
+    assert after["latency_p50_ms"] != before and after["int8_accuracy"] == metrics["int8_accuracy"]
+    assert f"{after['latency_p50_ms']:.3f} ms" in (folder / "card.md").read_text()
+    for args, needle in ((["--retime", "--zoo", str(models)], "--retime needs --peer"),
+                         (["--retime", "--peer", PEER, "--zoo", str(tmp_path / "none")],
+                          "no released models")):
+        bad = run_module(["tools/release.py", *args])
+        assert bad.returncode == 2 and needle in last_line(bad.stderr), bad.stderr[-1000:]
+
     monkeypatch.setenv("FNET_TF_ZOO", str(models))
     assert zoo.load("tiny-l3") == str(folder / "model_int8.tflite")
     assert zoo.names() == ["tiny-l3"] and "tiny-l3" in zoo.table_markdown()

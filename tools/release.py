@@ -4,11 +4,16 @@
     python tools/release.py --data ../shared/data/cifar10-jpeg.tar.gz \\
         --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite \\
         factorizenet-l3=sweeps/fnet/runs/factorizenet-l3-s0-he_normal resnet8=runs/resnet8
+    python tools/release.py --retime --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite
 
 Every run must be complete (float, QAT, export, analysis). For each model this measures, once
 more and on the whole test split: the INT8 file's top-1 (LiteRT) and its top-1 agreement with
 the QAT Keras model; then all released models and the peer are timed in one interleaved pass
 (1 thread), so each card's latency ratio to the peer is fair. Cards are generated, never typed.
+
+``--retime`` measures no accuracy and needs no run directory: it times every released file and
+the peer in one interleaved pass and each file's ops alone (where the time goes), and renders
+every card again, so the zoo's latencies all come from one pass on one machine.
 """
 import os
 import shutil
@@ -27,6 +32,8 @@ flags.DEFINE_string("peer", None, "The reference INT8 .tflite timed beside every
 flags.DEFINE_string("zoo", None, "Models folder (default: the repo's models/).")
 flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_bool("retime", False, "Only time all released models and the peer again, in one "
+                  "pass (and each op alone), and render every card again.")
 
 PLOTS = ("summary.png", "weight_ranges.png", "sqnr.png", "weight_histograms.png",
          "activation_histograms.png", "op_latency.png")
@@ -72,7 +79,45 @@ def _agreement(run, content, dataset):
     return float(np.mean(keras_logits.argmax(1) == int8_scores.argmax(1)))
 
 
+def retime(argv):
+    """Every released model and the peer timed again in one interleaved pass."""
+    from fnet_tf import benchmark, fileio, model_card, zoo
+    from fnet_tf.analysis import op_latency, plots
+
+    if len(argv) > 1:
+        raise UserError("--retime takes no NAME=RUN_DIR: it re-times every released model")
+    names = zoo.names()
+    if not names:
+        raise UserError(f"no released models in {zoo.zoo_dir()}")
+    contents = [open(zoo.load(n), "rb").read() for n in names]
+    with open(FLAGS.peer, "rb") as f:
+        peer = f.read()
+    print(f"timing {len(names) + 1} models interleaved (1 thread)", flush=True)
+    latencies = benchmark.latency(contents + [peer], threads=1, runs=FLAGS.latency_runs)
+    machine, peer_p50 = benchmark.machine_info(), latencies[-1]["p50"]
+    for name, content, lat in zip(names, contents, latencies):
+        timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
+        folder = os.path.join(zoo.zoo_dir(), name)
+        fileio.write_text(os.path.join(folder, "op_latency.csv"), op_latency.csv_text(timed["ops"]))
+        plots.op_latency(timed["ops"], os.path.join(folder, "op_latency.png"),
+                         f"{name}: each op timed alone (1 thread)")
+        entry = dict(zoo.metrics(name), latency_ms=lat, latency_p50_ms=lat["p50"],
+                     peer_latency_p50_ms=peer_p50, latency_ratio_to_peer=lat["p50"] / peer_p50,
+                     machine=machine, latency_by_op=op_latency.summary(timed))
+        fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
+        fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
+        print(f"{name}: p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
+    print(zoo.table_markdown())
+    return 0
+
+
 def main(argv):
+    if FLAGS.retime:
+        if not FLAGS.peer or not os.path.isfile(FLAGS.peer):
+            raise UserError("--retime needs --peer, an existing reference .tflite")
+        if FLAGS.zoo:
+            os.environ["FNET_TF_ZOO"] = FLAGS.zoo
+        return retime(argv)
     pairs = _parse(argv)
     if not FLAGS.data or not FLAGS.peer:
         raise UserError("--data and --peer are required (the test split, the reference model)")

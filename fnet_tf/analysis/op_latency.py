@@ -119,6 +119,13 @@ def op_latency(content, threads=1, runs=300):
             "threads": threads, "runs": runs, "ops": rows}
 
 
+def summary(timed):
+    """What a metrics.json keeps of ``op_latency(...)``: totals, time per kind, builtin ops."""
+    return {"whole_p50_ms": timed["whole_p50_ms"], "sum_of_ops_p50_ms": timed["sum_of_ops_p50_ms"],
+            "by_kind_us": by_kind(timed["ops"]),
+            "builtin_kernel_ops": [r["index"] for r in timed["ops"] if r["kernel"] != "XNNPACK"]}
+
+
 def by_kind(rows):
     """Total p50 microseconds per op kind, largest first."""
     totals = {}
