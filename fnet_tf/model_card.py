@@ -43,8 +43,9 @@ def time_split_line(by_op):
     """The card's row on where the time goes: the op kinds' shares of the summed op latencies."""
     if not by_op:
         return "not measured (`python -m fnet_tf.analyze RUN_DIR` writes op_latency.csv)"
-    total = sum(by_op["by_kind_us"].values())
-    shares = ", ".join(f"{kind} {100 * us / total:.0f}%" for kind, us in by_op["by_kind_us"].items())
+    kinds = sorted(by_op["by_kind_us"].items(), key=lambda kv: -kv[1])  # JSON sorts by name
+    total = sum(us for _, us in kinds)
+    shares = ", ".join(f"{kind} {100 * us / total:.0f}%" for kind, us in kinds)
     return f"{shares} (each op timed alone: `op_latency.png`, `op_latency.csv`)"
 
 
@@ -52,7 +53,7 @@ def card_text(m):
     recipe = m["recipe"]
     float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
                   if m.get("float_trained_in") else f"float trained {recipe.get('float_epochs')} "
-                  f"epochs in tf_keras on this machine")
+                  f"epochs in tf_keras on a CPU (BUILD_NOTES.md names the machine)")
     return f"""# {m['name']}
 
 {description(m)}
