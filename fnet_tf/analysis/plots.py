@@ -128,7 +128,7 @@ def op_latency_by_kind(entries, path, title):
         left += widths
     ax.set_yticks(y, [e["name"] for e in entries], fontsize=8)
     ax.set_xlabel("sum of the ops' p50 latencies, each op timed alone (us)")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=4)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title)
     _save(fig, path)
