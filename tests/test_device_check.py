@@ -92,6 +92,18 @@ def test_arm64_check_refuses_bad_input_in_one_line(tmp_path):
                        "--data", SHARED_ARCHIVE]), "does not exist")
 
 
+def test_arm64_check_names_files_by_stem_and_refuses_a_clash(tmp_path):
+    """x_regrouped.tflite is called by its stem; two files of one name would overwrite each
+    other's results and --keep dumps, so that is refused before anything runs."""
+    model = open(os.path.join(REPO, "models", "factorizenet-l7", "model_int8.tflite"), "rb").read()
+    for rel in ("a/same.tflite", "b/same.tflite"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(model)
+    _error(run_module([ARM64_CHECK, "--models", f"{tmp_path / 'a/same.tflite'},"
+                       f"{tmp_path / 'b/same.tflite'}", "--data", SHARED_ARCHIVE]),
+           "two models would be called 'same'")
+
+
 def test_card_keeps_an_arm64_check_only_for_the_same_file(tmp_path):
     from fnet_tf import fileio, model_card
 

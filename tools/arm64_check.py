@@ -202,11 +202,25 @@ def resolve_models(items):
         if item.endswith(".tflite"):
             if not os.path.isfile(item):
                 raise UserError(f"--models {item!r} does not exist")
-            models.append((os.path.basename(os.path.dirname(os.path.abspath(item))) or item,
-                           item, None))
+            models.append((_file_model_name(item), item, None))
         else:
             models.append((item, zoo.load(item), item))
+    names = [name for name, _, _ in models]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise UserError(f"two models would be called {clash[0]!r} (results and --keep dumps are "
+                        f"named by model): rename one of the files")
     return models
+
+
+def _file_model_name(path):
+    """A .tflite's name: its stem, or its folder's for a zoo-style ``<name>/model_int8.tflite``."""
+    from fnet_tf import zoo
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem == os.path.splitext(zoo.MODEL_FILE)[0]:
+        return os.path.basename(os.path.dirname(os.path.abspath(path))) or stem
+    return stem
 
 
 def fixed_batch(data, count, cache_dir=None):
