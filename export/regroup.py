@@ -78,14 +78,19 @@ def _builtin_name(model, op):
 
 
 def grouped_convs(model):
-    """[(op index, groups, filter shape)] of the main subgraph's grouped CONV_2D ops."""
+    """[(op index, groups, filter shape)] of the main subgraph's grouped CONV_2D ops whose
+    filter is a constant int8 tensor (the only kind this rewrites)."""
     graph = model.subgraphs[0]
+    int8 = _schema().TensorType.INT8
     found = []
     for k, op in enumerate(graph.operators):
         if _builtin_name(model, op) != "CONV_2D":
             continue
         in_channels = int(graph.tensors[op.inputs[0]].shape[-1])
         filt = graph.tensors[op.inputs[1]]
+        data = model.buffers[filt.buffer].data
+        if filt.type != int8 or data is None or len(data) == 0:
+            continue
         per_group = int(filt.shape[3])
         if per_group < in_channels:
             found.append((k, in_channels // per_group, [int(s) for s in filt.shape]))
@@ -264,7 +269,8 @@ def main(argv=None):
         _interpreter(content, args.threads)  # a damaged file fails here, before any timing
         tuned, choices = tune(content, args.threads, args.runs, args.min_gain)
         if not choices:
-            raise RegroupError(f"{args.model} has no grouped CONV_2D: nothing to regroup")
+            raise RegroupError(f"{args.model} has no grouped CONV_2D with a constant int8 filter: "
+                               f"nothing to regroup")
         if not outputs_equal(content, tuned, args.check_inputs, args.threads):
             raise RegroupError("the regrouped model's outputs differ from the original's: "
                                "not written (please report this model)")

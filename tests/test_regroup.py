@@ -84,7 +84,10 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     plain = _int8(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)))
     (tmp_path / "plain.tflite").write_bytes(plain)
     (tmp_path / "junk.tflite").write_bytes(b"\x18\x00\x00\x00TFL3" + b"\x07" * 40)
+    grouped_float = keras.Model(inputs, keras.layers.Conv2D(6, 3, groups=3)(inputs))
+    (tmp_path / "float.tflite").write_bytes(export.convert_float32(grouped_float))
     for name, needle in (("plain.tflite", "nothing to regroup"), ("junk.tflite", "not a valid"),
+                         ("float.tflite", "nothing to regroup"),
                          ("missing.tflite", "cannot read")):
         result = run_module([SCRIPT, str(tmp_path / name), "--out", str(tmp_path / "o.tflite")])
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-1500:]
