@@ -4,11 +4,12 @@ Each operator is cut out of the flatbuffer into a one-op model (the operator, it
 its tensors with their quantization, unchanged) and timed with the LiteRT interpreter exactly
 as the whole model is (same threads, default delegates), all of them interleaved with the whole
 model in one pass. Each slice also says which kernel ran it: ``XNNPACK`` when the delegate took
-the operator, ``builtin`` when TFLite's own kernel did (e.g. int8 grouped convs on x86).
+the operator, ``builtin`` when TFLite's own kernel did (an op or layout XNNPACK does not take;
+on x86 with LiteRT 2.3 every op of the released models, grouped convs included, is XNNPACK's).
 
 Every timed invoke carries the interpreter's fixed per-invoke cost once, so the per-op times
-add up to more than the whole model; compare ops by their share of the sum, and the smallest op
-(the final FULLY_CONNECTED) shows roughly what that fixed cost is.
+usually add up to a little more than the whole model; compare ops by their share of the sum,
+and the smallest op (the final FULLY_CONNECTED) shows roughly what that fixed cost is.
 """
 import copy
 import csv
@@ -73,7 +74,8 @@ def op_slices(content):
     try:
         model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytes(content), 0))
     except Exception as e:  # noqa: BLE001  (flatbuffers raises assorted errors)
-        raise UserError(f"cannot read the .tflite's operators ({type(e).__name__}): re-export it")
+        raise UserError(f"cannot read the .tflite's operators ({type(e).__name__}): "
+                        f"re-export it") from None
     if len(model.subgraphs) != 1 or len(model.subgraphs[0].operators) != len(ops):
         raise UserError("per-op latency needs a model with one subgraph (no control flow)")
     slices = []
