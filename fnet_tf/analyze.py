@@ -181,12 +181,9 @@ def time_ops(target):
 
 
 def write_op_latency(rows, name, out):
-    from fnet_tf import fileio
-    from fnet_tf.analysis import op_latency, plots
+    from fnet_tf.analysis import op_latency
 
-    fileio.write_text(os.path.join(out, "op_latency.csv"), op_latency.csv_text(rows))
-    plots.op_latency(rows, os.path.join(out, "op_latency.png"),
-                     f"{name}: each op timed alone ({FLAGS.threads} thread(s))")
+    op_latency.write(rows, out, f"{name}: each op timed alone ({FLAGS.threads} thread(s))")
 
 
 def _op_latency_lines(metrics, rows):
@@ -200,7 +197,7 @@ def _op_latency_lines(metrics, rows):
              f"XNNPACK: {by_op['builtin_kernel_ops'] or 'none'}.", "",
              "| op | kind | output | MACs | kernel | p50 us | share |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in op_latency.slowest(rows, n=len(rows)):
+    for r in op_latency.slowest_first(rows):
         lines.append(f"| {r['index']} | {r['kind']} | {r['output_shape']} | {r['macs']:,} | "
                      f"{r['kernel']} | {r['p50_us']:.1f} | {r['share']:.1%} |")
     return lines + ["", "![op latency](op_latency.png)", ""]
@@ -370,9 +367,9 @@ def _unique_names(targets):
 
 def _kind_table(results):
     """Microseconds per op kind (each op timed alone) for each model."""
-    kinds = []
-    for m in results:
-        kinds += [k for k in m["latency_by_op"]["by_kind_us"] if k not in kinds]
+    from fnet_tf.analysis.op_latency import kinds_of
+
+    kinds = kinds_of(m["latency_by_op"]["by_kind_us"] for m in results)
     lines = ["Where the time goes (us, each op timed alone; sum vs the whole model):", "",
              "| model | " + " | ".join(kinds) + " | sum | whole |",
              "| --- |" + " --- |" * (len(kinds) + 2)]

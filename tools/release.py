@@ -82,7 +82,7 @@ def _agreement(run, content, dataset):
 def retime(argv):
     """Every released model and the peer timed again in one interleaved pass."""
     from fnet_tf import benchmark, fileio, model_card, zoo
-    from fnet_tf.analysis import op_latency, plots
+    from fnet_tf.analysis import op_latency
 
     if len(argv) > 1:
         raise UserError("--retime takes no NAME=RUN_DIR: it re-times every released model")
@@ -98,9 +98,7 @@ def retime(argv):
     for name, content, lat in zip(names, contents, latencies):
         timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
         folder = os.path.join(zoo.zoo_dir(), name)
-        fileio.write_text(os.path.join(folder, "op_latency.csv"), op_latency.csv_text(timed["ops"]))
-        plots.op_latency(timed["ops"], os.path.join(folder, "op_latency.png"),
-                         f"{name}: each op timed alone (1 thread)")
+        op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
         entry = dict(zoo.metrics(name), latency_ms=lat, latency_p50_ms=lat["p50"],
                      peer_latency_p50_ms=peer_p50, latency_ratio_to_peer=lat["p50"] / peer_p50,
                      machine=machine, latency_by_op=op_latency.summary(timed))

@@ -14,6 +14,7 @@ and the smallest op (the final FULLY_CONNECTED) shows roughly what that fixed co
 import copy
 import csv
 import io
+import os
 from dataclasses import dataclass
 
 from fnet_tf.errors import UserError
@@ -144,5 +145,22 @@ def csv_text(rows):
     return buf.getvalue()
 
 
-def slowest(rows, n=3):
-    return sorted(rows, key=lambda r: -r["p50_us"])[:n]
+def slowest_first(rows):
+    return sorted(rows, key=lambda r: -r["p50_us"])
+
+
+def kinds_of(by_kinds):
+    """Every op kind of several models' ``by_kind`` dicts, in first-seen order."""
+    kinds = []
+    for by_kind_us in by_kinds:
+        kinds += [k for k in by_kind_us if k not in kinds]
+    return kinds
+
+
+def write(rows, folder, title):
+    """``op_latency.csv`` and ``op_latency.png`` of one model in ``folder``."""
+    from fnet_tf import fileio
+    from fnet_tf.analysis import plots
+
+    fileio.write_text(os.path.join(folder, "op_latency.csv"), csv_text(rows))
+    plots.op_latency(rows, os.path.join(folder, "op_latency.png"), title)

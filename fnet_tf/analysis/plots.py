@@ -115,9 +115,9 @@ def op_latency(rows, path, title):
 
 def op_latency_by_kind(entries, path, title):
     """One stacked bar per model: the sum of its ops' p50 latencies split by op kind."""
-    kinds = []
-    for e in entries:
-        kinds += [k for k in e["by_kind"] if k not in kinds]
+    from fnet_tf.analysis.op_latency import kinds_of
+
+    kinds = kinds_of(e["by_kind"] for e in entries)
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(kinds), 2)))
     fig, ax = plt.subplots(figsize=(10, max(3, 0.5 * len(entries) + 1.8)))
     y = np.arange(len(entries))[::-1]
