@@ -26,6 +26,7 @@ import re
 
 import numpy as np
 
+from fnet_tf import initializers
 from fnet_tf.backend import keras
 
 
@@ -82,7 +83,8 @@ class BlockDiagonalInit(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None, **kwargs):
         kh, kw, cin, cout = shape
-        grouped = keras.initializers.get(self.base)((kh, kw, cin // self.groups, cout),
+        grouped = keras.initializers.get(initializers.get(self.base, keras))(
+            (kh, kw, cin // self.groups, cout),
                                                     dtype=dtype)
         return keras.backend.constant(block_diagonal(np.asarray(grouped), self.groups),
                                       dtype=dtype)

@@ -31,12 +31,19 @@ def _keras(keras):
     return keras
 
 
+def _init(init, keras):
+    """A layer's own initializer for ``init`` (a Keras name or a naive ``normal_std0.01``)."""
+    from fnet_tf import initializers
+
+    return initializers.get(init, keras)
+
+
 def conv_bn(x, filters, kernel=3, stride=1, *, name, keras=None, init="he_normal",
             groups=1, relu=True, bn=True):
     """Conv2D -> BatchNorm -> ReLU. With ``bn=False`` the conv keeps its bias and BN is left out."""
     k = _keras(keras)
     x = k.layers.Conv2D(filters, kernel, strides=stride, padding="same", groups=groups,
-                        use_bias=not bn, kernel_initializer=init, name=f"{name}_conv")(x)
+                        use_bias=not bn, kernel_initializer=_init(init, k), name=f"{name}_conv")(x)
     if bn:
         x = batch_norm(f"{name}_bn", k)(x)
     if relu:
@@ -60,7 +67,7 @@ def spatial_conv_bn_relu(x, kernel=3, stride=1, groups=None, *, name, keras=None
         raise ValueError(f"{name}: {channels} channels cannot be split into {groups} groups")
     if groups == channels:
         x = k.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                     depthwise_initializer=init, name=f"{name}_dw")(x)
+                                     depthwise_initializer=_init(init, k), name=f"{name}_dw")(x)
     elif grouped_form == "block_diagonal":
         from fnet_tf import grouped
 
@@ -70,7 +77,7 @@ def spatial_conv_bn_relu(x, kernel=3, stride=1, groups=None, *, name, keras=None
                             name=f"{name}_gconv")(x)
     elif grouped_form == "native":
         x = k.layers.Conv2D(channels, kernel, strides=stride, padding="same", groups=groups,
-                            use_bias=False, kernel_initializer=init, name=f"{name}_gconv")(x)
+                            use_bias=False, kernel_initializer=_init(init, k), name=f"{name}_gconv")(x)
     else:
         raise ValueError(f"grouped_form must be 'native' or 'block_diagonal', got {grouped_form!r}")
     x = batch_norm(f"{name}_spatial_bn", k)(x)
@@ -86,7 +93,7 @@ def factorized_conv(x, filters, kernel=3, stride=1, groups=None, *, name, keras=
     x = spatial_conv_bn_relu(x, kernel, stride, groups, name=name, keras=keras, init=init,
                              grouped_form=grouped_form)
     k = _keras(keras)
-    x = k.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=init,
+    x = k.layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=_init(init, k),
                         name=f"{name}_pw")(x)
     x = batch_norm(f"{name}_pw_bn", k)(x)
     if relu:
@@ -112,4 +119,4 @@ def classifier_head(x, num_classes, *, keras=None, init="he_normal"):
     """Global average pooling and one dense layer producing logits (no softmax)."""
     k = _keras(keras)
     x = k.layers.GlobalAveragePooling2D(name="pool")(x)
-    return k.layers.Dense(num_classes, kernel_initializer=init, name="logits")(x)
+    return k.layers.Dense(num_classes, kernel_initializer=_init(init, k), name="logits")(x)

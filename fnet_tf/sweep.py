@@ -186,9 +186,12 @@ def main(argv):
         top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
         levels = parse_levels(FLAGS.levels, top, FLAGS.model)
         data_lib.check_source(FLAGS.data)
+        from fnet_tf import initializers
+
         for init in FLAGS.init:
-            if not init.replace("_", "").isalnum():
-                raise UserError(f"bad --init {init!r}: a Keras initializer name")
+            if not initializers.is_well_formed(init):
+                raise UserError(f"bad --init {init!r}: a Keras initializer name or a naive "
+                                f"one such as normal_std0.01")
         if FLAGS.float_from:
             missing = [lvl for lvl in levels if not os.path.isdir(
                 os.path.join(FLAGS.float_from, f"{FLAGS.model}-l{lvl}"))]
