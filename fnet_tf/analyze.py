@@ -32,6 +32,7 @@ flags.DEFINE_bool("op_latency", True, "Also time each operator on its own (op_la
                   "where the time goes, and which kernel ran each op).")
 flags.DEFINE_bool("evolution", False, "Plot how each layer's ranges evolved over the training "
                   "epochs (from RUN_DIR/layer_stats.jsonl) and stop.")
+cli.define_trust_model_code()
 
 
 class Target:
@@ -95,10 +96,11 @@ class Target:
         from fnet_tf.quantization import get_scheme
 
         if self.run.verified("qat") and not self.is_ptq():
-            model, _ = artifacts.qat_model(self.run)
-            return (model, artifacts.float_model(self.run)), None
+            trust = FLAGS.trust_model_code
+            model, _ = artifacts.qat_model(self.run, trust)
+            return (model, artifacts.float_model(self.run, trust)), None
         if self.run.verified("float"):
-            model = artifacts.float_model(self.run)
+            model = artifacts.float_model(self.run, FLAGS.trust_model_code)
             return (model, model), None
         return None, f"no trained model in {self.run.path}"
 

@@ -19,9 +19,14 @@ def is_run_dir(path):
                                     os.path.isfile(os.path.join(path, RunDir.MANIFEST)))
 
 
-def load_keras_model(path):
-    """A Keras model from a ``.keras``/``.h5`` file or a SavedModel directory."""
-    from fnet_tf.backend import keras
+def load_keras_model(path, trust_code=False):
+    """A Keras model from a ``.keras``/``.h5`` file or a SavedModel directory.
+
+    The file is inspected first (``fnet_tf.model_safety``): one holding Python code or file
+    ops is refused unless ``trust_code`` (``--trust_model_code``), which also turns off
+    Keras' safe mode.
+    """
+    from fnet_tf import model_safety
 
     is_saved_model = os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
     if not os.path.exists(path):
@@ -30,19 +35,26 @@ def load_keras_model(path):
     if not (is_saved_model or path.lower().endswith(KERAS_EXTENSIONS)):
         raise UserError(f"{path!r} is not a run directory, a .keras/.h5 file or a SavedModel "
                         f"directory")
+    if not trust_code:
+        model_safety.check_model_file(path)
+    from fnet_tf.backend import keras
+
     try:
-        return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as e:  # noqa: BLE001  (Keras raises many types for a bad file)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if "safe_mode" in str(e):
+            raise UserError(f"model {path} is unsafe to load: Keras' safe mode refused it "
+                            f"({first[:100]}); {model_safety.TRUST_HINT}") from None
         raise UserError(f"cannot load Keras model {path!r} ({first}): the file is corrupt or not "
                         f"a Keras model; re-export or retrain it") from None
 
 
-def float_model(run):
+def float_model(run, trust_code=False):
     if not run.verified("float"):
         raise UserError(f"no trained float model in {run.path}: run python -m fnet_tf.train "
                         f"--run_dir {run.path} first")
-    return load_keras_model(run.file(FLOAT_MODEL))
+    return load_keras_model(run.file(FLOAT_MODEL), trust_code)
 
 
 def qat_scheme_name(run):
@@ -50,7 +62,7 @@ def qat_scheme_name(run):
     return entry.get("scheme") if entry else None
 
 
-def qat_model(run):
+def qat_model(run, trust_code=False):
     """The QAT Keras model of ``run``: its float model, wrapped by the recorded scheme,
     with the QAT weights."""
     from fnet_tf.quantization import get_scheme
@@ -59,7 +71,7 @@ def qat_model(run):
         raise UserError(f"no QAT model in {run.path}: run python -m fnet_tf.train --run_dir "
                         f"{run.path} --qat_epochs N first")
     scheme = get_scheme(qat_scheme_name(run))
-    model = scheme.quantize(float_model(run))
+    model = scheme.quantize(float_model(run, trust_code))
     try:
         model.load_weights(run.file(QAT_WEIGHTS))
     except Exception as e:  # noqa: BLE001

@@ -12,6 +12,15 @@ from fnet_tf.errors import UserError
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
 
 
+def define_trust_model_code():
+    """``--trust_model_code`` for the CLIs that load a user's Keras model (defined once per
+    process, however many of them are imported)."""
+    if "trust_model_code" not in flags.FLAGS:
+        flags.DEFINE_bool("trust_model_code", False, "Load a Keras model even if it holds Python "
+                          "code (a Lambda or custom layer) or a SavedModel with file ops. Only "
+                          "for files you made: such a file runs its code on this machine.")
+
+
 def _fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(UserError.exit_code)
