@@ -35,6 +35,11 @@ except ImportError:  # devices with the older standalone runtime
     from tflite_runtime.interpreter import Interpreter
 
 
+MAX_LABELS_BYTES = 1 << 20   # an embedded or --labels class list: 1 MB ...
+MAX_LABELS = 100_000         # ... and at most this many names
+DEFAULT_MAX_BATCH_MB = 256   # a --batch / --compare-with array, checked before it is read
+
+
 class RunError(Exception):
     """A mistake to report as one line (exit code 2)."""
 
@@ -67,15 +72,43 @@ def load_interpreter(path, threads, xnnpack=True):
     return interpreter
 
 
+def _check_labels(names, shown):
+    if len(names) > MAX_LABELS:
+        raise RunError(f"{shown} lists {len(names):,} class names, over the limit of "
+                       f"{MAX_LABELS:,}: pass a real labels file with --labels")
+    return names
+
+
 def read_labels(path, labels_file=None):
+    """Class names from ``labels_file`` or the ``labels.txt`` zip appended to the model, read
+    with their size checked before anything is decompressed (a file from someone else may be
+    a decompression bomb); None when the model carries none."""
     if labels_file:
-        with open(labels_file) as f:
-            return [line.strip() for line in f if line.strip()]
+        if not os.path.isfile(labels_file):
+            raise RunError(f"labels file {labels_file!r} does not exist")
+        if os.path.getsize(labels_file) > MAX_LABELS_BYTES:
+            raise RunError(f"labels file {labels_file!r} is over the {MAX_LABELS_BYTES >> 20} MB "
+                           f"limit for a class list")
+        with open(labels_file, encoding="utf-8", errors="replace") as f:
+            names = [line.strip() for line in f if line.strip()]
+        return _check_labels(names, f"labels file {labels_file!r}")
     try:
         with zipfile.ZipFile(path) as z:
-            return z.read("labels.txt").decode().split()
-    except (zipfile.BadZipFile, KeyError, OSError):
+            info = z.getinfo("labels.txt")
+            if info.file_size > MAX_LABELS_BYTES:
+                raise RunError(f"{path!r} embeds a labels.txt that declares "
+                               f"{info.file_size / 2**20:.0f} MB, over the "
+                               f"{MAX_LABELS_BYTES >> 20} MB limit: refusing to decompress it "
+                               f"(pass --labels FILE)")
+            with z.open(info) as f:
+                text = f.read(MAX_LABELS_BYTES + 1)  # the declared size may lie
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError, ValueError,
+            NotImplementedError, RuntimeError):
         return None
+    if len(text) > MAX_LABELS_BYTES:
+        raise RunError(f"{path!r} embeds a labels.txt over the {MAX_LABELS_BYTES >> 20} MB limit")
+    return _check_labels(text.decode("utf-8", errors="replace").split(),
+                         f"the labels.txt embedded in {path!r}")
 
 
 def load_image(path, height, width):
@@ -129,10 +162,54 @@ def classify(interpreter, images, labels, top):
         print(f"{path}: {shown}")
 
 
-def load_batch(path, height, width):
-    """(images [N, H, W, 3], labels or None) from a .npz (images, labels) or .npy file."""
+def _array_header(f):
+    """(shape, dtype) of the .npy stream ``f`` from its header alone."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, dtype
+
+
+def check_array_sizes(path, max_mb):
+    """Refuse a .npy/.npz whose arrays would take more than ``max_mb`` MB once read, from the
+    headers alone (nothing is decompressed), or that holds Python objects."""
+    limit = max_mb << 20
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                members = [(info.filename, z.open(info)) for info in z.infolist()
+                           if info.filename.endswith(".npy")]
+                headers = []
+                for name, f in members:
+                    with f:
+                        headers.append((name[:-4], *_array_header(f)))
+        else:
+            with open(path, "rb") as f:
+                headers = [("", *_array_header(f))]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as e:
+        raise RunError(f"{path!r} is not a readable .npz/.npy file ({e.__class__.__name__})")
+    total = 0
+    for name, shape, dtype in headers:
+        if dtype.hasobject:
+            raise RunError(f"{path!r}: array {name or 'in it'!r} holds Python objects; a batch "
+                           f"holds numbers only")
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if total > limit:
+            raise RunError(f"{path!r} declares {total / 2**20:,.0f} MB of arrays, over the "
+                           f"--max_batch_mb limit of {max_mb:,} MB: refusing to decompress it "
+                           f"(pass a smaller batch, or raise --max_batch_mb)")
+    return total
+
+
+def load_batch(path, height, width, max_mb=DEFAULT_MAX_BATCH_MB):
+    """(images [N, H, W, 3], labels or None) from a .npz (images, labels) or .npy file, its
+    array sizes checked against ``max_mb`` before anything is read."""
     if not os.path.isfile(path):
         raise RunError(f"batch {path!r} does not exist")
+    check_array_sizes(path, max_mb)
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -155,7 +232,9 @@ def load_batch(path, height, width):
                        f"takes [N, {height}, {width}, 3]")
     if labels is not None and len(labels) != len(images):
         raise RunError(f"batch {path!r} has {len(images)} images but {len(labels)} labels")
-    return images.astype(np.float32), labels
+    if not np.issubdtype(images.dtype, np.number):
+        raise RunError(f"batch {path!r} holds {images.dtype} images: pass uint8 pixels")
+    return images, labels  # converted to float image by image (a float32 copy is 4x larger)
 
 
 def raw_outputs(interpreter, images):
@@ -164,7 +243,7 @@ def raw_outputs(interpreter, images):
     out = interpreter.get_output_details()[0]
     rows = []
     for pixels in images:
-        interpreter.set_tensor(inp["index"], to_input(pixels, inp))
+        interpreter.set_tensor(inp["index"], to_input(pixels.astype(np.float32), inp))
         interpreter.invoke()
         rows.append(interpreter.get_tensor(out["index"])[0].copy())
     return np.stack(rows)
@@ -189,9 +268,9 @@ def describe_comparison(c):
             f"({100 * c['bit_exact_images']:.2f}% of images)")
 
 
-def run_batch(interpreter, batch, dump, reference):
+def run_batch(interpreter, batch, dump, reference, max_mb=DEFAULT_MAX_BATCH_MB):
     _, height, width, _ = interpreter.get_input_details()[0]["shape"]
-    images, labels = load_batch(batch, height, width)
+    images, labels = load_batch(batch, height, width, max_mb)
     if reference is not None and not os.path.isfile(reference):
         raise RunError(f"reference outputs {reference!r} do not exist")
     outputs = raw_outputs(interpreter, images)
@@ -205,6 +284,7 @@ def run_batch(interpreter, batch, dump, reference):
         os.replace(tmp, dump)
         print(f"raw outputs {list(outputs.shape)} {outputs.dtype} written to {dump}")
     if reference is not None:
+        check_array_sizes(reference, max_mb)
         try:
             ref = np.load(reference, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -246,10 +326,16 @@ def main(argv=None):
                         help="save the raw outputs of --batch as a .npy file")
     parser.add_argument("--compare-with", metavar="FILE",
                         help="compare the outputs of --batch with another machine's dump")
+    parser.add_argument("--max_batch_mb", "--max-batch-mb", type=int,
+                        default=DEFAULT_MAX_BATCH_MB, metavar="MB",
+                        help="refuse a --batch or --compare-with file whose arrays declare more "
+                             "than this many MB (checked before anything is decompressed)")
     args = parser.parse_args(argv)
     try:
         if args.threads < 1:
             raise RunError(f"--threads must be 1 or more, got {args.threads}")
+        if args.max_batch_mb < 1:
+            raise RunError(f"--max_batch_mb must be 1 or more, got {args.max_batch_mb}")
         if (args.dump_logits or args.compare_with) and not args.batch:
             raise RunError("--dump-logits and --compare-with work on a --batch file: pass one")
         if not args.images and not args.benchmark and not args.batch:
@@ -257,7 +343,8 @@ def main(argv=None):
         interpreter = load_interpreter(args.model, args.threads, xnnpack=not args.no_xnnpack)
         classify(interpreter, args.images, read_labels(args.model, args.labels), args.top)
         if args.batch:
-            run_batch(interpreter, args.batch, args.dump_logits, args.compare_with)
+            run_batch(interpreter, args.batch, args.dump_logits, args.compare_with,
+                      args.max_batch_mb)
         if args.benchmark:
             r = benchmark(interpreter, args.benchmark)
             print(f"latency over {r['runs']} invokes, {args.threads} thread(s): p50 {r['p50']:.3f} "

@@ -15,9 +15,12 @@ models normalise in their first conv + BN, so a device feeds ``pixel - 128`` to 
 import dataclasses
 import hashlib
 import os
+import shutil
+import stat
 import sys
 import tarfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -29,6 +32,13 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_EXTENSIONS = (".tar.gz", ".tgz", ".tar", ".zip")
 CACHE_VERSION = 1  # bump when the decoded-array format changes
+# An archive from someone else is listed (headers only) before anything is extracted: it may
+# not expand to more than the cache's free space, nor more than MAX_EXPANSION times its own
+# size (real image archives expand 1-3x; a decompression bomb of zeros ~1000x), nor hold more
+# than MAX_ARCHIVE_MEMBERS entries, links or special files.
+MAX_ARCHIVE_MEMBERS = 2_000_000
+MAX_EXPANSION = 200
+FREE_SPACE_RESERVE = 256 << 20
 
 
 def default_cache_dir():
@@ -171,28 +181,81 @@ def _load_folder(path, cache_dir, image_size):
 
 
 def _extract(path, digest, cache_dir):
-    """Extract the archive once into ``cache_dir/extracted/<sha256>``; reuse it afterwards."""
+    """Extract the archive once into ``cache_dir/extracted/<sha256>``; reuse it afterwards.
+    Its listing is checked first (``check_archive``), so a bomb leaves nothing behind."""
     target = os.path.join(cache_dir, "extracted", digest[:24])
     if os.path.isfile(os.path.join(target, ".complete")):
         return target
-    print(f"extracting {path} to {target} (once)", file=sys.stderr)
     try:
+        check_archive(path, cache_dir)
+        print(f"extracting {path} to {target} (once)", file=sys.stderr)
         with fileio.atomic_dir(target) as tmp:
             if path.lower().endswith(".zip"):
                 with zipfile.ZipFile(path) as z:
-                    for name in z.namelist():
-                        dest = os.path.realpath(os.path.join(tmp, name))
-                        if not dest.startswith(os.path.realpath(tmp) + os.sep):
-                            raise UserError(f"archive {path!r} holds an unsafe path {name!r}")
                     z.extractall(tmp)
             else:
                 with tarfile.open(path) as t:
                     t.extractall(tmp, filter="data")
             fileio.write_text(os.path.join(tmp, ".complete"), digest + "\n")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise UserError(f"dataset archive {path!r} is corrupt or unreadable ({e}): download "
                         f"or copy it again") from None
     return target
+
+
+def _free_bytes(directory):
+    while not os.path.isdir(directory):  # the cache may not exist yet: its nearest parent
+        directory = os.path.dirname(directory) or "."
+    return shutil.disk_usage(directory).free
+
+
+def _members(path):
+    """(name, size, kind) of every member from the headers alone; kind is 'file', 'dir' or
+    what else it is ('symlink', 'hardlink', 'device', 'fifo')."""
+    if path.lower().endswith(".zip"):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                mode = stat.S_IFMT(info.external_attr >> 16)
+                kind = ("dir" if info.is_dir() else "file" if mode in (0, stat.S_IFREG)
+                        else "symlink" if mode == stat.S_IFLNK else "device or fifo")
+                yield info.filename, info.file_size, kind
+        return
+    with tarfile.open(path, "r|*") as t:  # a stream: headers are read as it goes
+        for member in t:
+            kind = ("file" if member.isreg() else "dir" if member.isdir() else
+                    "symlink" if member.issym() else "hardlink" if member.islnk() else
+                    "device or fifo")
+            yield member.name, member.size, kind
+            t.members.clear()  # keep memory flat however many members it lists
+
+
+def check_archive(path, cache_dir):
+    """Refuse, before anything is extracted, an archive whose listing declares more than the
+    cache's free space or ``MAX_EXPANSION`` times its own size, more than
+    ``MAX_ARCHIVE_MEMBERS`` entries, a link, a special file or a path outside its folder."""
+    size = os.path.getsize(path)
+    free = _free_bytes(cache_dir) - FREE_SPACE_RESERVE
+    limits = [(free, f"the {max(free, 0) / 2**30:.1f} GiB free in the cache {cache_dir} "
+                     f"(free space there, or pass --cache_dir on a larger disk)"),
+              (MAX_EXPANSION * size, f"{MAX_EXPANSION}x the archive's own size (a "
+                                     f"decompression bomb?)")]
+    limit, why = min(limits, key=lambda item: item[0])
+    total = count = 0
+    for name, member_size, kind in _members(path):
+        count += 1
+        total += member_size
+        if kind not in ("file", "dir"):
+            raise UserError(f"dataset archive {path!r} holds a {kind} ({name!r}): an image "
+                            f"archive holds only files and folders; refusing to extract it")
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise UserError(f"dataset archive {path!r} holds an unsafe path {name!r}")
+        if total > limit:
+            raise UserError(f"dataset archive {path!r} declares over {total / 2**30:.2f} GiB "
+                            f"of files, more than {why}: refusing to extract it")
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise UserError(f"dataset archive {path!r} holds over {MAX_ARCHIVE_MEMBERS:,} "
+                            f"entries, the limit for a dataset: refusing to extract it")
+    return total, count
 
 
 def _find_tree_root(path, shown):

@@ -6,12 +6,38 @@ A model trained by ``fnet_tf.keras3_float`` (Keras 3, e.g. on JAX) is saved as a
 a layer's weights the same way for the layers specs use (Conv2D: kernel, bias; BN: gamma, beta,
 moving mean, moving variance; Dense: kernel, bias), which a test checks on every model.
 """
+import zipfile
+
 import numpy as np
 
 from fnet_tf.errors import UserError
 
 WEIGHTS = "float_weights.npz"
 RESULT = "keras3_result.json"
+MAX_WEIGHTS_BYTES = 1 << 30  # declared array bytes; fnet_tf's models hold a few MB
+
+
+def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES):
+    """The arrays of a weights ``.npz`` (from another machine: untrusted), each array's
+    declared size checked from its header before anything is decompressed; no pickles."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            total = 0
+            for info in z.infolist():
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if total > max_bytes:
+                    raise UserError(f"{path} declares over {max_bytes >> 20} MB of weights, the "
+                                    f"limit for a model: refusing to decompress it")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as e:
+        raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
+                        f"train it again") from None
 
 
 def weights_by_layer(model):
