@@ -34,7 +34,13 @@ flags.DEFINE_float("input_offset", 0.0, "The offset (e.g. -1 for MobileNetV2).")
 flags.DEFINE_bool("allow_float", False, "Write the file even if it is not fully int8 (warn).")
 flags.DEFINE_integer("check_images", 500, "Test images on which the int8 file's top-1 is "
                      "compared with the Keras model's (0: skip).")
+flags.DEFINE_float("min_agreement", None, "Fail (exit 2, no file written) when the INT8 file's "
+                   "top-1 agreement with the Keras model on --check_images test images is below "
+                   "this share, e.g. 0.98 in a pipeline. Below 0.90 a warning is printed anyway.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+cli.define_trust_model_code()
+
+WARN_BELOW_AGREEMENT = 0.90
 flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all).")
 
 
@@ -63,14 +69,14 @@ def _resolve(target):
             if done_scheme != scheme.name:
                 raise UserError(f"{run.path} was QAT-trained with {done_scheme}, not "
                                 f"{scheme.name}: pass --scheme {done_scheme} or ptq")
-            model, _ = artifacts.qat_model(run)
+            model, _ = artifacts.qat_model(run, FLAGS.trust_model_code)
         else:
-            model = artifacts.float_model(run)
+            model = artifacts.float_model(run, FLAGS.trust_model_code)
         return model, scheme, run, run.file("model_int8.tflite"), FLAGS.data or config.get("data")
     if FLAGS.scheme != "auto" and get_scheme(FLAGS.scheme).qat:
         raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
                         f"exported with --scheme ptq or ptq_per_tensor")
-    model = artifacts.load_keras_model(target)
+    model = artifacts.load_keras_model(target, FLAGS.trust_model_code)
     if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
         from fnet_tf.export import with_input_transform
 
@@ -83,11 +89,46 @@ def _resolve(target):
     return model, scheme, None, f"{stem}_int8.tflite", FLAGS.data
 
 
+def _agreement(model, content, dataset, run, scheme):
+    """Top-1 agreement of the INT8 ``content`` with ``model`` on the first --check_images test
+    images. Below WARN_BELOW_AGREEMENT a warning names the layers where the INT8 error is
+    largest; below --min_agreement it is an error and nothing is written."""
+    import numpy as np
+
+    from fnet_tf import artifacts, export
+
+    images = dataset.test.images[:FLAGS.check_images]
+    keras_top1 = np.argmax(model.predict(images.astype(np.float32), verbose=0), -1)
+    agreement = float(np.mean(keras_top1 == np.argmax(export.predict(content, images), -1)))
+    failing = FLAGS.min_agreement is not None and agreement < FLAGS.min_agreement
+    if agreement >= WARN_BELOW_AGREEMENT and not failing:
+        return agreement
+    from fnet_tf.analysis.layerwise import lowest_sqnr_layers
+
+    architecture = artifacts.float_model(run, FLAGS.trust_model_code) if scheme.qat else None
+    worst = lowest_sqnr_layers(model, content, dataset.train.images[:64], architecture)
+    shown = ", ".join(f"{layer} {sqnr:.1f} dB" for layer, sqnr in worst) or "none matched"
+    message = (f"the INT8 file agrees with the Keras model on only {agreement:.2%} of "
+               f"{len(images)} test images; lowest INT8 SQNR: {shown}; see where it breaks with "
+               f"python -m fnet_tf.analyze")
+    if failing:
+        raise UserError(f"{message} (below --min_agreement {FLAGS.min_agreement:g}: nothing "
+                        f"written)")
+    print(f"warning: {message}", file=sys.stderr)
+    return agreement
+
+
 def main(argv):
     if len(argv) != 2:
         raise UserError("usage: python export/to_tflite.py RUN_DIR_OR_MODEL [flags]")
     if FLAGS.calibration_samples <= 0:
         raise UserError(f"--calibration_samples must be positive, got {FLAGS.calibration_samples}")
+    if FLAGS.min_agreement is not None:
+        if not 0 <= FLAGS.min_agreement <= 1:
+            raise UserError(f"--min_agreement is a share of images in [0, 1], got "
+                            f"{FLAGS.min_agreement:g}")
+        if FLAGS.check_images <= 0:
+            raise UserError("--min_agreement needs --check_images N (N > 0) to measure it")
     target = argv[1]
     if not os.path.exists(target):
         raise UserError(f"{target!r} does not exist: pass a run directory, a .keras/.h5 file or a "
@@ -112,6 +153,9 @@ def main(argv):
         if not FLAGS.allow_float:
             raise UserError(message + ": replace those layers, or pass --allow_float to keep them")
         print(f"warning: {message}", file=sys.stderr)
+    agreement = None
+    if FLAGS.check_images:
+        agreement = _agreement(model, content, dataset, run, scheme)
     classes = list(dataset.classes) if model.output_shape[-1] == len(dataset.classes) else None
     if classes:
         content = export.attach_labels(content, classes)
@@ -119,17 +163,10 @@ def main(argv):
     written = [out]
     if FLAGS.float32:
         float_out = os.path.join(os.path.dirname(out), "model_float32.tflite")
-        float_model = model if not scheme.qat else artifacts.float_model(run)
+        float_model = (model if not scheme.qat
+                       else artifacts.float_model(run, FLAGS.trust_model_code))
         fileio.write_bytes(float_out, export.convert_float32(float_model))
         written.append(float_out)
-    agreement = None
-    if FLAGS.check_images:
-        import numpy as np
-
-        images = dataset.test.images[:FLAGS.check_images]
-        keras_top1 = np.argmax(model.predict(images.astype(np.float32), verbose=0), -1)
-        tflite_top1 = np.argmax(export.predict(content, images), -1)
-        agreement = float(np.mean(keras_top1 == tflite_top1))
     ops = ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items()))
     inp = report["input"]
     print(f"wrote {out}: {len(content):,} bytes, {report['params']:,} params, scheme "

@@ -154,7 +154,8 @@ def tflite_intermediates(content, images):
         it.set_tensor(inp["index"], export.quantize_input(image[None], inp))
         it.invoke()
         for op in ops:
-            collected[op["index"]].append(it.get_tensor(op["outputs"][0])[0].copy())
+            value = it.get_tensor(op["outputs"][0])
+            collected[op["index"]].append(value[0].copy() if value.ndim else value.copy())
     result = []
     for op in ops:
         t = tensors[op["outputs"][0]]
@@ -210,6 +211,13 @@ def analyze_layers(model, content, images, float_architecture=None):
         _add_row(rows, per_channel, activations, (op, opname, tname, scale), layer, ref, values,
                  (conv, kernels[conv]) if conv in kernels else None, weight_values)
     return rows, per_channel, activations, weight_values
+
+
+def lowest_sqnr_layers(model, content, images, float_architecture=None, count=3):
+    """[(layer, INT8 output SQNR dB)] of the ``count`` layers with the lowest SQNR."""
+    rows = analyze_layers(model, content, images, float_architecture)[0]
+    ranked = sorted((row["sqnr_db"], row["layer"]) for row in rows)
+    return [(layer, sqnr) for sqnr, layer in ranked[:count]]
 
 
 def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weights,
