@@ -45,10 +45,16 @@ flags.DEFINE_float("weight_decay", None, "Decoupled weight decay, Keras semantic
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
 flags.DEFINE_integer("cutout", 0, "Cutout square side in pixels (0: off).")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, data order and augmentation.")
-flags.DEFINE_string("init", "he_normal", "Kernel initializer of convs and dense (a Keras name).")
+flags.DEFINE_string("init", "he_normal", "Kernel initializer of convs and dense: a Keras name "
+                    "(he_normal, glorot_uniform, ...) or a naive fixed-range one, normal_stdS or "
+                    "uniform_limL (fnet_tf.initializers).")
 flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all cores).")
 flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
-                  "tf.distribute strategy: mirrored (several GPUs), multi_worker (TF_CONFIG).")
+                  "tf.distribute strategy: mirrored (several GPUs), multi_worker (TF_CONFIG; "
+                  "only the chief writes --run_dir, see fnet_tf.distribute).")
+flags.DEFINE_string("worker_dir", None, "With --distribute multi_worker, where a non-chief "
+                    "worker writes its copy of the run (default: a temporary directory, deleted "
+                    "at the end). The chief ignores it.")
 flags.DEFINE_integer("qat_epochs", 0, "Quantization-aware training epochs after float "
                      "training (0: stop after float).")
 flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights), "
@@ -66,8 +72,11 @@ flags.DEFINE_bool("evaluate_test", True, "Measure the test split once at the end
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 1 progress bar, 2 a line per epoch, "
                      "0 silent (default: 1 on a terminal, 2 otherwise).")
 
+cli.define_trust_model_code()
+
 # Settings that may change between a run and its resume without changing the result.
-RESUMABLE_ANYWAY = ("threads", "verbose", "run_dir", "cache_dir", "distribute", "layer_stats")
+RESUMABLE_ANYWAY = ("threads", "verbose", "run_dir", "cache_dir", "distribute", "layer_stats",
+                    "trust_model_code", "worker_dir")
 
 OPTIMIZER_DEFAULTS = {"sgd": {"lr": 0.1, "weight_decay": 5e-3},
                       "adamw": {"lr": 2e-3, "weight_decay": 0.05}}
@@ -116,38 +125,29 @@ def qat_recipe(recipe):
     return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0)
 
 
-def make_strategy(name):
-    from fnet_tf.backend import tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def check_initializer(name):
-    from fnet_tf.backend import keras
-
-    try:
-        keras.initializers.get(name)
-    except ValueError:
-        raise UserError(f"unknown --init {name!r}: use a Keras initializer name such as "
-                        f"he_normal, glorot_uniform, he_uniform") from None
-
-
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: fnet_tf.train takes flags only")
     validate_flags()
-    from fnet_tf import architectures, data as data_lib
-    from fnet_tf.quantization import get_scheme
+    from fnet_tf import architectures, data as data_lib, distribute
     from fnet_tf.rundir import RunDir
 
     spec = architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)  # fails fast if unknown
     data_lib.check_source(FLAGS.data)
+    run_path = FLAGS.run_dir or os.path.join("runs", spec.name)
+    with distribute.writable_run_path(run_path, FLAGS.distribute, FLAGS.worker_dir) as (path, task):
+        if task:
+            print(f"multi-worker: this process is {task}; " + (
+                f"it writes {run_path}" if path == run_path else
+                f"the chief writes {run_path}, this worker writes only {path}"), flush=True)
+        return _train(spec, RunDir(path))
+
+
+def _train(spec, run):
+    from fnet_tf import data as data_lib, distribute
+    from fnet_tf.quantization import get_scheme
+
     recipe = recipe_from_flags()
-    run = RunDir(FLAGS.run_dir or os.path.join("runs", spec.name))
     config = {"model": FLAGS.model, "level": FLAGS.level, "width": FLAGS.width,
               "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
@@ -178,8 +178,11 @@ def main(argv):
     from fnet_tf.backend import configure_threads
 
     configure_threads(FLAGS.threads)
-    strategy = make_strategy(FLAGS.distribute)
-    check_initializer(FLAGS.init)
+    strategy = distribute.make_strategy(FLAGS.distribute)
+    from fnet_tf import initializers
+    from fnet_tf.backend import keras
+
+    initializers.check(FLAGS.init, keras)
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split)
     print(dataset.describe(), flush=True)
     spec = replace(spec, num_classes=len(dataset.classes))
@@ -312,7 +315,7 @@ def _float_from(path, run, dataset, spec):
 
     if path.endswith(".npz"):  # Keras 3 float weights: into the tf_keras model of the spec
         return _float_from_keras3(path, run, dataset, spec)
-    model = load_keras_model(path)
+    model = load_keras_model(path, FLAGS.trust_model_code)
     if model.output_shape[-1] != len(dataset.classes):
         raise UserError(f"--init_from {path} predicts {model.output_shape[-1]} classes but the "
                         f"data has {len(dataset.classes)}")
@@ -321,18 +324,11 @@ def _float_from(path, run, dataset, spec):
 
 
 def _float_from_keras3(path, run, dataset, spec):
-    import numpy as np
-
     from fnet_tf import fileio
-    from fnet_tf.portable_weights import RESULT, load_weights_by_layer
+    from fnet_tf.portable_weights import RESULT, load_weights_by_layer, read_weights
     from fnet_tf.spec import build_model
 
-    try:
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # noqa: BLE001  (numpy raises several types for a bad file)
-        raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
-                        f"train it again") from None
+    arrays = read_weights(path)
     model = load_weights_by_layer(build_model(spec), arrays)
     theirs = fileio.read_json(os.path.join(os.path.dirname(path), RESULT))
     _finish_float(model, dataset, spec, run, epochs=theirs.get("recipe", {}).get("epochs", 0),
@@ -350,7 +346,7 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     from fnet_tf.training import fit_phase
 
     if float_model is None:
-        float_model = artifacts.float_model(run)
+        float_model = artifacts.float_model(run, FLAGS.trust_model_code)
     form = _training_form(spec)
     trainable = float_model
     if form != "native":
