@@ -1,0 +1,383 @@
+"""Files from others: model files that carry code, decompression bombs, low-agreement exports.
+
+Each hostile input must get exit code 2 and one ``error:`` line (no traceback), run none of its
+code (the marker file a Lambda or a SavedModel function would write never appears), stay under
+500 MB of peak memory, and leave nothing half-written behind.
+"""
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_module
+
+TO_TFLITE = os.path.join(REPO, "export", "to_tflite.py")
+RUN_TFLITE = os.path.join(REPO, "export", "run_tflite.py")
+RELEASED = os.path.join(REPO, "models", "factorizenet-l7", "model_int8.tflite")
+MAX_PEAK_MB = 500
+BOMB_BYTES = 1 << 30  # what each bomb expands to: 1 GiB of zeros, ~1 MB compressed
+
+
+def _one_line_error(result, *needles):
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-2000:]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _peak_mb(args, env=None):
+    """(result, peak RSS in MB) of ``python ARGS``, measured by wait4 on that one process."""
+    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
+    out_chunks, err_chunks = [], []
+    readers = [threading.Thread(target=lambda s=s, c=c: c.append(s.read()))
+               for s, c in ((process.stdout, out_chunks), (process.stderr, err_chunks))]
+    for t in readers:
+        t.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    for t in readers:
+        t.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    result = subprocess.CompletedProcess(args, process.returncode, b"".join(out_chunks).decode(),
+                                         b"".join(err_chunks).decode())
+    return result, usage.ru_maxrss / 1024  # Linux: kilobytes
+
+
+# --- models that carry code ---------------------------------------------------------------
+
+def _marker_lambda(marker):
+    """A Lambda whose code writes ``marker``: self-contained, as an attacker's file would be."""
+    return eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+
+
+def _model_with(keras, layer):
+    inputs = keras.Input((32, 32, 3))
+    x = layer(inputs)
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """Model files whose loading would write ``marker`` (it is deleted after saving them)."""
+    from fnet_tf.backend import keras, tf
+
+    root = tmp_path_factory.mktemp("hostile")
+    marker = root / "MARKER"
+    evil = _model_with(keras, keras.layers.Lambda(_marker_lambda(marker), name="evil_lambda"))
+    files = {"h5": root / "evil.h5", "keras": root / "evil.keras", "keras_tf": root / "evil_keras_sm"}
+    evil.save(files["h5"])
+    evil.save(files["keras"])
+    evil.save(files["keras_tf"], save_format="tf")
+
+    class WritesFile(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, x):
+            tf.io.write_file(str(marker), "ran")
+            return tf.reduce_mean(x, [1, 2])
+
+    files["saved_model"] = root / "writes_file_sm"
+    tf.saved_model.save(WritesFile(), str(files["saved_model"]))
+
+    @keras.utils.register_keras_serializable(package="someone")
+    class Doubles(keras.layers.Layer):
+        def call(self, x):
+            return 2.0 * x
+
+    files["custom"] = root / "custom.keras"
+    _model_with(keras, Doubles(name="doubles")).save(files["custom"])
+    benign = _model_with(keras, keras.layers.Lambda(lambda x: x * 1.0, name="my_scale"))
+    files["benign_lambda"] = root / "mine.keras"
+    benign.save(files["benign_lambda"])
+    if marker.exists():
+        marker.unlink()  # saving traced the Lambda once; from here on nothing may run it
+    return files, marker
+
+
+@pytest.mark.parametrize("kind,needle", [
+    ("h5", "'evil_lambda' is a Lambda layer"), ("keras", "'evil_lambda' is a Lambda layer"),
+    ("keras_tf", "'evil_lambda' is a Lambda layer"), ("saved_model", "WriteFile"),
+    ("custom", "'doubles' has class Doubles"),
+])
+def test_model_files_with_code_are_refused_and_never_run(hostile, kind, needle, tiny_tree):
+    files, marker = hostile
+    result = run_module([TO_TFLITE, str(files[kind]), "--data", tiny_tree, "--check_images", "8"])
+    line = _one_line_error(result, needle, "--trust_model_code")
+    assert ("Python code" in line) or ("file-system" in line)
+    assert not marker.exists(), "the file's code ran"
+    assert not list(files[kind].parent.glob("*_int8.tflite"))
+
+
+def test_a_foreign_run_directory_holding_a_lambda_is_refused(hostile, tmp_path):
+    from fnet_tf.rundir import RunDir
+
+    files, marker = hostile
+    run = RunDir(tmp_path / "foreign")
+    run.bind_config({"model": "factorizenet", "level": 7, "data": "nowhere"})
+    shutil.copy(files["keras"], run.file("model_float.keras"))
+    run.complete("float", [run.file("model_float.keras")])
+    result = run_module([TO_TFLITE, run.path, "--data", str(tmp_path), "--check_images", "0"])
+    _one_line_error(result, "Lambda", "--trust_model_code")
+    assert not marker.exists()
+
+
+def test_trust_model_code_loads_a_model_you_made(hostile, tiny_tree):
+    files, _ = hostile
+    out = files["benign_lambda"].parent / "mine_int8.tflite"
+    refused = run_module([TO_TFLITE, str(files["benign_lambda"]), "--data", tiny_tree])
+    _one_line_error(refused, "'my_scale' is a Lambda layer")
+    result = run_module([TO_TFLITE, str(files["benign_lambda"]), "--data", tiny_tree,
+                         "--trust_model_code", "--check_images", "16", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.is_file()
+
+
+def test_keras_safe_mode_refusal_says_unsafe_not_corrupt(hostile, monkeypatch):
+    from fnet_tf import artifacts, model_safety
+    from fnet_tf.errors import UserError
+
+    files, marker = hostile
+    monkeypatch.setattr(model_safety, "check_model_file", lambda path: 0)  # only Keras is left
+    with pytest.raises(UserError, match="unsafe to load") as caught:
+        artifacts.load_keras_model(str(files["keras"]))
+    assert "corrupt" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_our_own_models_and_keras_applications_pass_the_inspection(tmp_path):
+    from fnet_tf import architectures, model_safety
+    from fnet_tf.backend import keras
+
+    ours = architectures.create_model("factorizenet", level=3, width=0.25)
+    theirs = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10,
+                                            alpha=0.35)
+    for name, model in (("ours", ours), ("mobilenet", theirs)):
+        for suffix, kwargs in ((".keras", {}), (".h5", {}), ("_sm", {"save_format": "tf"})):
+            path = str(tmp_path / f"{name}{suffix}")
+            model.save(path, **kwargs)
+            assert model_safety.check_model_file(path) > 10, path
+
+
+# --- decompression bombs --------------------------------------------------------------------
+
+def _write_zeros(stream, nbytes, chunk=1 << 22):
+    block = bytes(chunk)
+    for start in range(0, nbytes, chunk):
+        stream.write(block[:min(chunk, nbytes - start)])
+
+
+def _tflite_with_labels_bomb(path):
+    from fnet_tf import export
+
+    with open(RELEASED, "rb") as f:
+        content = f.read()
+    flatbuffer = content[:len(content) - len(_appended(content))]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open(export.LABELS_FILE, "w", force_zip64=True) as member:
+            _write_zeros(member, BOMB_BYTES)
+    path.write_bytes(flatbuffer + buf.getvalue())
+    return path
+
+
+def _appended(content):
+    with zipfile.ZipFile(io.BytesIO(content)) as z:
+        start = min(info.header_offset for info in z.infolist())
+    return content[start:]
+
+
+def _npz_bomb(path, name="images"):
+    header = {"descr": "|u1", "fortran_order": False,
+              "shape": (BOMB_BYTES // 3072, 32, 32, 3)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            _write_zeros(member, BOMB_BYTES // 3072 * 3072)
+    return path
+
+
+def test_a_labels_bomb_in_a_tflite_is_refused_in_bounded_memory(tmp_path, tiny_tree):
+    bomb = _tflite_with_labels_bomb(tmp_path / "model.tflite")
+    assert bomb.stat().st_size < 8 << 20
+    image = os.path.join(tiny_tree, "test", "class0", "0000.jpg")
+    result, peak = _peak_mb([RUN_TFLITE, str(bomb), image])
+    _one_line_error(result, "labels.txt", "1 MB limit")
+    print(f"labels bomb ({bomb.stat().st_size / 2**20:.1f} MB -> 1 GiB): peak {peak:.0f} MB")
+    assert peak < MAX_PEAK_MB
+
+
+def test_a_batch_bomb_is_refused_before_decompressing(tmp_path):
+    bomb = _npz_bomb(tmp_path / "batch.npz")
+    result, peak = _peak_mb([RUN_TFLITE, RELEASED, "--batch", str(bomb)])
+    _one_line_error(result, "batch.npz", "--max_batch_mb limit of 256 MB")
+    print(f"npz bomb ({bomb.stat().st_size / 2**20:.1f} MB -> 1 GiB): peak {peak:.0f} MB")
+    assert peak < MAX_PEAK_MB
+    reference = _npz_bomb(tmp_path / "reference.npz")  # --compare-with is bounded the same way
+    ok_batch = tmp_path / "ok.npz"
+    np.savez(ok_batch, images=np.zeros((2, 32, 32, 3), np.uint8))
+    result = run_module([RUN_TFLITE, RELEASED, "--batch", str(ok_batch), "--compare-with",
+                         str(reference)])
+    _one_line_error(result, "reference.npz", "limit")
+
+
+def test_a_batch_within_the_limit_still_runs(tmp_path):
+    batch = tmp_path / "ok.npz"
+    np.savez_compressed(batch, images=np.full((3, 32, 32, 3), 128, np.uint8),
+                        labels=np.array([0, 1, 2]))
+    result = run_module([RUN_TFLITE, RELEASED, "--batch", str(batch), "--max_batch_mb", "1"])
+    assert result.returncode == 0, result.stderr
+    assert "3 images: top-1 accuracy" in result.stdout
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    _one_line_error(run_module([RUN_TFLITE, RELEASED, "--batch", str(pickled)]),
+                    "Python objects")
+
+
+class _Zeros:
+    """A file of ``size`` zero bytes that is never in memory at once."""
+
+    def __init__(self, size):
+        self.left = size
+
+    def read(self, n=-1):
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+def _tar_bomb(path):
+    with tarfile.open(path, "w:gz") as t:
+        for split in ("train", "test"):
+            info = tarfile.TarInfo(f"bomb/{split}/a/0000.jpg")
+            info.size = BOMB_BYTES // 2
+            t.addfile(info, _Zeros(info.size))
+    return path
+
+
+def _zip_bomb(path):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for split in ("train", "test"):
+            with z.open(f"bomb/{split}/a/0000.jpg", "w", force_zip64=True) as member:
+                _write_zeros(member, BOMB_BYTES // 2)
+    return path
+
+
+@pytest.mark.parametrize("make", [_tar_bomb, _zip_bomb], ids=["tar.gz", "zip"])
+def test_a_dataset_archive_bomb_is_refused_before_extracting(tmp_path, make):
+    bomb = make(tmp_path / ("bomb.tar.gz" if make is _tar_bomb else "bomb.zip"))
+    cache = tmp_path / "cache"
+    result, peak = _peak_mb(["-c", "import sys; from fnet_tf import cli, data; "
+                             "from fnet_tf.errors import UserError\n"
+                             "try: data.load(sys.argv[1], cache_dir=sys.argv[2])\n"
+                             "except UserError as e: cli._fail(e)", str(bomb), str(cache)])
+    _one_line_error(result, bomb.name, "200x the archive's own size")
+    print(f"{bomb.name} ({bomb.stat().st_size / 2**20:.1f} MB -> 1 GiB): peak {peak:.0f} MB")
+    assert peak < MAX_PEAK_MB
+    assert not (cache / "extracted").exists() or not os.listdir(cache / "extracted")
+    # the training CLI says the same, in one line, and leaves no cache behind
+    train = run_module(["-m", "fnet_tf.train", "--data", str(bomb), "--cache_dir", str(cache),
+                        "--run_dir", str(tmp_path / "run"), "--val_split", "0", "--epochs", "1"])
+    _one_line_error(train, "200x the archive's own size")
+    assert not (cache / "extracted").exists() or not os.listdir(cache / "extracted")
+
+
+def test_archives_with_links_or_more_than_the_free_space_are_refused(tmp_path, tiny_tree,
+                                                                     monkeypatch):
+    from fnet_tf import data
+    from fnet_tf.errors import UserError
+
+    linked = tmp_path / "linked.tar.gz"
+    with tarfile.open(linked, "w:gz") as t:
+        t.add(tiny_tree, arcname="tiny")
+        info = tarfile.TarInfo("tiny/train/class0/link.jpg")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        t.addfile(info)
+    with pytest.raises(UserError, match="holds a symlink"):
+        data.load(str(linked), cache_dir=str(tmp_path / "cache"))
+
+    zipped = tmp_path / "linked.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        info = zipfile.ZipInfo("tiny/train/class0/link.jpg")
+        info.external_attr = (0o120777 << 16)
+        z.writestr(info, "/etc/passwd")
+    with pytest.raises(UserError, match="holds a symlink"):
+        data.load(str(zipped), cache_dir=str(tmp_path / "cache"))
+
+    archive = tmp_path / "tiny.tar.gz"
+    with tarfile.open(archive, "w:gz") as t:
+        t.add(tiny_tree, arcname="tiny")
+    monkeypatch.setattr(data, "_free_bytes", lambda directory: data.FREE_SPACE_RESERVE + 1000)
+    with pytest.raises(UserError, match="free in the cache"):
+        data.load(str(archive), cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache" / "extracted").exists()
+
+
+def test_keras3_weights_bomb_is_refused(tmp_path):
+    from fnet_tf.errors import UserError
+    from fnet_tf.portable_weights import read_weights
+
+    bomb = _npz_bomb(tmp_path / "float_weights.npz", name="b0_conv/0")
+    with pytest.raises(UserError, match="refusing to decompress"):
+        read_weights(str(bomb), max_bytes=64 << 20)
+
+
+# --- the exporter's agreement guard ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def low_agreement_model(tmp_path_factory):
+    """A model whose logits differ by far less than one int8 step of its output: one logit is
+    pinned at -1000, so the output scale is ~4 and the other nine logits (spread ~0.01) all
+    round to the same int8 value. Its INT8 file picks class 0 for every image."""
+    from fnet_tf.backend import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    logits = keras.layers.Dense(10, name="logits")(x)
+    model = keras.Model(inputs, logits)
+    kernel, bias = model.get_layer("logits").get_weights()
+    bias[9] = -1000.0
+    model.get_layer("logits").set_weights([kernel * 1e-3, bias])
+    path = tmp_path_factory.mktemp("low") / "low.keras"
+    model.save(path)
+    return path
+
+
+def test_low_agreement_export_warns_with_the_worst_layers(low_agreement_model, tiny_tree):
+    result = run_module([TO_TFLITE, str(low_agreement_model), "--data", tiny_tree,
+                         "--check_images", "80"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "lowest INT8 SQNR" in warnings[0], result.stderr[-2000:]
+    assert "python -m fnet_tf.analyze" in warnings[0] and "dB" in warnings[0]
+    assert low_agreement_model.with_name("low_int8.tflite").is_file()
+
+
+def test_min_agreement_fails_and_writes_nothing(low_agreement_model, tiny_tree, tmp_path):
+    out = tmp_path / "never.tflite"
+    result = run_module([TO_TFLITE, str(low_agreement_model), "--data", tiny_tree,
+                         "--check_images", "80", "--min_agreement", "0.9", "--out", str(out)])
+    _one_line_error(result, "below --min_agreement 0.9", "nothing written")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    bad = run_module([TO_TFLITE, str(low_agreement_model), "--data", tiny_tree,
+                      "--min_agreement", "1.5"])
+    _one_line_error(bad, "--min_agreement")
+
+
+def test_a_trained_model_exports_without_the_warning(qat_run):
+    result = run_module([TO_TFLITE, qat_run, "--check_images", "80", "--min_agreement", "0.9",
+                         "--out", os.path.join(qat_run, "guarded_int8.tflite")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: the INT8 file agrees" not in result.stderr
