@@ -112,14 +112,15 @@ def test_model_with_a_float_op_is_rejected(tmp_path, tiny_archive):
     path = str(tmp_path / "sin_savedmodel")  # a SavedModel directory: the Lambda needs no pickling
     model.save(path, save_format="tf")
     out = str(tmp_path / "sin_savedmodel_int8.tflite")
+    # our own Lambda: trusted explicitly (model files with code are refused otherwise)
     result = run_module([TO_TFLITE, path, "--data", tiny_archive, "--calibration_samples", "8",
-                         "--check_images", "0"])
+                         "--check_images", "0", "--trust_model_code"])
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert last_line(result.stderr).startswith("error: ") and "not fully int8" in result.stderr
     assert "SIN" in last_line(result.stderr)
     assert not os.path.exists(out)
     allowed = run_module([TO_TFLITE, path, "--data", tiny_archive, "--calibration_samples", "8",
-                          "--check_images", "0", "--allow_float"])
+                          "--check_images", "0", "--allow_float", "--trust_model_code"])
     assert allowed.returncode == 0 and "warning:" in allowed.stderr and os.path.exists(out)
 
 
