@@ -132,7 +132,7 @@ def _h5_config(path):
 def _parse_json(path, text):
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(f"{path!r}: its model architecture is not valid JSON ({e}): the file "
                         f"is corrupt; re-export it") from None
 
@@ -232,9 +232,13 @@ def _check_object(path, obj, layer):
 
 def _check_config(path, config):
     count = 0
-    for obj, layer in _objects(config):
-        _check_object(path, obj, layer)
-        count += 1
+    try:
+        for obj, layer in _objects(config):
+            _check_object(path, obj, layer)
+            count += 1
+    except RecursionError:
+        raise UserError(f"{path!r}: its model architecture is nested too deeply to be a real "
+                        f"model: the file is corrupt or crafted; refusing it") from None
     if not count:
         raise UserError(f"{path!r} declares no layers: the file is corrupt or not a Keras model")
     return count

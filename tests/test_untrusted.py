@@ -381,3 +381,14 @@ def test_a_trained_model_exports_without_the_warning(qat_run):
                          "--out", os.path.join(qat_run, "guarded_int8.tflite")])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning: the INT8 file agrees" not in result.stderr
+
+
+def test_a_crafted_deeply_nested_config_is_one_line(tmp_path):
+    from fnet_tf import model_safety
+    from fnet_tf.errors import UserError
+
+    path = tmp_path / "deep.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="deep.keras"):
+        model_safety.check_model_file(str(path))
