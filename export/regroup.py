@@ -1,0 +1,1 @@
+../fnet_tf/device/regroup.py

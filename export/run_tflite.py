@@ -1,0 +1,1 @@
+../fnet_tf/device/run_tflite.py
