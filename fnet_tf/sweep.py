@@ -108,7 +108,7 @@ def train_args(point):
 
 
 def export_args(point, scheme, out):
-    args = ["export/to_tflite.py", point.run_dir, "--scheme", scheme, "--out", out,
+    args = ["-m", "fnet_tf.to_tflite", point.run_dir, "--scheme", scheme, "--out", out,
             "--check_images", str(FLAGS.check_images)]
     return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
 
@@ -207,5 +207,7 @@ def main(argv):
     return 0
 
 
+console = cli.entry_point(main)  # the fnet-sweep command
+
 if __name__ == "__main__":
-    cli.run(main)
+    console()

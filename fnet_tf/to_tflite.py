@@ -1,7 +1,7 @@
-"""Export a trained model to a verified fully-integer TFLite flatbuffer.
+"""Export a trained model to a verified fully-integer TFLite flatbuffer (``fnet-export``).
 
-    python export/to_tflite.py runs/factorizenet-l3              # -> runs/.../model_int8.tflite
-    python export/to_tflite.py model.keras --data ../shared/data/cifar10-jpeg.tar.gz
+    fnet-export runs/factorizenet-l3                             # -> runs/.../model_int8.tflite
+    python export/to_tflite.py model.keras --data ../shared/data/cifar10-jpeg.tar.gz  # checkout
 
 TARGET is a run directory (its QAT model when QAT is done, else post-training quantization
 of its float model) or any Keras CNN as a .keras/.h5 file or SavedModel directory (post-
@@ -12,12 +12,10 @@ and written atomically; a failed check is a one-line error (``--allow_float``: a
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from fnet_tf import cli  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf import cli
+from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output .tflite (default: RUN_DIR/model_int8.tflite, or "
@@ -180,5 +178,7 @@ def main(argv):
     return 0
 
 
+console = cli.entry_point(main)  # the fnet-export command
+
 if __name__ == "__main__":
-    cli.run(main)
+    console()
