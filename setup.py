@@ -8,7 +8,20 @@ setup(
                 "export for edge CPUs",
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["fnet_tf", "fnet_tf.*"]),
+    # The zoo travels inside the package: the checkout's models/ (written by tools/release.py,
+    # browsable in the repository) becomes fnet_tf/released/ in a wheel; fnet_tf.zoo finds it.
+    packages=find_packages(include=["fnet_tf", "fnet_tf.*"]) + ["fnet_tf.released"],
+    package_dir={"fnet_tf.released": "models"},
+    package_data={"fnet_tf.released": ["*/*"]},
+    entry_points={"console_scripts": [
+        "fnet-train=fnet_tf.train:console",
+        "fnet-export=fnet_tf.to_tflite:console",
+        "fnet-analyze=fnet_tf.analyze:console",
+        "fnet-sweep=fnet_tf.sweep:console",
+        "fnet-zoo=fnet_tf.zoo:console",
+        "fnet-run=fnet_tf.device.run_tflite:main",
+        "fnet-regroup=fnet_tf.device.regroup:main",
+    ]},
     python_requires=">=3.10,<3.14",
     # Versions seen working together (see BUILD_NOTES.md). tf-keras pins the full
     # `tensorflow` wheel, so tensorflow-cpu alone does not satisfy it.

@@ -394,5 +394,7 @@ def _table(results):
     return "\n".join(lines)
 
 
+console = cli.entry_point(main)  # the fnet-analyze command
+
 if __name__ == "__main__":
-    cli.run(main)
+    console()

@@ -26,11 +26,18 @@ def _fail(message):
     sys.exit(UserError.exit_code)
 
 
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+
+
 def _parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
         _fail(f"{e} (see --helpshort)")
+    except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
+        if e.code == 1 and any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def run(main):
@@ -49,3 +56,8 @@ def run(main):
             sys.exit(130)
 
     app.run(guarded, flags_parser=_parse_flags)
+
+
+def entry_point(main):
+    """The console command (``setup.py``'s entry points) that runs ``main`` like ``run``."""
+    return lambda: run(main)

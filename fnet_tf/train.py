@@ -371,5 +371,7 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     return True
 
 
+console = cli.entry_point(main)  # the fnet-train command
+
 if __name__ == "__main__":
-    cli.run(main)
+    console()

@@ -1,6 +1,8 @@
-"""The released models: ``fnet_tf.zoo.load("factorizenet-l3")`` and ``python -m fnet_tf.zoo list``.
+"""The released models: ``fnet_tf.zoo.load("factorizenet-l3")`` and ``fnet-zoo list``
+(``python -m fnet_tf.zoo list``).
 
-Each released model is a folder ``models/<name>/`` holding ``model_int8.tflite`` (verified
+Each released model is a folder ``models/<name>/`` (``fnet_tf/released/<name>/`` in an
+installed package) holding ``model_int8.tflite`` (verified
 fully-integer, labels embedded), ``card.md`` and ``metrics.json`` with its measured numbers,
 and the analyzer's layer-wise plots. Folders are written by ``tools/release.py`` from run
 directories, never by hand. ``$FNET_TF_ZOO`` points at another models folder.
@@ -17,9 +19,17 @@ METRICS = "metrics.json"
 CARD = "card.md"
 
 
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "released")
+CHECKOUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
 def zoo_dir():
-    default = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
-    return os.environ.get("FNET_TF_ZOO", default)
+    """``$FNET_TF_ZOO``; else the zoo inside an installed package (``setup.py`` maps the
+    checkout's ``models/`` to ``fnet_tf/released/`` in the wheel: one copy, made by
+    ``tools/release.py``); else, in a checkout or an editable install, ``models/`` itself."""
+    if os.environ.get("FNET_TF_ZOO"):
+        return os.environ["FNET_TF_ZOO"]
+    return PACKAGED if os.path.isdir(PACKAGED) else CHECKOUT
 
 
 def names():
@@ -32,7 +42,7 @@ def names():
 
 def load(name):
     """The path of released model ``name``'s INT8 ``.tflite`` (run it with LiteRT or
-    ``export/run_tflite.py``); UserError listing the released names if unknown."""
+    ``fnet-run``); UserError listing the released names if unknown."""
     path = os.path.join(zoo_dir(), name, MODEL_FILE)
     if not os.path.isfile(path):
         known = ", ".join(names()) or "none (see tools/release.py)"
@@ -88,8 +98,10 @@ def main(argv):
     if len(args) == 2 and args[0] == "path":
         print(load(args[1]))
         return 0
-    raise UserError("usage: python -m fnet_tf.zoo list | path NAME")
+    raise UserError("usage: fnet-zoo list | path NAME (or python -m fnet_tf.zoo ...)")
 
+
+console = cli.entry_point(main)  # the fnet-zoo command
 
 if __name__ == "__main__":
-    cli.run(main)
+    console()
