@@ -32,6 +32,10 @@ flags.DEFINE_bool("op_latency", True, "Also time each operator on its own (op_la
                   "where the time goes, and which kernel ran each op).")
 flags.DEFINE_bool("evolution", False, "Plot how each layer's ranges evolved over the training "
                   "epochs (from RUN_DIR/layer_stats.jsonl) and stop.")
+flags.DEFINE_bool("sensitivity", False, "Per-layer sensitivity of a run's float model and stop: "
+                  "validation accuracy with only each layer (and all but it) quantized to "
+                  "ternary, 4 and 8 bits (sensitivity.csv/.png/.md; --limit images, default "
+                  "2,000, spread over the validation split).")
 cli.define_trust_model_code()
 
 
@@ -261,6 +265,8 @@ def main(argv):
         raise UserError(f"--limit must be positive, got {FLAGS.limit}")
     if FLAGS.evolution:
         return plot_evolution(argv[1:])
+    if FLAGS.sensitivity:
+        return run_sensitivity(argv[1:])
     from fnet_tf import data as data_lib
 
     targets = _unique_names([Target(p) for p in argv[1:]])
@@ -356,6 +362,88 @@ def plot_evolution(paths):
                     f"{name}: layer ranges over {len(entries)} epochs")
     print(f"wrote {os.path.join(out, 'evolution.png')} ({len(entries)} epochs)")
     return 0
+
+
+def run_sensitivity(paths):
+    """``--sensitivity``: fnet_tf.analysis.sensitivity on a run's float model."""
+    import numpy as np
+
+    from fnet_tf import artifacts, data as data_lib, fileio
+    from fnet_tf.analysis import plots, sensitivity
+    from fnet_tf.rundir import RunDir
+
+    if len(paths) != 1 or not artifacts.is_run_dir(paths[0]):
+        raise UserError("--sensitivity takes one run directory (its float model is analysed)")
+    run = RunDir(paths[0])
+    config = run.config() or {}
+    source = FLAGS.data or config.get("data")
+    if not source:
+        raise UserError(f"pass --data: {run.path}'s config names no dataset")
+    if not config.get("val_split"):
+        raise UserError(f"{run.path} was trained with --val_split 0: sensitivity is measured on "
+                        f"held-out validation images (never the test split); train with "
+                        f"--val_split N")
+    model = artifacts.float_model(run, FLAGS.trust_model_code)
+    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, val_split=config["val_split"])
+    count = min(FLAGS.limit or 2000, len(dataset.val))
+    pick = np.linspace(0, len(dataset.val) - 1, count).round().astype(int)  # every class
+    images, labels = dataset.val.images[pick], dataset.val.labels[pick]
+    evaluate = _fast_evaluator(config, images, labels)
+    rows, baselines = sensitivity.layer_sensitivity(
+        model, images, labels, evaluate=evaluate,
+        progress=lambda text: print(f"sensitivity: {text}", file=sys.stderr, flush=True))
+    out = FLAGS.out or os.path.join(run.path, "analysis")
+    fields = list(rows[0]) if rows else ["layer"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(os.path.join(out, "sensitivity.csv"), buf.getvalue())
+    name = os.path.basename(run.path)
+    plots.sensitivity_bars(rows, sensitivity.BITS, os.path.join(out, "sensitivity.png"),
+                           f"{name}: validation top-1 with only each layer quantized")
+    lines = [f"# Sensitivity of {name}", ""] + sensitivity.report_lines(rows, baselines, count)
+    fileio.write_text(os.path.join(out, "sensitivity.md"), "\n".join(lines))
+    for b in sensitivity.BITS:
+        ranked = sensitivity.ranking(rows, b)
+        print(f"{b} bits: all layers {baselines[str(b)]:.2%} (float {baselines['float']:.2%}); "
+              f"most sensitive {ranked[0]['layer']} ({ranked[0]['accuracy_only_this']:.2%} alone), "
+              f"least {ranked[-1]['layer']} ({ranked[-1]['accuracy_only_this']:.2%} alone)")
+    print(f"wrote {out}/ (sensitivity.csv, sensitivity.png, sensitivity.md)")
+    return 0
+
+
+def _fast_evaluator(config, images, labels):
+    """Top-1 of a model on ``images``, run in the block-diagonal training form where the run's
+    architecture has grouped convs (TF's grouped-conv kernels are 50-200x slower on a CPU)."""
+    import numpy as np
+
+    def accuracy(model):
+        logits = model.predict(images.astype(np.float32), batch_size=500, verbose=0)
+        return float(np.mean(np.argmax(logits, -1) == labels))
+
+    from fnet_tf import architectures
+    from fnet_tf.spec import build_model, has_grouped_convs
+
+    try:
+        spec = architectures.model_spec(config["model"], config["level"], config.get("width", 1.0))
+    except (KeyError, UserError):
+        return accuracy
+    if not has_grouped_convs(spec):
+        return accuracy
+    from dataclasses import replace
+
+    from fnet_tf.grouped import transfer_weights
+
+    fast = {}
+
+    def fast_accuracy(model):
+        if "model" not in fast:
+            fast["model"] = build_model(replace(spec, num_classes=model.output_shape[-1]),
+                                        grouped_form="block_diagonal")
+        return accuracy(transfer_weights(model, fast["model"]))
+
+    return fast_accuracy
 
 
 def _unique_names(targets):

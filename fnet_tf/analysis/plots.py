@@ -263,3 +263,24 @@ def val_curves(curves, path, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def sensitivity_bars(rows, bits, path, title):
+    """Per layer (in network order) and precision: top-1 with only that layer quantized, the
+    float accuracy as a line."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(layers) + 2), 4))
+    width = 0.8 / max(len(bits), 1)
+    for k, b in enumerate(bits):
+        values = {r["layer"]: r["accuracy_only_this"] for r in rows if r["bits"] == str(b)}
+        ax.bar([i + (k - (len(bits) - 1) / 2) * width for i in range(len(layers))],
+               [values.get(n, 0.0) for n in layers], width, label=f"{b}" + ("" if b == "ternary"
+                                                                             else " bits"))
+    if rows:
+        ax.axhline(rows[0]["accuracy_float"], color="black", lw=1, ls="--", label="float")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("validation top-1, only this layer quantized")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
