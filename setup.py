@@ -12,7 +12,7 @@ setup(
     # browsable in the repository) becomes fnet_tf/released/ in a wheel; fnet_tf.zoo finds it.
     packages=find_packages(include=["fnet_tf", "fnet_tf.*"]) + ["fnet_tf.released"],
     package_dir={"fnet_tf.released": "models"},
-    package_data={"fnet_tf.released": ["*/*"]},
+    package_data={"fnet_tf.released": ["*/*"], "fnet_tf.analysis": ["*.json"]},
     entry_points={"console_scripts": [
         "fnet-train=fnet_tf.train:console",
         "fnet-export=fnet_tf.to_tflite:console",

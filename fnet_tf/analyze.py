@@ -47,6 +47,7 @@ class Target:
         from fnet_tf.rundir import RunDir
 
         self.path, self.run = path, None
+        self.budget_rows = None  # per weight op: fnet_tf.analysis.bit_budget, set by measure()
         if artifacts.is_run_dir(path):
             self.run = RunDir(path)
             self.tflite = self.run.file("model_int8.tflite")
@@ -117,7 +118,11 @@ def measure(target, dataset):
     print(f"{target.name}: evaluating on {len(dataset.test) if FLAGS.limit is None else FLAGS.limit} "
           f"test images", file=sys.stderr, flush=True)
     acc = benchmark.evaluate_tflite(target.content, dataset.test, FLAGS.limit, FLAGS.threads)
-    return {"model": target.name, "file": os.path.abspath(target.tflite),
+    from fnet_tf.analysis.bit_budget import bit_budget
+
+    budget_rows, budget = bit_budget(target.content)
+    target.budget_rows = budget_rows
+    return {"bit_budget": budget, "model": target.name, "file": os.path.abspath(target.tflite),
             "accuracy_top1": acc["accuracy_top1"], "accuracy_top5": acc["accuracy_top5"],
             "num_images": acc["num_images"], "eval_seconds": acc["seconds"],
             "size_bytes": len(target.content), "params": stats["params"], "macs": stats["macs"],
@@ -228,6 +233,13 @@ def report(metrics, rows, note, out, op_rows=None):
              f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(metrics['ops'].items()))}",
              f"- machine: {metrics['machine']['cpu']}, {metrics['machine']['cores']} cores, "
              f"ai-edge-litert {metrics['machine']['ai_edge_litert']}", ""]
+    b = metrics["bit_budget"]
+    lines.insert(-1, f"- weights: {b['filters']:,} filters, {b['ternary_filters']:,} ternary "
+                     f"({b['ternary_weight_share']:.1%} of weights, {b['ternary_mac_share']:.1%} of "
+                     f"MACs); packed size {b['packed_bytes']:,.0f} bytes ({b['int8_bytes']:,.0f} at "
+                     f"8 bits); energy estimate {b['energy_pj'] / 1e3:,.1f} nJ per inference "
+                     f"({b['energy_pj_int8'] / 1e3:,.1f} nJ all-int8; Horowitz 45 nm table, "
+                     f"fnet_tf/analysis/bit_budget.py)")
     if metrics.get("latency_ms_all_cores"):
         a = metrics["latency_ms_all_cores"]
         lines.insert(5, f"- latency with all {a['threads']} cores: p50 {a['p50']:.3f} ms, p99 {a['p99']:.3f} ms")
@@ -309,6 +321,7 @@ def main(argv):
         if FLAGS.op_latency:
             op_rows, metrics["latency_by_op"] = time_ops(target)
             write_op_latency(op_rows, target.name, out)
+        _write_csv(os.path.join(out, "bit_budget.csv"), target.budget_rows)
         rows, note = layerwise(target, dataset, out)
         metrics["analysis_seconds"] = time.time() - started
         plots.summary(metrics, os.path.join(out, "summary.png"), target.name)
@@ -393,12 +406,7 @@ def run_sensitivity(paths):
         model, images, labels, evaluate=evaluate,
         progress=lambda text: print(f"sensitivity: {text}", file=sys.stderr, flush=True))
     out = FLAGS.out or os.path.join(run.path, "analysis")
-    fields = list(rows[0]) if rows else ["layer"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    fileio.write_text(os.path.join(out, "sensitivity.csv"), buf.getvalue())
+    _write_csv(os.path.join(out, "sensitivity.csv"), rows)
     name = os.path.basename(run.path)
     plots.sensitivity_bars(rows, sensitivity.BITS, os.path.join(out, "sensitivity.png"),
                            f"{name}: validation top-1 with only each layer quantized")
@@ -444,6 +452,16 @@ def _fast_evaluator(config, images, labels):
         return accuracy(transfer_weights(model, fast["model"]))
 
     return fast_accuracy
+
+
+def _write_csv(path, rows):
+    from fnet_tf import fileio
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["op"])
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(path, buf.getvalue())
 
 
 def _unique_names(targets):

@@ -165,11 +165,18 @@ def main(argv):
                        else artifacts.float_model(run, FLAGS.trust_model_code))
         fileio.write_bytes(float_out, export.convert_float32(float_model))
         written.append(float_out)
+    from fnet_tf.analysis.bit_budget import bit_budget
+
+    budget_rows, budget = bit_budget(content)
+    distinct = [r["distinct_max"] for r in budget_rows]
     ops = ", ".join(f"{k} x{v}" for k, v in sorted(report["ops"].items()))
     inp = report["input"]
     print(f"wrote {out}: {len(content):,} bytes, {report['params']:,} params, scheme "
           f"{scheme.name}\n  ops: {ops}\n  input {inp['dtype']} {inp['shape']} scale "
-          f"{inp['scale']:g} zero point {inp['zero_point']} (feed pixel/scale + zero point)"
+          f"{inp['scale']:g} zero point {inp['zero_point']} (feed pixel/scale + zero point)\n"
+          f"  weights: {len(budget_rows)} layers, distinct int8 values per filter at most "
+          f"{', '.join(map(str, distinct))}; {budget['ternary_filters']} of {budget['filters']} "
+          f"filters ternary; packed {budget['packed_bytes']:,.0f} bytes"
           + (f"\n  top-1 agreement with the Keras model: {agreement:.2%} on "
              f"{FLAGS.check_images} test images" if agreement is not None else ""))
     if run is not None:
