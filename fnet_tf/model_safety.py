@@ -102,8 +102,8 @@ def _keras_v3_config(path):
             with z.open(info) as f:
                 text = f.read(MAX_CONFIG_BYTES + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        raise UserError(f"cannot read {path!r} ({type(e).__name__}): the file is corrupt or "
-                        f"not a .keras model; re-export it") from None
+        raise UserError(f"cannot load Keras model {path!r} ({type(e).__name__}): the file is "
+                        f"corrupt or not a .keras model; re-export it") from None
     if len(text) > MAX_CONFIG_BYTES:
         raise UserError(f"{path!r}: config.json is over the {MAX_CONFIG_BYTES >> 20} MB limit")
     return _parse_json(path, text)
@@ -118,8 +118,8 @@ def _h5_config(path):
             if attribute is None and "model_config" in f:
                 attribute = f["model_config"][()]
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path!r} ({type(e).__name__}): the file is corrupt or "
-                        f"not an HDF5 Keras model; re-export it") from None
+        raise UserError(f"cannot load Keras model {path!r} ({type(e).__name__}): the file is "
+                        f"corrupt or not an HDF5 Keras model; re-export it") from None
     if attribute is None:
         raise UserError(f"{path!r} holds no model architecture (model_config): it is a weights "
                         f"file, not a model; pass the model saved with model.save()")

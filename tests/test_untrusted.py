@@ -7,10 +7,8 @@ code (the marker file a Lambda or a SavedModel function would write never appear
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 
 import numpy as np
@@ -35,22 +33,23 @@ def _one_line_error(result, *needles):
     return lines[0]
 
 
+# The measured command runs under a small launcher: a child forked straight from this (large,
+# TensorFlow-holding) pytest process would count the parent's pages in its peak RSS.
+_LAUNCHER = ("import os, subprocess, sys\n"
+             "child = subprocess.Popen(sys.argv[1:])\n"
+             "_, status, usage = os.wait4(child.pid, 0)\n"
+             "sys.stderr.write(f'\\npeak-rss-kb {usage.ru_maxrss}\\n')\n"
+             "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def _peak_mb(args, env=None):
-    """(result, peak RSS in MB) of ``python ARGS``, measured by wait4 on that one process."""
-    process = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=dict(os.environ, **(env or {})))
-    out_chunks, err_chunks = [], []
-    readers = [threading.Thread(target=lambda s=s, c=c: c.append(s.read()))
-               for s, c in ((process.stdout, out_chunks), (process.stderr, err_chunks))]
-    for t in readers:
-        t.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    for t in readers:
-        t.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    result = subprocess.CompletedProcess(args, process.returncode, b"".join(out_chunks).decode(),
-                                         b"".join(err_chunks).decode())
-    return result, usage.ru_maxrss / 1024  # Linux: kilobytes
+    """(result, peak RSS in MB) of ``python ARGS``: wait4 on that process, by the launcher."""
+    result = run_module(["-c", _LAUNCHER, sys.executable, *args], env=env)
+    lines = result.stderr.rstrip().splitlines()
+    assert lines and lines[-1].startswith("peak-rss-kb "), result.stderr[-2000:]
+    peak = int(lines[-1].split()[1]) / 1024  # Linux: kilobytes
+    result.stderr = "\n".join(lines[:-1]) + "\n"
+    return result, peak
 
 
 # --- models that carry code ---------------------------------------------------------------
