@@ -70,7 +70,8 @@ def qat_model(run, trust_code=False):
     if not run.verified("qat"):
         raise UserError(f"no QAT model in {run.path}: run python -m fnet_tf.train --run_dir "
                         f"{run.path} --qat_epochs N first")
-    scheme = get_scheme(qat_scheme_name(run))
+    entry = run.manifest()["steps"]["qat"]
+    scheme = get_scheme(entry.get("scheme")).configured(**entry.get("options", {}))
     model = scheme.quantize(float_model(run, trust_code))
     try:
         model.load_weights(run.file(QAT_WEIGHTS))

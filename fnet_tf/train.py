@@ -59,6 +59,14 @@ flags.DEFINE_integer("qat_epochs", 0, "Quantization-aware training epochs after 
                      "training (0: stop after float).")
 flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights), "
                     "int8_per_tensor.")
+flags.DEFINE_float("ternary_fraction", 0.5, "--qat_scheme ternary_hybrid: the share of all "
+                   "conv/dense weights held by ternary filters (first conv and classifier stay "
+                   "8-bit).")
+flags.DEFINE_string("ternary_allocation", "uniform", "--qat_scheme ternary_hybrid: 'uniform' "
+                    "(the same filter share in every eligible layer) or 'sensitivity' (the least "
+                    "sensitive layers first, from --sensitivity_csv).")
+flags.DEFINE_string("sensitivity_csv", None, "The float run's analysis/sensitivity.csv (python "
+                    "-m fnet_tf.analyze RUN --sensitivity), for --ternary_allocation sensitivity.")
 flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); cosine to 0, "
                    "no warm-up.")
 flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
@@ -152,12 +160,16 @@ def _train(spec, run):
               "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
     if FLAGS.qat_epochs:
-        scheme = get_scheme(FLAGS.qat_scheme)
+        csv_path = os.path.abspath(FLAGS.sensitivity_csv) if FLAGS.sensitivity_csv else None
+        scheme = get_scheme(FLAGS.qat_scheme).configured(
+            ternary_fraction=FLAGS.ternary_fraction, ternary_allocation=FLAGS.ternary_allocation,
+            sensitivity_csv=csv_path)
         if not scheme.qat:
             raise UserError(f"--qat_scheme {scheme.name} does no training ({scheme.description}): "
                             f"export it with export/to_tflite.py --scheme {scheme.name}")
         qrecipe = qat_recipe(recipe)
         config.update(qat_epochs=FLAGS.qat_epochs, qat_scheme=FLAGS.qat_scheme, qat_lr=qrecipe.lr,
+                      qat_options=scheme.options,
                       init_from=FLAGS.init_from)
     init_source = _check_init_from(FLAGS.init_from, run) if FLAGS.init_from else None
     run.bind_config(config, ignore=RESUMABLE_ANYWAY)  # before TensorFlow loads: fails in a second
@@ -365,7 +377,8 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
         model.save_weights(tmp)
     result = _record_final_metrics(run, "qat", model, dataset, epochs=recipe.epochs,
                                    scheme=scheme.name)
-    run.complete("qat", [weights], scheme=scheme.name, epochs=recipe.epochs)
+    run.complete("qat", [weights], scheme=scheme.name, options=scheme.options,
+                 epochs=recipe.epochs)
     print(f"[qat] {result['split']} accuracy {result['accuracy']:.4f} on {result['num_images']} "
           f"images (Keras QAT model); weights: {weights}", flush=True)
     return True

@@ -7,6 +7,14 @@ class Scheme:
     description = ""
     qat = True           # False: post-training quantization only (no fine-tuning)
     per_channel = True   # weights quantized per output channel in the converted model
+    option_names = ()    # the scheme's own settings (CLI flags of the same names)
+    options = {}
+
+    def configured(self, **options):
+        """A copy of this scheme with its own settings (``option_names``) applied; settings it
+        does not take are ignored. Recorded in run.json so the QAT model can be rebuilt."""
+        mine = {k: v for k, v in options.items() if k in self.option_names}
+        return type(self)(**mine) if mine else self
 
     def quantize(self, model):
         """Float Keras model -> the model to fine-tune (QAT) and convert."""

@@ -1,0 +1,224 @@
+"""``ternary_hybrid``: per-layer hybrid filter banks of ternary and 8-bit filters (Gope et al.,
+"Ternary MobileNets via Per-Layer Hybrid Filter Banks", CVPRW 2020), as a TF-MOT scheme.
+
+In each chosen conv/dense layer a share of the output filters is ternary, ``w in {-a, 0, +a}``
+per filter (TWN: threshold ``0.7 * mean|w|``, ``a`` = mean of the ``|w|`` above it), the rest
+8-bit per channel; straight-through gradients. Which filters are ternary is decided at every
+step by each filter's relative ternarization error (the filters that lose least). Everything
+else is TF-MOT's default 8-bit scheme (its registry is subclassed, so its layout transforms,
+BN folding and activation quantizers apply unchanged); activations stay 8-bit.
+
+Assumptions (the paper's code is not public): the ternary share is counted in weights; the
+first conv and the classifier stay 8-bit; a ternary filter's values are ternary before BN
+folding, and BN folding scales a whole output channel, so the deployed int8 filter is
+``{-q, 0, +q}`` (checked on the exported file by ``fnet_tf.analysis.bit_budget``).
+"""
+import math
+
+from fnet_tf.quantization import register_scheme
+from fnet_tf.quantization.base import Scheme
+from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
+
+WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
+    """``weights`` with the ``fraction`` of filters (output channels) that ternarize best made
+    ternary and the rest rounded to the 8-bit per-channel grid; straight-through gradient.
+    ``groups``: a grouped conv in its block-diagonal training form (``fnet_tf.grouped``), whose
+    filters hold ``groups - 1`` blocks of zeros: the mean |w| is taken over the real block, so
+    training and the exported native grouped conv ternarize alike.
+    No FakeQuant op is emitted (a per-channel one cannot follow a depthwise kernel's reshape in
+    the converter): the converter quantizes the folded weights per channel itself, which maps
+    a ternary filter to {-127, 0, 127} and an 8-bit one onto its own grid."""
+    shape = tf.shape(weights)
+    channels = weights.shape[-1] * (weights.shape[-2] if depthwise else 1)
+    flat = tf.reshape(weights, [-1, channels])
+    magnitude = tf.abs(flat)
+    rows = tf.cast(tf.shape(flat)[0], flat.dtype) / groups
+    threshold = 0.7 * tf.reduce_sum(magnitude, axis=0) / rows
+    keep = tf.cast(magnitude > threshold, flat.dtype)
+    scale = tf.math.divide_no_nan(tf.reduce_sum(magnitude * keep, 0), tf.reduce_sum(keep, 0))
+    ternary = tf.sign(flat) * keep * scale
+    error = tf.math.divide_no_nan(tf.reduce_sum(tf.square(flat - ternary), 0),
+                                  tf.reduce_sum(tf.square(flat), 0))
+    count = min(channels, int(math.ceil(fraction * channels - 1e-9)))
+    chosen = tf.zeros([channels], tf.bool)
+    if count:
+        best = tf.math.top_k(-error, k=count).indices
+        chosen = tf.scatter_nd(best[:, None], tf.ones([count], tf.bool), [channels])
+    step = tf.reduce_max(magnitude, axis=0) / 127.0  # symmetric, narrow range, per channel
+    int8 = tf.round(tf.math.divide_no_nan(flat, step)) * step
+    mixed = tf.where(chosen[None, :], ternary, int8)
+    return weights + tf.stop_gradient(tf.reshape(mixed, shape) - weights)
+
+
+def _classes():
+    """The TF-MOT classes of this scheme (built on first use: TF-MOT loads only then)."""
+    global _CLASSES
+    if _CLASSES:
+        return _CLASSES
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry as registry, default_8bit_quantize_scheme as scheme)
+
+    from fnet_tf.backend import tf
+
+    class HybridTernaryWeights(tfmot.quantization.keras.quantizers.Quantizer):
+        def __init__(self, fraction, depthwise=False, groups=1):
+            self.fraction, self.depthwise, self.groups = float(fraction), bool(depthwise), groups
+
+        def build(self, tensor_shape, name, layer):
+            return {}
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            return hybrid_ternary(inputs, self.fraction, tf, self.depthwise, self.groups)
+
+        def get_config(self):
+            return {"fraction": self.fraction, "depthwise": self.depthwise, "groups": self.groups}
+
+    class HybridTernaryConfig(registry.Default8BitQuantizeConfig):
+        def __init__(self, weight_attrs, activation_attrs, quantize_output, fraction=0.0,
+                     depthwise=False, groups=1):
+            super().__init__(weight_attrs, activation_attrs, quantize_output)
+            self.fraction, self.depthwise, self.groups = fraction, depthwise, groups
+            self.weight_quantizer = HybridTernaryWeights(fraction, depthwise, groups)
+
+        def get_config(self):
+            return {**super().get_config(), "fraction": self.fraction,
+                    "depthwise": self.depthwise, "groups": self.groups}
+
+    class HybridRegistry(registry.Default8BitQuantizeRegistry):
+        def __init__(self, fractions):
+            super().__init__()
+            self.fractions = fractions
+
+        def get_quantize_config(self, layer):
+            config = super().get_quantize_config(layer)
+            fraction = self.fractions.get(layer.name, 0.0)
+            if not fraction or type(layer).__name__ not in WEIGHT_TYPES:
+                return config
+            from fnet_tf.grouped import training_groups
+
+            return HybridTernaryConfig(config.weight_attrs, config.activation_attrs,
+                                       config.quantize_output, fraction,
+                                       type(layer).__name__ == "DepthwiseConv2D",
+                                       training_groups(layer) or 1)
+
+    class HybridScheme(scheme.Default8BitQuantizeScheme):
+        def __init__(self, fractions):
+            super().__init__()
+            self.fractions = fractions
+
+        def get_quantize_registry(self):
+            return HybridRegistry(self.fractions)
+
+    _CLASSES = {"HybridTernaryWeights": HybridTernaryWeights,
+                "HybridTernaryConfig": HybridTernaryConfig, "HybridScheme": HybridScheme}
+    return _CLASSES
+
+
+_CLASSES = {}
+
+
+def _weight_layers(model):
+    layers = [layer for layer in model.layers if type(layer).__name__ in WEIGHT_TYPES]
+    sizes = {layer.name: _native_size(layer) for layer in layers}
+    eligible = layers[1:-1] if len(layers) > 2 else []  # first conv, classifier: 8-bit
+    return sizes, [layer.name for layer in eligible]
+
+
+def _native_size(layer):
+    """Weights of a layer as the exported (native grouped) conv holds them."""
+    from fnet_tf.grouped import training_groups
+
+    return layer.get_weights()[0].size // (training_groups(layer) or 1)
+
+
+def uniform_fractions(model, share):
+    """Per layer ternary filter fraction so that at least ``share`` of all conv/dense weights
+    are ternary, spread evenly over the eligible layers (first conv and classifier excluded)."""
+    sizes, eligible = _weight_layers(model)
+    pool = sum(sizes[n] for n in eligible)
+    fraction = min(1.0, share * sum(sizes.values()) / pool) if pool else 0.0
+    return {name: fraction for name in eligible}
+
+
+def sensitivity_fractions(model, share, rows):
+    """Per layer fraction with the least sensitive layers ternary first: eligible layers in
+    order of their ternary accuracy drop (``fnet_tf.analyze --sensitivity`` rows, 'only this
+    layer' quantized) become fully ternary until ``share`` of all weights is reached."""
+    from fnet_tf.errors import UserError
+
+    sizes, eligible = _weight_layers(model)
+    drop = {r["layer"]: float(r["drop_only_this"]) for r in rows if r["bits"] == "ternary"}
+    missing = [n for n in eligible if n not in drop]
+    if missing:
+        raise UserError(f"the sensitivity table has no ternary row for layer {missing[0]!r}: run "
+                        f"python -m fnet_tf.analyze RUN --sensitivity on this model's float run")
+    budget = share * sum(sizes.values())
+    fractions = {}
+    for name in sorted(eligible, key=lambda n: drop[n]):
+        if budget <= 0:
+            break
+        fractions[name] = min(1.0, budget / sizes[name])
+        budget -= fractions[name] * sizes[name]
+    return fractions
+
+
+def read_sensitivity(path):
+    import csv
+
+    from fnet_tf.errors import UserError
+
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UserError(f"cannot read the sensitivity table {path!r} ({e.strerror}): run python "
+                        f"-m fnet_tf.analyze RUN --sensitivity first") from None
+    if not rows or not {"layer", "bits", "drop_only_this"} <= set(rows[0]):
+        raise UserError(f"{path!r} is not a sensitivity.csv of fnet_tf.analyze --sensitivity")
+    return rows
+
+
+@register_scheme
+class TernaryHybrid(_TfmotScheme):
+    name = "ternary_hybrid"
+    description = "TF-MOT QAT with per-layer hybrid ternary/int8 filter banks"
+    option_names = ("ternary_fraction", "ternary_allocation", "sensitivity_csv")
+
+    def __init__(self, ternary_fraction=0.5, ternary_allocation="uniform", sensitivity_csv=None):
+        from fnet_tf.errors import UserError
+
+        if not 0 <= ternary_fraction <= 1:
+            raise UserError(f"--ternary_fraction is a share of the weights in [0, 1], got "
+                            f"{ternary_fraction:g}")
+        if ternary_allocation not in ("uniform", "sensitivity"):
+            raise UserError(f"--ternary_allocation must be uniform or sensitivity, got "
+                            f"{ternary_allocation!r}")
+        if ternary_allocation == "sensitivity" and not sensitivity_csv:
+            raise UserError("--ternary_allocation sensitivity needs --sensitivity_csv (the "
+                            "float run's analysis/sensitivity.csv)")
+        self.options = {"ternary_fraction": float(ternary_fraction),
+                        "ternary_allocation": ternary_allocation,
+                        "sensitivity_csv": sensitivity_csv}
+
+    def scope(self):
+        import tensorflow_model_optimization as tfmot
+
+        return tfmot.quantization.keras.quantize_scope(dict(_classes()))
+
+    def fractions(self, model):
+        share = self.options["ternary_fraction"]
+        if self.options["ternary_allocation"] == "sensitivity":
+            return sensitivity_fractions(model, share, read_sensitivity(self.options["sensitivity_csv"]))
+        return uniform_fractions(model, share)
+
+    def quantize(self, model):
+        import tensorflow_model_optimization as tfmot
+
+        scheme = _classes()["HybridScheme"](self.fractions(model))
+        with self.scope():
+            annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+            return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
