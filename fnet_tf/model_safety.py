@@ -67,7 +67,7 @@ _TF_OP_FUNCTIONS = frozenset({
     "identity", "cast", "clip_by_value", "gather", "pad", "tile", "where", "ones_like",
     "zeros_like", "shape", "slice", "strided_slice", "broadcast_to", "einsum", "matmul",
     "reduce_mean", "reduce_sum", "reduce_max", "reduce_min", "argmax", "argmin", "one_hot",
-    "split", "nest.flatten", "convert_to_tensor", "range", "size", "rank", "fill",
+    "nest.flatten", "convert_to_tensor", "range", "size", "rank", "fill",
 })
 _PURE_PACKAGES = ("keras", "tf_keras", "tensorflow_model_optimization", "fnet_tf")
 

@@ -18,24 +18,21 @@ MAX_WEIGHTS_BYTES = 1 << 30  # declared array bytes; fnet_tf's models hold a few
 
 
 def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES):
-    """The arrays of a weights ``.npz`` (from another machine: untrusted), each array's
-    declared size checked from its header before anything is decompressed; no pickles."""
+    """The arrays of a weights ``.npz`` (from another machine: untrusted), their declared sizes
+    checked from the headers before anything is decompressed; no pickles."""
+    from fnet_tf.device.run_tflite import RunError, array_headers, declared_bytes
+
     try:
-        with zipfile.ZipFile(path) as z:
-            total = 0
-            for info in z.infolist():
-                with z.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                                       else np.lib.format.read_array_header_2_0(f))
-                total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-                if total > max_bytes:
-                    raise UserError(f"{path} declares over {max_bytes >> 20} MB of weights, the "
-                                    f"limit for a model: refusing to decompress it")
+        total = sum(declared_bytes(shape, dtype) for _, shape, dtype in array_headers(path))
+    except RunError as e:
+        raise UserError(f"cannot read {path}: {e}; the file is corrupt: train it again") from None
+    if total > max_bytes:
+        raise UserError(f"{path} declares {total / 2**20:,.0f} MB of weights, over the "
+                        f"{max_bytes >> 20} MB limit for a model: refusing to decompress it")
+    try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError,
-            RuntimeError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
                         f"train it again") from None
 

@@ -172,32 +172,39 @@ def _array_header(f):
     return shape, dtype
 
 
-def check_array_sizes(path, max_mb):
-    """Refuse a .npy/.npz whose arrays would take more than ``max_mb`` MB once read, from the
-    headers alone (nothing is decompressed), or that holds Python objects."""
-    limit = max_mb << 20
+def array_headers(path):
+    """[(name, shape, dtype)] of a .npy file or of each array in a .npz, read from the headers
+    alone (nothing is decompressed beyond them)."""
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                members = [(info.filename, z.open(info)) for info in z.infolist()
-                           if info.filename.endswith(".npy")]
-                headers = []
-                for name, f in members:
-                    with f:
-                        headers.append((name[:-4], *_array_header(f)))
-        else:
+        if not zipfile.is_zipfile(path):
             with open(path, "rb") as f:
-                headers = [("", *_array_header(f))]
+                return [("", *_array_header(f))]
+        headers = []
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as f:
+                        headers.append((info.filename[:-4], *_array_header(f)))
+        return headers
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, NotImplementedError,
             RuntimeError) as e:
         raise RunError(f"{path!r} is not a readable .npz/.npy file ({e.__class__.__name__})")
+
+
+def declared_bytes(shape, dtype):
+    return int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
+def check_array_sizes(path, max_mb):
+    """Refuse a .npy/.npz whose arrays would take more than ``max_mb`` MB once read, from the
+    headers alone, or that holds Python objects."""
     total = 0
-    for name, shape, dtype in headers:
+    for name, shape, dtype in array_headers(path):
         if dtype.hasobject:
             raise RunError(f"{path!r}: array {name or 'in it'!r} holds Python objects; a batch "
                            f"holds numbers only")
-        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        if total > limit:
+        total += declared_bytes(shape, dtype)
+        if total > max_mb << 20:
             raise RunError(f"{path!r} declares {total / 2**20:,.0f} MB of arrays, over the "
                            f"--max_batch_mb limit of {max_mb:,} MB: refusing to decompress it "
                            f"(pass a smaller batch, or raise --max_batch_mb)")
