@@ -414,7 +414,7 @@ def run_sensitivity(paths):
     fileio.write_text(os.path.join(out, "sensitivity.md"), "\n".join(lines))
     for b in sensitivity.BITS:
         ranked = sensitivity.ranking(rows, b)
-        print(f"{b} bits: all layers {baselines[str(b)]:.2%} (float {baselines['float']:.2%}); "
+        print(f"{b}{'' if b == 'ternary' else ' bits'}: all layers {baselines[str(b)]:.2%} (float {baselines['float']:.2%}); "
               f"most sensitive {ranked[0]['layer']} ({ranked[0]['accuracy_only_this']:.2%} alone), "
               f"least {ranked[-1]['layer']} ({ranked[-1]['accuracy_only_this']:.2%} alone)")
     print(f"wrote {out}/ (sensitivity.csv, sensitivity.png, sensitivity.md)")
