@@ -210,8 +210,8 @@ def _free_bytes(directory):
 
 
 def _members(path):
-    """(name, size, kind) of every member from the headers alone; kind is 'file', 'dir' or
-    what else it is ('symlink', 'hardlink', 'device', 'fifo')."""
+    """(name, size, kind) of every member from the headers alone; kind is 'file', 'dir',
+    'symlink', 'hardlink' or 'device or fifo'."""
     if path.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
