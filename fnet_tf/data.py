@@ -39,6 +39,7 @@ CACHE_VERSION = 1  # bump when the decoded-array format changes
 MAX_ARCHIVE_MEMBERS = 2_000_000
 MAX_EXPANSION = 200
 FREE_SPACE_RESERVE = 256 << 20
+MAX_IMAGE_PIXELS = 16_000_000  # a dataset image declaring more is skipped, never decoded
 
 
 def default_cache_dir():
@@ -290,13 +291,15 @@ def _decode_tree(root, image_size):
             names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
             for name in names:
                 try:
-                    with Image.open(os.path.join(folder, name)) as im:
+                    with Image.open(os.path.join(folder, name)) as im:  # header only
+                        if im.width * im.height > MAX_IMAGE_PIXELS:
+                            raise ValueError("more pixels than MAX_IMAGE_PIXELS")
                         im = im.convert("RGB")
                         if im.size != (image_size[1], image_size[0]):
                             im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
                         images.append(np.asarray(im, np.uint8))
                         labels.append(label)
-                except (OSError, ValueError, SyntaxError):
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                     skipped.append(os.path.join(split, cls, name))
             if not any(lbl == label for lbl in labels):
                 raise UserError(f"dataset {root!r}: {split}/{cls} has no readable images")

@@ -216,6 +216,17 @@ def test_a_labels_bomb_in_a_tflite_is_refused_in_bounded_memory(tmp_path, tiny_t
     assert peak < MAX_PEAK_MB
 
 
+def test_a_pixel_bomb_image_is_refused_before_decoding(tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "huge.png"
+    Image.new("L", (9000, 6000)).save(bomb)  # 54 M pixels of zeros: a few hundred KB
+    result, peak = _peak_mb([RUN_TFLITE, RELEASED, str(bomb)])
+    _one_line_error(result, "huge.png", "9000x6000 pixels")
+    print(f"pixel bomb ({bomb.stat().st_size / 2**10:.0f} KB -> 54 M pixels): peak {peak:.0f} MB")
+    assert peak < MAX_PEAK_MB
+
+
 def test_a_batch_bomb_is_refused_before_decompressing(tmp_path):
     bomb = _npz_bomb(tmp_path / "batch.npz")
     result, peak = _peak_mb([RUN_TFLITE, RELEASED, "--batch", str(bomb)])

@@ -38,6 +38,7 @@ except ImportError:  # devices with the older standalone runtime
 MAX_LABELS_BYTES = 1 << 20   # an embedded or --labels class list: 1 MB ...
 MAX_LABELS = 100_000         # ... and at most this many names
 DEFAULT_MAX_BATCH_MB = 256   # a --batch / --compare-with array, checked before it is read
+MAX_IMAGE_PIXELS = 40_000_000  # an image file's declared size, checked before it is decoded
 
 
 class RunError(Exception):
@@ -117,7 +118,10 @@ def load_image(path, height, width):
     if not os.path.isfile(path):
         raise RunError(f"image {path!r} does not exist")
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise RunError(f"image {path!r} declares {im.width}x{im.height} pixels, over the "
+                               f"limit of {MAX_IMAGE_PIXELS:,}: refusing to decode it")
             im = im.convert("RGB")
             scale = max(height / im.height, width / im.width)
             size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
@@ -125,7 +129,8 @@ def load_image(path, height, width):
             left, top = (size[0] - width) // 2, (size[1] - height) // 2
             im = im.crop((left, top, left + width, top + height))
             return np.asarray(im, np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as e:
         raise RunError(f"{path!r} is not a readable image ({e.__class__.__name__})")
 
 
