@@ -67,7 +67,7 @@ def _resolve(target):
             if done_scheme != scheme.name:
                 raise UserError(f"{run.path} was QAT-trained with {done_scheme}, not "
                                 f"{scheme.name}: pass --scheme {done_scheme} or ptq")
-            model, _ = artifacts.qat_model(run, FLAGS.trust_model_code)
+            model, scheme = artifacts.qat_model(run, FLAGS.trust_model_code)  # with its options
         else:
             model = artifacts.float_model(run, FLAGS.trust_model_code)
         return model, scheme, run, run.file("model_int8.tflite"), FLAGS.data or config.get("data")

@@ -21,8 +21,9 @@ Assumptions (stated because the sub-8-bit schemes build on them):
 """
 import numpy as np
 
+from fnet_tf.quantization.ternary_hybrid import TWN_THRESHOLD
+
 BITS = ("ternary", 4, 8)
-TERNARY_THRESHOLD = 0.7
 
 
 def quantize_filters(kernel, bits):
@@ -31,7 +32,7 @@ def quantize_filters(kernel, bits):
     w = np.asarray(kernel, np.float64)
     flat = w.reshape(-1, w.shape[-1])
     if bits == "ternary":
-        threshold = TERNARY_THRESHOLD * np.mean(np.abs(flat), axis=0)
+        threshold = TWN_THRESHOLD * np.mean(np.abs(flat), axis=0)
         keep = np.abs(flat) > threshold
         count = keep.sum(axis=0)
         scale = np.where(count > 0, (np.abs(flat) * keep).sum(axis=0) / np.maximum(count, 1), 0.0)

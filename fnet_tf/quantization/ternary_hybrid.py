@@ -20,6 +20,7 @@ from fnet_tf.quantization.base import Scheme
 from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
 
 WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
+TWN_THRESHOLD = 0.7  # a weight is kept when |w| > TWN_THRESHOLD * mean|w| of its filter
 
 
 def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
@@ -36,7 +37,7 @@ def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
     flat = tf.reshape(weights, [-1, channels])
     magnitude = tf.abs(flat)
     rows = tf.cast(tf.shape(flat)[0], flat.dtype) / groups
-    threshold = 0.7 * tf.reduce_sum(magnitude, axis=0) / rows
+    threshold = TWN_THRESHOLD * tf.reduce_sum(magnitude, axis=0) / rows
     keep = tf.cast(magnitude > threshold, flat.dtype)
     scale = tf.math.divide_no_nan(tf.reduce_sum(magnitude * keep, 0), tf.reduce_sum(keep, 0))
     ternary = tf.sign(flat) * keep * scale
