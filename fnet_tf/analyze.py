@@ -235,8 +235,9 @@ def report(metrics, rows, note, out, op_rows=None):
              f"ai-edge-litert {metrics['machine']['ai_edge_litert']}", ""]
     b = metrics["bit_budget"]
     lines.insert(-1, f"- weights: {b['filters']:,} filters, {b['ternary_filters']:,} ternary "
-                     f"({b['ternary_weight_share']:.1%} of weights, {b['ternary_mac_share']:.1%} of "
-                     f"MACs); packed size {b['packed_bytes']:,.0f} bytes ({b['int8_bytes']:,.0f} at "
+                     f"and {b.get('two_branch_filters', 0):,} two-branch ("
+                     f"{b.get('branch_weight_share', b['ternary_weight_share']):.1%} of weights, "
+                     f"{b['ternary_mac_share']:.1%} of MACs add-only); packed size {b['packed_bytes']:,.0f} bytes ({b['int8_bytes']:,.0f} at "
                      f"8 bits); energy estimate {b['energy_pj'] / 1e3:,.1f} nJ per inference "
                      f"({b['energy_pj_int8'] / 1e3:,.1f} nJ all-int8; Horowitz 45 nm table, "
                      f"fnet_tf/analysis/bit_budget.py)")

@@ -40,7 +40,7 @@ def convert_int8(model, representative, scheme):
     ``inspect`` can name them instead of the converter failing with a stack trace."""
     from fnet_tf.backend import tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(scheme.export_form(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,

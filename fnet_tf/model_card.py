@@ -49,6 +49,27 @@ def time_split_line(by_op):
     return f"{shares} (each op timed alone: `op_latency.png`, `op_latency.csv`)"
 
 
+def bit_budget_line(b):
+    """The card's row on what the weights cost (``fnet_tf.analysis.bit_budget``)."""
+    if not b:
+        return "not measured (`python -m fnet_tf.analyze RUN_DIR`)"
+    branch = b.get("branch_weight_share", b["ternary_weight_share"])
+    return (f"packed {b['packed_bytes']:,.0f} bytes ({100 * b['packed_vs_int8']:.1f}% of "
+            f"{b['int8_bytes']:,.0f} at 8 bits); {100 * branch:.1f}% of weights in ternary "
+            f"branch filters ({b['ternary_filters']:,} ternary, {b.get('two_branch_filters', 0):,}"
+            f" two-branch of {b['filters']:,}), {100 * b['ternary_mac_share']:.1f}% of MACs "
+            f"add-only; energy estimate {b['energy_pj'] / 1e3:,.1f} nJ per inference "
+            f"({b['energy_pj_int8'] / 1e3:,.1f} nJ all-int8; 45 nm table, "
+            f"`fnet_tf/analysis/bit_budget.py`)")
+
+
+def qat_note(recipe):
+    options = recipe.get("qat_options") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(options.items())
+                      if v is not None and k != "sensitivity_csv")
+    return f"`{recipe.get('qat_scheme')}`" + (f" ({shown})" if shown else "")
+
+
 def card_text(m):
     recipe = m["recipe"]
     float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
@@ -70,6 +91,7 @@ def card_text(m):
 | INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
 | latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
 | where the time goes | {time_split_line(m.get('latency_by_op'))} |
+| weights below 8 bits | {bit_budget_line(m.get('bit_budget'))} |
 | lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |
 | arm64 (emulated Cortex-A72) | {arm64_line(m.get('arm64'))} |
 
@@ -81,7 +103,7 @@ scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
 epochs then cosine, decoupled weight decay {recipe.get('weight_decay')}, batch
 {recipe.get('batch_size')}, pad-4 crop + flip, label smoothing {recipe.get('label_smoothing')},
 {recipe.get('val_split')} training images held out for validation, seed {recipe.get('seed')}.
-QAT: {recipe.get('qat_epochs')} epochs, scheme `{recipe.get('qat_scheme')}`, peak lr
+QAT: {recipe.get('qat_epochs')} epochs, scheme {qat_note(recipe)}, peak lr
 {recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
 
 **Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,

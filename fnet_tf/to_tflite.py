@@ -176,7 +176,8 @@ def main(argv):
           f"{inp['scale']:g} zero point {inp['zero_point']} (feed pixel/scale + zero point)\n"
           f"  weights: {len(budget_rows)} layers, distinct int8 values per filter at most "
           f"{', '.join(map(str, distinct))}; {budget['ternary_filters']} of {budget['filters']} "
-          f"filters ternary; packed {budget['packed_bytes']:,.0f} bytes"
+          f"filters ternary, {budget['two_branch_filters']} two-branch; packed "
+          f"{budget['packed_bytes']:,.0f} bytes"
           + (f"\n  top-1 agreement with the Keras model: {agreement:.2%} on "
              f"{FLAGS.check_images} test images" if agreement is not None else ""))
     if run is not None:

@@ -83,6 +83,7 @@ def retime(argv):
     """Every released model and the peer timed again in one interleaved pass."""
     from fnet_tf import benchmark, fileio, model_card, zoo
     from fnet_tf.analysis import op_latency
+    from fnet_tf.analysis.bit_budget import bit_budget
 
     if len(argv) > 1:
         raise UserError("--retime takes no NAME=RUN_DIR: it re-times every released model")
@@ -99,7 +100,8 @@ def retime(argv):
         timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
         folder = os.path.join(zoo.zoo_dir(), name)
         op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
-        entry = dict(zoo.metrics(name), latency_ms=lat, latency_p50_ms=lat["p50"],
+        entry = dict(zoo.metrics(name), bit_budget=bit_budget(content)[1],
+                     latency_ms=lat, latency_p50_ms=lat["p50"],
                      peer_latency_p50_ms=peer_p50, latency_ratio_to_peer=lat["p50"] / peer_p50,
                      machine=machine, latency_by_op=op_latency.summary(timed))
         fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
@@ -123,6 +125,7 @@ def main(argv):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
     runs = [(name, run_dir, _check_run(run_dir)) for name, run_dir in pairs]
     from fnet_tf import benchmark, data as data_lib, fileio, model_card, zoo
+    from fnet_tf.analysis.bit_budget import bit_budget
     from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
 
     data_lib.check_source(FLAGS.data)
@@ -157,12 +160,14 @@ def main(argv):
             "float_trained_in": float_info.get("trained_in"),
             "recipe": {**{k: config.get(k) for k in (
                 "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing",
-                "val_split", "seed", "init", "qat_epochs", "qat_scheme", "qat_lr")},
+                "val_split", "seed", "init", "qat_epochs", "qat_scheme", "qat_lr",
+                "qat_options")},
                 **{k: v for k, v in keras3.items() if k != "epochs"},
                 "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))},
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
             "source_run": os.path.abspath(run_dir)})
+        entries[-1]["bit_budget"] = bit_budget(content)[1]
         if analysis.get("latency_by_op"):
             entries[-1]["latency_by_op"] = analysis["latency_by_op"]
         contents.append(content)

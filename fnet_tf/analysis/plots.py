@@ -284,3 +284,26 @@ def sensitivity_bars(rows, bits, path, title):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def low_bit(tables, key, label, path, title):
+    """INT8 top-1 against ``key`` (packed bytes or energy) for each model's low-bit variants
+    (``benchmarks/low_bit.py`` tables: {model: rows}); the int8 QAT point of each model is a
+    square, ternary_hybrid circles, DBQ triangles."""
+    markers = {"int8": "s", "ternary_hybrid": "o", "dbq": "^"}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for (name, rows), color in zip(sorted(tables.items()), plt.cm.tab10.colors):
+        for row in rows:
+            x, y = float(row[key]), 100 * float(row["litert_top1"])
+            ax.scatter([x], [y], marker=markers.get(row["scheme"], "x"), color=color, s=50,
+                       label=name if row["variant"] == "int8" else None)
+            ax.annotate(row["variant"], (x, y), fontsize=7, xytext=(4, 3),
+                        textcoords="offset points")
+    ax.set_xlabel(label)
+    ax.set_ylabel("INT8 test top-1, LiteRT (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="square: int8 QAT; circle: hybrid; triangle: DBQ",
+              title_fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

@@ -29,4 +29,4 @@ def get_scheme(name):
 
 
 # Importing the scheme modules registers them (they load TF-MOT only when used).
-from fnet_tf.quantization import ptq, ternary_hybrid, tfmot_int8  # noqa: E402,F401
+from fnet_tf.quantization import dbq, ptq, ternary_hybrid, tfmot_int8  # noqa: E402,F401

@@ -20,6 +20,17 @@ class Scheme:
         """Float Keras model -> the model to fine-tune (QAT) and convert."""
         raise NotImplementedError
 
+    def callbacks(self):
+        """Keras callbacks the scheme needs during QAT (e.g. a temperature schedule)."""
+        return []
+
+    def export_form(self, model):
+        """The model the converter gets (default: ``model`` itself). Schemes whose weight
+        quantizers compute the deployed weights (below 8 bits) bake them into the kernels here,
+        so the converter sees constants it quantizes per channel (its constant folding of such
+        graphs is not dependable: weights left as computed tensors become activations)."""
+        return model
+
     def scope(self):
         """A context in which this scheme's models can be built and loaded."""
         return contextlib.nullcontext()

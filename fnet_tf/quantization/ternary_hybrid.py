@@ -72,7 +72,11 @@ def _classes():
         def build(self, tensor_shape, name, layer):
             return {}
 
+        baked = False  # export_form: the kernel already holds the deployed weights
+
         def __call__(self, inputs, training, weights, **kwargs):
+            if self.baked:
+                return inputs
             return hybrid_ternary(inputs, self.fraction, tf, self.depthwise, self.groups)
 
         def get_config(self):
@@ -120,6 +124,19 @@ def _classes():
 
 
 _CLASSES = {}
+
+
+def bake_weights(qat_model, quantizer_class):
+    """Each weight quantized by a ``quantizer_class`` instance replaced by its deployed
+    (inference) value, and the quantizer turned into the identity (``baked``): the converter
+    then sees the deployed weights as constants. Changes ``qat_model`` in place; its inference
+    outputs stay the same."""
+    for wrapper in qat_model.layers:
+        for kernel, quantizer, variables in getattr(wrapper, "_weight_vars", ()):
+            if isinstance(quantizer, quantizer_class) and not quantizer.baked:
+                kernel.assign(quantizer(kernel, False, variables))
+                quantizer.baked = True
+    return qat_model
 
 
 def _weight_layers(model):
@@ -215,6 +232,9 @@ class TernaryHybrid(_TfmotScheme):
         if self.options["ternary_allocation"] == "sensitivity":
             return sensitivity_fractions(model, share, read_sensitivity(self.options["sensitivity_csv"]))
         return uniform_fractions(model, share)
+
+    def export_form(self, model):
+        return bake_weights(model, _classes()["HybridTernaryWeights"])
 
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
