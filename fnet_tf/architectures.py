@@ -17,7 +17,8 @@ import math
 from dataclasses import replace
 
 from fnet_tf.errors import UserError
-from fnet_tf.spec import Conv, MaxPool, ModelSpec, basic_block, build_model, summarize
+from fnet_tf.spec import (Conv, ConvHead, FrostBottleneck, MaxPool, ModelSpec, basic_block,
+                          build_model, summarize)
 
 _REGISTRY = {}
 
@@ -94,6 +95,9 @@ def model_spec(name, level=0, width=1.0):
         raise UserError(f"--width must be positive, got {width}")
     base = scale_width(_REGISTRY[name](), width)
     top = max_level(base)
+    if top == 0 and level != 0:
+        raise UserError(f"{name} has no factorization levels (its spatial convs are depthwise "
+                        f"already): pass --level 0")
     if not isinstance(level, int) or not 0 <= level <= top:
         raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}")
     spec = factorize(base, level)
@@ -142,3 +146,29 @@ def resnet8():
         replace(basic_block(64, 2), shortcut=Conv(64, 1, 2, relu=False, bn=False,
                                                   factorizable=False)),
     ))
+
+
+# FrostNet-Small's ImageNet rows (kernel, C_out, expansion, squeeze ratio, stride), from the
+# paper's public code (clovaai/frostnet, frostnet.py, mode 'small').
+FROSTNET_SMALL = (
+    (3, 16, 1, 1, 1), (5, 24, 3, 4, 2), (3, 24, 3, 4, 1), (5, 40, 3, 4, 2), (5, 80, 3, 4, 2),
+    (5, 80, 3, 4, 1), (3, 80, 3, 4, 1), (5, 96, 3, 2, 1), (5, 96, 3, 4, 1), (5, 96, 3, 4, 1),
+    (5, 192, 6, 4, 2), (5, 192, 6, 4, 1), (5, 192, 6, 4, 1), (5, 320, 6, 2, 1))
+FROSTNET_CIFAR_WIDTH = 0.3
+FROSTNET_CIFAR_HEAD = 256
+
+
+@register_model
+def frostnet_cifar():
+    """FrostNet-Small adapted to 32x32 inputs (our adaptation; see the README): a 3x3 stem
+    without stride, the blocks of FROSTNET_SMALL at width FROSTNET_CIFAR_WIDTH with the last
+    stride-2 step (the 192 stage's) removed, so the stages run at 32, 16, 8 and 4 pixels and the
+    last is 4x4; a 1x1 conv head of FROSTNET_CIFAR_HEAD channels. No level: every spatial conv
+    is depthwise already (``--level`` above 0 is refused)."""
+    first_stride2 = min(i for i, row in enumerate(FROSTNET_SMALL) if row[4] == 2)
+    blocks = [Conv(make_divisible(32 * FROSTNET_CIFAR_WIDTH), 3, factorizable=False)]
+    for i, (kernel, out, expansion, ratio, stride) in enumerate(FROSTNET_SMALL):
+        blocks.append(FrostBottleneck(make_divisible(out * FROSTNET_CIFAR_WIDTH), kernel,
+                                      expansion, ratio, 1 if i == first_stride2 else stride))
+    blocks.append(ConvHead(FROSTNET_CIFAR_HEAD))
+    return ModelSpec("frostnet_cifar", tuple(blocks))

@@ -46,6 +46,10 @@ flags.DEFINE_integer("val_split", 5000, "Training images held out for validation
 flags.DEFINE_integer("epochs", 150, "Float training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("lr", 0.1, "Peak learning rate (SGD, Nesterov momentum 0.9).")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "sgd_gradboost"], "sgd_gradboost: with FrostNet's "
+                  "GradBoost noise (fnet_tf/gradboost.py).")
+flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
+flags.DEFINE_float("gradboost_decay", 1e-2, "GradBoost: the noise scales by (1 - decay)^step.")
 flags.DEFINE_float("warmup_epochs", 2.0, "Linear warm-up (capped at 20% of training).")
 flags.DEFINE_float("weight_decay", 5e-3, "Decoupled weight decay (w -= lr*wd*w each step).")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
@@ -71,8 +75,14 @@ def make_optimizer(keras, model, steps_per_epoch):
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0, decay_steps=max(total - warmup, 1), alpha=0.0,
         warmup_target=FLAGS.lr, warmup_steps=warmup)
-    optimizer = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True,
-                                     weight_decay=FLAGS.weight_decay or None)
+    sgd, extra = keras.optimizers.SGD, {}
+    if FLAGS.optimizer == "sgd_gradboost":
+        from fnet_tf.gradboost import with_gradboost_keras3
+
+        sgd = with_gradboost_keras3(sgd, keras)
+        extra = {"gradboost_clip": FLAGS.gradboost_clip, "gradboost_decay": FLAGS.gradboost_decay}
+    optimizer = sgd(schedule, momentum=0.9, nesterov=True,
+                    weight_decay=FLAGS.weight_decay or None, **extra)
     if FLAGS.weight_decay:
         depthwise = [layer.kernel for layer in model.layers
                      if type(layer).__name__ == "DepthwiseConv2D"]
@@ -167,7 +177,8 @@ def main(argv):
         "val_split": FLAGS.val_split,
         "recipe": {k: getattr(FLAGS, k) for k in ("epochs", "batch_size", "lr", "warmup_epochs",
                                                   "weight_decay", "label_smoothing", "cutout",
-                                                  "seed", "init")},
+                                                  "seed", "init", "optimizer", "gradboost_clip",
+                                                  "gradboost_decay")},
         "keras": keras.__version__, "backend": keras.backend.backend(), "device": _device(keras),
         "python": sys.version.split()[0], "total_seconds": round(time.time() - start, 1),
         "median_epoch_seconds": float(np.median(seconds)),

@@ -115,6 +115,29 @@ def residual(x, body, shortcut=None, *, name, keras=None):
     return k.layers.ReLU(name=f"{name}_relu")(y)
 
 
+def frost_bottleneck(x, filters, kernel, stride, plan, residual, *, name, keras=None,
+                     init="he_normal"):
+    """FrostNet's block (``fnet_tf.spec.FrostBottleneck`` says what ``plan`` holds): squeeze
+    1x1 -> concat [squeezed, input] -> expand 1x1 -> depthwise kxk -> linear 1x1 projection,
+    each with BN (ReLU but on the projection), plus the input when ``residual``."""
+    k = _keras(keras)
+    squeezed, _, expanded = plan
+    y = x
+    if squeezed:
+        s = conv_bn(x, squeezed, 1, name=f"{name}_sq", keras=k, init=init)
+        y = k.layers.Concatenate(name=f"{name}_cat")([s, x])
+    if expanded:
+        y = conv_bn(y, expanded, 1, name=f"{name}_ex", keras=k, init=init)
+    y = k.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                 depthwise_initializer=_init(init, k), name=f"{name}_dw")(y)
+    y = batch_norm(f"{name}_dw_bn", k)(y)
+    y = k.layers.ReLU(name=f"{name}_dw_relu")(y)
+    y = conv_bn(y, filters, 1, name=f"{name}_pj", keras=k, init=init, relu=False)
+    if residual:
+        y = k.layers.Add(name=f"{name}_add")([y, x])
+    return y
+
+
 def classifier_head(x, num_classes, *, keras=None, init="he_normal"):
     """Global average pooling and one dense layer producing logits (no softmax)."""
     k = _keras(keras)

@@ -9,7 +9,7 @@ import dataclasses
 class Recipe:
     epochs: int = 30
     batch_size: int = 128
-    optimizer: str = "sgd"       # sgd (Nesterov momentum) or adamw
+    optimizer: str = "sgd"       # sgd (Nesterov momentum) or adamw; *_gradboost: with GradBoost
     lr: float = 0.1              # peak learning rate, reached after the warm-up
     schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up
     warmup_epochs: float = 2.0   # capped at 20% of the phase
@@ -18,3 +18,5 @@ class Recipe:
     label_smoothing: float = 0.0
     cutout: int = 0
     seed: int = 0
+    gradboost_clip: float = 1e-3   # GradBoost (fnet_tf.gradboost): noise clipped to +-clip
+    gradboost_decay: float = 1e-2  # and scaled by (1 - decay)^step

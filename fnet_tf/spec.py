@@ -153,6 +153,77 @@ class Residual:
         return layers.residual(x, body, shortcut, name=name, keras=ctx.keras)
 
 
+@dataclass(frozen=True)
+class FrostBottleneck:
+    """FrostNet's block (Kim et al., arXiv 2006.09679; its public code's
+    ``CascadePreExBottleneck``): squeeze the input with a 1x1 conv-BN-ReLU to ``C_in / r``
+    channels (rounded to a multiple of 8), concatenate [squeezed, input], expand by ``e`` with a
+    1x1 conv-BN-ReLU, kxk depthwise conv-BN-ReLU with stride ``s``, linear 1x1 conv-BN to
+    ``filters``; add the input when ``s == 1`` and ``C_in == filters``. With ``C_in // r < 8`` no
+    squeeze (a MobileNetV2 inverted residual); with ``e == 1`` only depthwise + projection."""
+
+    filters: int
+    kernel: int = 3
+    expansion: int = 3
+    squeeze_ratio: int = 4
+    stride: int = 1
+
+    def plan(self, cin):
+        """(squeezed channels or 0, channels after the concat, expanded channels or 0)."""
+        from fnet_tf.architectures import make_divisible
+
+        if self.expansion == 1:
+            return 0, cin, 0
+        squeezed = 0 if cin // self.squeeze_ratio < 8 else make_divisible(cin // self.squeeze_ratio)
+        joined = cin + squeezed
+        return squeezed, joined, joined * self.expansion
+
+    def residual(self, cin):
+        return self.stride == 1 and cin == self.filters
+
+    def map_convs(self, fn, cin):
+        # Width scaling reaches the output channels through a stand-in 1x1 conv; the block has
+        # no factorizable conv (its spatial conv is depthwise already).
+        conv = fn(Conv(self.filters, 1, factorizable=False), cin)
+        return replace(self, filters=conv.filters), conv.filters
+
+    def cost(self, shape):
+        h_in, w_in, cin = shape
+        h, w = _out_hw(shape, self.stride)
+        squeezed, joined, expanded = self.plan(cin)
+        spatial = expanded or joined
+        weights = {"squeeze": cin * squeezed, "expand": joined * expanded,
+                   "depthwise": self.kernel ** 2 * spatial, "project": spatial * self.filters}
+        macs = (h_in * w_in * (weights["squeeze"] + weights["expand"])
+                + h * w * (weights["depthwise"] + weights["project"]))
+        channels = squeezed + expanded + spatial + self.filters  # one BN / bias each
+        total = sum(weights.values())
+        return (h, w, self.filters), Cost(macs=macs, params=total + 4 * channels,
+                                          weights=total, biases=channels)
+
+    def build(self, x, ctx, name):
+        return layers.frost_bottleneck(x, self.filters, self.kernel, self.stride,
+                                       self.plan(x.shape[-1]), self.residual(x.shape[-1]),
+                                       name=name, keras=ctx.keras, init=ctx.init)
+
+
+@dataclass(frozen=True)
+class ConvHead:
+    """A 1x1 conv-BN-ReLU before the classifier (FrostNet's last layer), never factorized."""
+
+    filters: int
+
+    def map_convs(self, fn, cin):
+        conv = fn(Conv(self.filters, 1, factorizable=False), cin)
+        return replace(self, filters=conv.filters), conv.filters
+
+    def cost(self, shape):
+        return Conv(self.filters, 1, factorizable=False).cost(shape)
+
+    def build(self, x, ctx, name):
+        return layers.conv_bn(x, self.filters, 1, name=name, keras=ctx.keras, init=ctx.init)
+
+
 def basic_block(filters, stride=1, in_channels=None):
     """The ResNet basic block as data; a 1x1 shortcut where the stride or width changes."""
     shortcut = None

@@ -35,7 +35,18 @@ flags.DEFINE_string("cache_dir", None, "Where archives are extracted and decoded
 flags.DEFINE_integer("val_split", 5000, "Training images held out for validation (0: none).")
 flags.DEFINE_integer("epochs", 30, "Float training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw"], "Optimizer (SGD: Nesterov momentum 0.9).")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw", "sgd_gradboost", "adamw_gradboost"],
+                  "Optimizer (SGD: Nesterov momentum 0.9); *_gradboost adds FrostNet's GradBoost "
+                  "gradient noise (fnet_tf/gradboost.py).")
+flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
+flags.DEFINE_float("gradboost_decay", 1e-2, "GradBoost: the noise scales by (1 - decay)^step.")
+flags.DEFINE_enum("qat_recipe", "finetune", ["finetune", "scratch", "statassist"],
+                  "finetune: float to convergence (--epochs), then QAT at a lower LR; scratch: QAT "
+                  "from initialized weights (--epochs 0); statassist: a short float warm-up "
+                  "(--statassist_epochs) whose weights and optimizer state carry into QAT, which "
+                  "then trains from scratch (full LR schedule, restarted).")
+flags.DEFINE_integer("statassist_epochs", None, "--qat_recipe statassist: float warm-up epochs "
+                     "(default: --epochs).")
 flags.DEFINE_float("lr", None, "Peak learning rate (default 0.1 for sgd, 2e-3 for adamw).")
 flags.DEFINE_enum("schedule", "cosine", ["cosine", "constant"], "LR after the warm-up.")
 flags.DEFINE_float("warmup_epochs", 2.0, "Linear LR warm-up (capped at 20% of training).")
@@ -58,7 +69,7 @@ flags.DEFINE_string("worker_dir", None, "With --distribute multi_worker, where a
 flags.DEFINE_integer("qat_epochs", 0, "Quantization-aware training epochs after float "
                      "training (0: stop after float).")
 flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights), "
-                    "int8_per_tensor.")
+                    "int8_per_tensor, ternary_hybrid (--ternary_*), dbq (--dbq_*).")
 flags.DEFINE_float("ternary_fraction", 0.5, "--qat_scheme ternary_hybrid: the share of all "
                    "conv/dense weights held by ternary filters (first conv and classifier stay "
                    "8-bit).")
@@ -67,6 +78,14 @@ flags.DEFINE_string("ternary_allocation", "uniform", "--qat_scheme ternary_hybri
                     "sensitive layers first, from --sensitivity_csv).")
 flags.DEFINE_string("sensitivity_csv", None, "The float run's analysis/sensitivity.csv (python "
                     "-m fnet_tf.analyze RUN --sensitivity), for --ternary_allocation sensitivity.")
+flags.DEFINE_integer("dbq_branches", 2, "--qat_scheme dbq: ternary branches per filter (K; "
+                     "a filter then holds at most 3^K values).")
+flags.DEFINE_float("dbq_temperature", 0.5, "--qat_scheme dbq: the smooth steps' temperature at "
+                   "the start of QAT, relative to each filter's mean |w|.")
+flags.DEFINE_float("dbq_temperature_end", 0.01, "--qat_scheme dbq: the temperature at the end of "
+                   "QAT (validation and export always use the hard step).")
+flags.DEFINE_string("dbq_anneal", "exponential", "--qat_scheme dbq: the temperature schedule "
+                    "over the QAT steps, exponential or linear.")
 flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); cosine to 0, "
                    "no warm-up.")
 flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
@@ -111,16 +130,43 @@ def validate_flags():
          "accuracy instead of test accuracy: pass --val_split N (N > 0) with it"),
         (FLAGS.init_from is None or FLAGS.epochs == 0, "--init_from replaces float training: "
          "pass --epochs 0 with it"),
+        (FLAGS.gradboost_clip > 0, f"--gradboost_clip must be positive, got {FLAGS.gradboost_clip}"),
+        (0 <= FLAGS.gradboost_decay < 1, f"--gradboost_decay must be in [0, 1), got "
+         f"{FLAGS.gradboost_decay}"),
+        (FLAGS.qat_recipe == "finetune" or FLAGS.qat_epochs > 0,
+         f"--qat_recipe {FLAGS.qat_recipe} is a QAT recipe: pass --qat_epochs N (N > 0)"),
+        (FLAGS.qat_recipe == "finetune" or FLAGS.init_from is None,
+         f"--qat_recipe {FLAGS.qat_recipe} trains from scratch: drop --init_from"),
+        (FLAGS.qat_recipe != "scratch" or FLAGS.epochs == 0,
+         "--qat_recipe scratch has no float phase: pass --epochs 0"),
+        (FLAGS.qat_recipe == "statassist" or FLAGS.statassist_epochs is None,
+         "--statassist_epochs needs --qat_recipe statassist"),
+        (FLAGS.statassist_epochs is None or FLAGS.statassist_epochs > 0,
+         f"--statassist_epochs must be 1 or more, got {FLAGS.statassist_epochs}"),
+        (FLAGS.statassist_epochs is None or not FLAGS["epochs"].present
+         or FLAGS.epochs == FLAGS.statassist_epochs,
+         f"--epochs {FLAGS.epochs} and --statassist_epochs {FLAGS.statassist_epochs} disagree: "
+         f"with --qat_recipe statassist the float phase is the warm-up; pass one of them"),
+        (FLAGS.qat_recipe != "statassist" or FLAGS.epochs > 0 or FLAGS.statassist_epochs,
+         "--qat_recipe statassist needs a float warm-up: --statassist_epochs N (N > 0)"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
 
 
+def float_epochs():
+    """The float phase's epochs: --epochs, or StatAssist's warm-up."""
+    if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_epochs:
+        return FLAGS.statassist_epochs
+    return FLAGS.epochs
+
+
 def recipe_from_flags():
-    defaults = OPTIMIZER_DEFAULTS[FLAGS.optimizer]
+    defaults = OPTIMIZER_DEFAULTS[FLAGS.optimizer.split("_")[0]]
     return Recipe(
-        epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
+        epochs=float_epochs(), batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
+        gradboost_clip=FLAGS.gradboost_clip, gradboost_decay=FLAGS.gradboost_decay,
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"], schedule=FLAGS.schedule,
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
@@ -129,6 +175,11 @@ def recipe_from_flags():
 
 
 def qat_recipe(recipe):
+    """finetune: --qat_lr (default --lr / 20), no warm-up; scratch and statassist train QAT
+    from scratch: the float recipe's peak LR and warm-up, restarted."""
+    if FLAGS.qat_recipe != "finetune":
+        lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr
+        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr)
     lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
     return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0)
 
@@ -163,12 +214,15 @@ def _train(spec, run):
         csv_path = os.path.abspath(FLAGS.sensitivity_csv) if FLAGS.sensitivity_csv else None
         scheme = get_scheme(FLAGS.qat_scheme).configured(
             ternary_fraction=FLAGS.ternary_fraction, ternary_allocation=FLAGS.ternary_allocation,
-            sensitivity_csv=csv_path)
+            sensitivity_csv=csv_path, dbq_branches=FLAGS.dbq_branches,
+            dbq_temperature=FLAGS.dbq_temperature, dbq_temperature_end=FLAGS.dbq_temperature_end,
+            dbq_anneal=FLAGS.dbq_anneal)
         if not scheme.qat:
             raise UserError(f"--qat_scheme {scheme.name} does no training ({scheme.description}): "
                             f"export it with export/to_tflite.py --scheme {scheme.name}")
         qrecipe = qat_recipe(recipe)
         config.update(qat_epochs=FLAGS.qat_epochs, qat_scheme=FLAGS.qat_scheme, qat_lr=qrecipe.lr,
+                      qat_recipe=FLAGS.qat_recipe,
                       qat_options=scheme.options,
                       init_from=FLAGS.init_from)
     init_source = _check_init_from(FLAGS.init_from, run) if FLAGS.init_from else None
@@ -176,7 +230,7 @@ def _train(spec, run):
 
     need_float = not run.is_complete("float")
     need_qat = FLAGS.qat_epochs > 0 and not run.is_complete("qat")
-    if need_float and FLAGS.epochs == 0 and not init_source:
+    if need_float and recipe.epochs == 0 and not init_source and FLAGS.qat_recipe != "scratch":
         raise UserError(f"--epochs 0 needs a trained float model: pass --init_from RUN_DIR, or "
                         f"train float first in {run.path}")
     if not (need_float or need_qat):
@@ -205,8 +259,12 @@ def _train(spec, run):
     with strategy.scope():
         float_model = None
         if need_float:
-            float_model = (_float_from(init_source, run, dataset, spec) if init_source else
-                           _train_float(spec, dataset, recipe, run, verbose))
+            if init_source:
+                float_model = _float_from(init_source, run, dataset, spec)
+            elif FLAGS.qat_recipe == "scratch":
+                float_model = _float_initialized(spec, dataset, run)
+            else:
+                float_model = _train_float(spec, dataset, recipe, run, verbose)
             if float_model is None:
                 return 130
         if need_qat:
@@ -270,7 +328,7 @@ def _record_final_metrics(run, phase, model, dataset, **extra):
     return {**test, "split": "test"}
 
 
-def _finish_float(model, dataset, spec, run, **info):
+def _finish_float(model, dataset, spec, run, extra_artifacts=(), **info):
     """Save the float model, measure it on the test split once, mark the step complete."""
     from fnet_tf import fileio
     from fnet_tf.artifacts import FLOAT_MODEL
@@ -281,7 +339,7 @@ def _finish_float(model, dataset, spec, run, **info):
         model.save(tmp)
     result = _record_final_metrics(run, "float", model, dataset, data=dataset.source,
                                    classes=list(dataset.classes), **summarize(spec), **info)
-    run.complete("float", [model_path], **info)
+    run.complete("float", [model_path, *extra_artifacts], **info)
     print(f"[float] {result['split']} accuracy {result['accuracy']:.4f} on "
           f"{result['num_images']} images; model: {model_path}", flush=True)
 
@@ -312,13 +370,60 @@ def _train_float(spec, dataset, recipe, run, verbose):
     keras.utils.set_random_seed(recipe.seed)  # --seed decides the initial weights too
     form = _training_form(spec)
     model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
+    statassist = FLAGS.qat_recipe == "statassist"
+    if statassist:
+        print(f"[float] StatAssist warm-up: {recipe.epochs} epoch(s); the weights and the "
+              f"optimizer state carry into QAT", flush=True)
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
-                     callbacks=_stats_callbacks(run, "float", dataset)):
+                     callbacks=_stats_callbacks(run, "float", dataset), boost=not statassist):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return None
+    extra = []
+    if statassist:  # before the step completes, so a resumed QAT always finds it
+        extra = [_save_optimizer_state(run, model)]
     if form != "native":  # what is saved and exported is the native grouped model
         model = transfer_weights(model, build_model(spec, kernel_initializer=FLAGS.init))
-    _finish_float(model, dataset, spec, run, epochs=recipe.epochs)
+    _finish_float(model, dataset, spec, run, extra_artifacts=extra, epochs=recipe.epochs)
+    return model
+
+
+OPTIMIZER_STATE = "statassist_optimizer.npz"
+
+
+def _save_optimizer_state(run, model):
+    import numpy as np
+
+    from fnet_tf import fileio
+    from fnet_tf.gradboost import state_arrays
+
+    path = run.file(OPTIMIZER_STATE)
+    with fileio.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **state_arrays(model.optimizer, model.trainable_variables))
+    return path
+
+
+def _carry_optimizer_state(run):
+    """on_fresh_start of StatAssist's QAT phase: the warm-up's optimizer state into QAT's."""
+    def carry(model, optimizer):
+        from fnet_tf.gradboost import load_state
+        from fnet_tf.portable_weights import read_weights
+
+        arrays = read_weights(run.file(OPTIMIZER_STATE))
+        copied = load_state(optimizer, model.trainable_variables, arrays)
+        print(f"[qat] StatAssist: {copied} optimizer slots carried from the float warm-up "
+              f"({int(arrays['__steps__'])} steps)", flush=True)
+    return carry
+
+
+def _float_initialized(spec, dataset, run):
+    """--qat_recipe scratch: the float 'model' is the initialized one (no float training)."""
+    from fnet_tf.backend import keras
+    from fnet_tf.spec import build_model
+
+    keras.utils.set_random_seed(FLAGS.seed)
+    model = build_model(spec, kernel_initializer=FLAGS.init)
+    _finish_float(model, dataset, spec, run, epochs=0, initialized_only=True)
     return model
 
 
@@ -366,8 +471,10 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     model = scheme.quantize(trainable)
     print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
           f"{recipe.lr:g}", flush=True)
+    carry = _carry_optimizer_state(run) if FLAGS.qat_recipe == "statassist" else None
     if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose,
-                     callbacks=_stats_callbacks(run, "qat", dataset)):
+                     callbacks=[*scheme.callbacks(), *_stats_callbacks(run, "qat", dataset)],
+                     on_fresh_start=carry):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return False
     if form != "native":  # saved QAT weights are those of the native grouped QAT model

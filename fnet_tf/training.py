@@ -47,15 +47,27 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 NO_DECAY = ("gamma", "beta", "bias", "depthwise_kernel")  # BN, biases, depthwise kernels
 
 
-def make_optimizer(recipe, steps_per_epoch):
+def make_optimizer(recipe, steps_per_epoch, boost=True):
+    """The phase's optimizer. ``*_gradboost`` optimizers (``fnet_tf.gradboost``) add their
+    noise only when ``boost`` (StatAssist's float warm-up only gathers the statistics)."""
     total = max(recipe.epochs * steps_per_epoch, 1)
     warmup = min(int(recipe.warmup_epochs * steps_per_epoch), total // 5)
     lr = WarmupCosine(recipe.lr, warmup, total, cosine=recipe.schedule == "cosine")
-    if recipe.optimizer == "sgd":
-        opt = keras.optimizers.SGD(lr, momentum=recipe.momentum, nesterov=True,
-                                   weight_decay=recipe.weight_decay or None)
+    base, _, extra = recipe.optimizer.partition("_")
+    kwargs = {}
+    sgd, adamw = keras.optimizers.SGD, keras.optimizers.AdamW
+    if extra == "gradboost":
+        from fnet_tf.gradboost import with_gradboost
+
+        sgd, adamw = with_gradboost(sgd), with_gradboost(adamw)
+        kwargs = {"gradboost_clip": recipe.gradboost_clip,
+                  "gradboost_decay": recipe.gradboost_decay, "boost": boost,
+                  "gradboost_seed": recipe.seed}
+    if base == "sgd":
+        opt = sgd(lr, momentum=recipe.momentum, nesterov=True,
+                  weight_decay=recipe.weight_decay or None, **kwargs)
     else:
-        opt = keras.optimizers.AdamW(lr, weight_decay=recipe.weight_decay)
+        opt = adamw(lr, weight_decay=recipe.weight_decay, **kwargs)
     if recipe.weight_decay:
         opt.exclude_from_weight_decay(var_names=list(NO_DECAY))
     return opt
@@ -143,21 +155,26 @@ class _EpochEnd(keras.callbacks.Callback):
               f"lr {lr:.4g}  {seconds:.1f}s  (checkpoint saved)", flush=True)
 
 
-def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=()):
+def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), boost=True,
+              on_fresh_start=None):
     """Train ``model`` for ``recipe.epochs`` epochs as phase ``phase`` of ``run``, resuming
     from the newest valid checkpoint in ``run/checkpoints/<phase>``. Callbacks that define
     ``on_resume(completed_epochs)`` are told where training restarts, so that what they
-    wrote for later epochs can be dropped.
+    wrote for later epochs can be dropped. ``boost``: see ``make_optimizer``.
+    ``on_fresh_start(model, optimizer)`` runs when no checkpoint exists (StatAssist puts the
+    warm-up's optimizer state into the QAT optimizer there).
 
     Returns True when all epochs are done, False when interrupted (Ctrl-C).
     """
     keras.utils.set_random_seed(recipe.seed)
     num_classes = len(dataset.classes)
     steps = math.ceil(len(dataset.train) / recipe.batch_size)
-    optimizer = make_optimizer(recipe, steps)
+    optimizer = make_optimizer(recipe, steps, boost=boost)
     compile_model(model, optimizer, recipe)
     checkpoints = EpochCheckpoints(os.path.join(run.path, "checkpoints", phase))
     start, path = checkpoints.latest()
+    if not path and on_fresh_start is not None:
+        on_fresh_start(model, optimizer)
     if path:
         checkpoints.restore(path, model, optimizer)
         run.truncate_history(phase, start)
