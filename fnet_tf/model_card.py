@@ -70,6 +70,14 @@ def qat_note(recipe):
     return f"`{recipe.get('qat_scheme')}`" + (f" ({shown})" if shown else "")
 
 
+def seed_note(m):
+    """Whether the card's accuracies are one training run or a mean over seeds."""
+    spread = m.get("int8_accuracy_seed_std")
+    if m.get("seeds", 1) > 1 and spread is not None:
+        return f"{m['seeds']} seeds, std {100 * spread:.2f} points"
+    return "one training seed: no seed spread measured"
+
+
 def card_text(m):
     recipe = m["recipe"]
     float_note = (f"float trained {recipe.get('float_epochs')} epochs in {m['float_trained_in']}"
@@ -86,7 +94,7 @@ def card_text(m):
 | MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
 | file size | {m['size_bytes']:,} bytes |
 | float top-1 | {100 * m['float_accuracy']:.2f}% |
-| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%) |
+| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%; {seed_note(m)}) |
 | INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
 | INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
 | latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |

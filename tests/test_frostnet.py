@@ -205,3 +205,47 @@ def test_keras3_gradboost_draws_and_bounded_updates():
         results.append(np.asarray(variable))
     difference = np.abs(results[1] - results[0])
     assert 0 < difference.max() <= 0.1 * 1e-3 * (1 + 1.9 + 2.71 + 3.44) + 1e-7
+
+
+@pytest.mark.slow
+def test_statassist_resumed_mid_qat_equals_uninterrupted(tiny_archive, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import h5py
+
+    def args(run_dir):
+        return ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "5", "--width",
+                "0.25", "--qat_recipe", "statassist", "--optimizer", "sgd_gradboost",
+                "--statassist_epochs", "1", "--qat_epochs", "3", "--batch_size", "8",
+                "--val_split", "20", "--verbose", "0", "--threads", "1", "--layer_stats=false",
+                "--data", tiny_archive, "--run_dir", str(run_dir)]
+
+    straight = tmp_path / "straight"
+    assert run_module(args(straight)).returncode == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, *args(cut)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = cut / "checkpoints" / "qat" / "epoch-0001" / "meta.json"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "QAT ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_module(args(cut))
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout
+
+    def arrays(run_dir):
+        found = {}
+        with h5py.File(run_dir / "model_qat.weights.h5", "r") as f:
+            f.visititems(lambda name, item: found.__setitem__(name, item[()])
+                         if isinstance(item, h5py.Dataset) else None)
+        return found
+
+    a, b = arrays(straight), arrays(cut)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-4, err_msg=name)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, last_line, run_module
@@ -149,3 +150,32 @@ def test_a_sweep_folder_of_two_models_names_each_row():
     assert "| resnet8 l0 |" in text and "| factorizenet l0 |" in text
     single = sweep_report.summary_markdown(entries[:1], None, "t")
     assert "| 0 | he_normal |" in single
+
+
+def test_the_summary_gives_mean_and_sample_std_over_seeds_on_a_hand_made_csv(tmp_path):
+    import csv
+
+    from fnet_tf.analysis import sweep_report as report
+
+    rows = []
+    for level, init, seed, acc, lat in [(7, "he_normal", 0, 0.80, 0.05), (7, "he_normal", 1, 0.84, 0.07),
+                                       (7, "glorot_uniform", 0, 0.78, 0.06), (0, "he_normal", 0, 0.86, 0.1)]:
+        rows.append({"model": "factorizenet", "level": level, "seed": seed, "init": init,
+                     "params": 1000, "macs": 2000, "size_bytes": 3000, "float_accuracy": acc + 0.01,
+                     "ptq_int8_accuracy": acc - 0.01, "qat_int8_accuracy": acc,
+                     "qat_keras_accuracy": acc, "int8_drop": 0.01, "latency_p50_ms": lat,
+                     "min_sqnr_layer": f"b{seed}", "min_sqnr_db": 20.0 + seed, "run": "r"})
+    path = tmp_path / "sweep.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(report.COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    entries = {(e["level"], e["init"]): e for e in report.aggregate(report.read_csv(str(path)))}
+    he7 = entries[(7, "he_normal")]
+    assert he7["seeds"] == 2
+    assert he7["qat_int8_accuracy"] == pytest.approx(0.82)
+    assert he7["qat_int8_accuracy_std"] == pytest.approx(0.04 / np.sqrt(2))  # sample std
+    assert he7["latency_p50_ms_std"] == pytest.approx(0.02 / np.sqrt(2))
+    assert he7["min_sqnr_layer"] == "b0" and he7["min_sqnr_db"] == 20.0  # the worst seed's
+    assert entries[(7, "glorot_uniform")]["qat_int8_accuracy_std"] == 0.0  # one seed
+    assert "±" in report.summary_markdown(list(entries.values()), None, "t")

@@ -152,7 +152,8 @@ def read_csv(path):
 
 
 def aggregate(rows):
-    """Rows grouped by (model, level, init): means, and std over seeds (0 for one seed)."""
+    """Rows grouped by (model, level, init): means, and the sample standard deviation over
+    seeds (``ddof=1``: with two seeds, the gap between them / sqrt 2; 0 for one seed)."""
     groups = {}
     for row in rows:
         groups.setdefault((row["model"], int(row["level"]), row["init"]), []).append(row)
@@ -162,7 +163,7 @@ def aggregate(rows):
         for key in COLUMNS[4:-3]:
             values = np.array([m[key] for m in members], dtype=float)
             entry[key] = float(np.mean(values))
-            entry[key + "_std"] = float(np.std(values)) if len(values) > 1 else 0.0
+            entry[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         worst = min(members, key=lambda m: m["min_sqnr_db"]
                     if not math.isnan(m["min_sqnr_db"]) else float("inf"))
         entry["min_sqnr_layer"], entry["min_sqnr_db"] = worst["min_sqnr_layer"], worst["min_sqnr_db"]
