@@ -28,7 +28,7 @@ from fnet_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-flags.DEFINE_integer("level", 3, "Level.")
+cli.define_level(3)
 flags.DEFINE_string("init_from", None, "The float model every variant starts from (as "
                     "fnet_tf.train --init_from).")
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")

@@ -62,15 +62,66 @@ def max_level(spec):
     return math.ceil(math.log2(widest))
 
 
+def parse_level(text):
+    """A ``--level`` value: ``3`` (every stage at level 3) -> 3; ``0,3,7`` or ``0.3.7`` (one
+    level per stage, in order) -> the canonical string ``'0.3.7'``. ValueError if malformed."""
+    if isinstance(text, int):
+        return text
+    if isinstance(text, (tuple, list)):
+        text = ".".join(str(int(v)) for v in text)
+    parts = str(text).strip().replace(",", ".").split(".")
+    if not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a level: an integer (3) or one per stage (0,3,7)")
+    values = [int(p) for p in parts]
+    return values[0] if len(values) == 1 else ".".join(map(str, values))
+
+
+def level_tuple(level, stages):
+    """Per-stage levels of a ``parse_level`` value for a model of ``stages`` stages."""
+    if isinstance(level, int):
+        return (level,) * stages
+    return tuple(int(v) for v in str(level).split("."))
+
+
+def _downsamples(block):
+    from fnet_tf.spec import Residual
+
+    if isinstance(block, MaxPool):
+        return True
+    if isinstance(block, Residual):
+        return block.body[0].stride > 1
+    return getattr(block, "stride", 1) > 1
+
+
+def stage_indices(spec):
+    """The stage of each block: a new stage starts at each block that lowers the resolution
+    (a pooling, a strided conv or block); the stem is in stage 0."""
+    indices, stage = [], 0
+    for i, block in enumerate(spec.blocks):
+        if i and _downsamples(block):
+            stage += 1
+        indices.append(stage)
+    return indices
+
+
 def factorize(spec, level):
-    """The schedule: ``spec`` with every factorizable conv factorized as ``level`` says."""
+    """The schedule: ``spec`` with every factorizable conv factorized as ``level`` says (one
+    level for every stage, or one per stage: ``level_tuple``)."""
+    stages = stage_indices(spec)
+    levels = level_tuple(level, stages[-1] + 1)
 
-    def at_level(conv, cin):
-        if not _factorizable(conv):
-            return conv
-        return replace(conv, spatial_groups=spatial_groups(level, cin))
+    def at_level(lvl):
+        def convert(conv, cin):
+            if not _factorizable(conv):
+                return conv
+            return replace(conv, spatial_groups=spatial_groups(lvl, cin))
+        return convert
 
-    return spec.map_convs(at_level)
+    blocks, channels = [], spec.input_shape[-1]
+    for block, stage in zip(spec.blocks, stages):
+        block, channels = block.map_convs(at_level(levels[stage]), channels)
+        blocks.append(block)
+    return replace(spec, blocks=tuple(blocks))
 
 
 def make_divisible(value, divisor=8):
@@ -95,11 +146,21 @@ def model_spec(name, level=0, width=1.0):
         raise UserError(f"--width must be positive, got {width}")
     base = scale_width(_REGISTRY[name](), width)
     top = max_level(base)
-    if top == 0 and level != 0:
+    try:
+        level = parse_level(level)
+    except ValueError as e:
+        raise UserError(f"unknown level for {name}: {e}") from None
+    stages = stage_indices(base)[-1] + 1
+    per_stage = level_tuple(level, stages)
+    if top == 0 and any(per_stage):
         raise UserError(f"{name} has no factorization levels (its spatial convs are depthwise "
                         f"already): pass --level 0")
-    if not isinstance(level, int) or not 0 <= level <= top:
-        raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}")
+    if len(per_stage) != stages:
+        raise UserError(f"--level {level} gives {len(per_stage)} levels but {name} has {stages} "
+                        f"stages: pass one level, or {stages} separated by commas")
+    if not all(0 <= lvl <= top for lvl in per_stage):
+        raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}"
+                        + ("" if isinstance(level, int) else " for every stage"))
     spec = factorize(base, level)
     tag = f"{name}-l{level}" + ("" if width == 1.0 else f"-w{width:g}")
     return replace(spec, name=tag.replace(".", "_"),

@@ -21,6 +21,27 @@ def define_trust_model_code():
                           "for files you made: such a file runs its code on this machine.")
 
 
+class _LevelParser(flags.ArgumentParser):
+    """``--level``: an integer (every stage) or one level per stage (``0,3,7``)."""
+
+    def parse(self, argument):
+        from fnet_tf.architectures import parse_level
+
+        try:
+            return parse_level(argument)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+
+    def flag_type(self):
+        return "level"
+
+
+def define_level(default=0, help_text=None):
+    """``--level`` (``fnet_tf.architectures.parse_level``): 3, or 0,3,7 for one per stage."""
+    flags.DEFINE(_LevelParser(), "level", default, help_text or "Depth-factorization level: one "
+                 "for every stage (0: the baseline) or one per stage, e.g. 0,3,7.")
+
+
 def _fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(UserError.exit_code)

@@ -36,7 +36,7 @@ from fnet_tf.portable_weights import RESULT, WEIGHTS, weights_by_layer  # noqa: 
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-flags.DEFINE_integer("level", 0, "Depth-factorization level.")
+cli.define_level(0)
 flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
 flags.DEFINE_string("data", None, "Image-folder tree or its .tar.gz/.zip (no TensorFlow here, "
                     "so not 'cifar10').")

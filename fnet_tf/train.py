@@ -25,7 +25,7 @@ from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model (python -m fnet_tf.models lists them).")
-flags.DEFINE_integer("level", 0, "Depth-factorization level (0: the baseline).")
+cli.define_level(0)
 flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
 flags.DEFINE_string("data", "cifar10", "'cifar10' (tensorflow-datasets), an image-folder tree, "
                     "or its .tar.gz/.zip, e.g. ../shared/data/cifar10-jpeg.tar.gz.")

@@ -30,7 +30,7 @@ from fnet_tf.recipe_grid import BASE, plan_trials
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-flags.DEFINE_integer("level", 0, "Depth-factorization level.")
+cli.define_level(0)
 flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Tuning directory (trials/, tune.csv, tune.md, chosen.json).")

@@ -107,3 +107,35 @@ def test_bad_lookups_are_user_errors(kwargs, message):
 def test_factorized_conv_requires_bn():
     with pytest.raises(ValueError):
         Conv(16, spatial_groups=4, bn=False)
+
+
+def test_per_stage_levels_match_a_hand_count():
+    from fnet_tf import architectures
+    from fnet_tf.spec import summarize
+
+    spec = architectures.model_spec("factorizenet", "0,3,7")
+    assert spec.name == "factorizenet-l0_3_7" and spec.meta["level"] == "0.3.7"
+    # stage 0 dense: stem 3x3x3x32, 3x3x32x32; stage 1 (8 groups): 9*4*32 + 32*64, 9*8*64 +
+    # 64*64; stage 2 depthwise: 9*64 + 64*128, 9*128 + 128*128; dense 128x10
+    weights = [864, 9216, 1152 + 2048, 4608 + 4096, 576 + 8192, 1152 + 16384, 1280]
+    pixels = [1024, 1024, 256, 256, 64, 64, 1]
+    assert summarize(spec)["macs"] == sum(w * p for w, p in zip(weights, pixels)) == 15_054_080
+    bn_channels = 32 + 32 + (32 + 64) + (64 + 64) + (64 + 128) + (128 + 128)
+    params = sum(weights) + 4 * bn_channels + 10
+    model = architectures.create_model("factorizenet", level="0,3,7")
+    assert model.count_params() == summarize(spec)["params"] == params == 52_522
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("DepthwiseConv2D") == 2  # only stage 2 is depthwise
+    assert architectures.model_spec("factorizenet", "3,3,3").blocks == \
+        architectures.model_spec("factorizenet", 3).blocks  # one level = every stage
+    assert architectures.stage_indices(architectures.model_spec("resnet8")) == [0, 0, 1, 2]
+
+
+@pytest.mark.parametrize("level,message", [("1,2", "3 stages"), ("0,9,1", "from 0 to 7"),
+                                           ("a", "not a level")])
+def test_bad_per_stage_levels_are_user_errors(level, message):
+    from fnet_tf import architectures
+    from fnet_tf.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        architectures.model_spec("factorizenet", level)

@@ -28,6 +28,20 @@ SELECT_KEYS = {"macs": "macs", "params": "params", "latency_ms": "latency_p50_ms
                "size_bytes": "size_bytes", "accuracy": "qat_int8_accuracy"}
 
 
+def level_value(level):
+    """A level read back from a CSV or config: an int, or a per-stage string such as '0.3.7'."""
+    text = str(level)
+    return int(text) if text.isdigit() else text
+
+
+def level_key(level):
+    """Sorts uniform levels by number, then per-stage ones by their stages."""
+    value = level_value(level)
+    if isinstance(value, int):
+        return (0, (value,))
+    return (1, tuple(int(v) for v in value.split(".")))
+
+
 def analysis_complete(run_dir):
     """The analyzer's output exists and is newer than the INT8 file it describes."""
     metrics = os.path.join(run_dir, "analysis", "metrics.json")
@@ -55,7 +69,8 @@ def finished_runs(out):
         config = _read_json(os.path.join(path, "config.json"))
         if config and analysis_complete(path) and os.path.isfile(os.path.join(path, PTQ_FILE)):
             runs.append((config, path))
-    return sorted(runs, key=lambda r: (r[0]["level"], r[0].get("init", ""), r[0].get("seed", 0)))
+    return sorted(runs, key=lambda r: (level_key(r[0]["level"]), r[0].get("init", ""),
+                                       r[0].get("seed", 0)))
 
 
 def lowest_sqnr_layer(run_dir):
@@ -156,9 +171,10 @@ def aggregate(rows):
     seeds (``ddof=1``: with two seeds, the gap between them / sqrt 2; 0 for one seed)."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["model"], int(row["level"]), row["init"]), []).append(row)
+        groups.setdefault((row["model"], level_value(row["level"]), row["init"]), []).append(row)
     result = []
-    for (model, level, init), members in sorted(groups.items(), key=lambda g: (g[0][1], g[0][2])):
+    for (model, level, init), members in sorted(groups.items(),
+                                                key=lambda g: (level_key(g[0][1]), g[0][2])):
         entry = {"model": model, "level": level, "init": init, "seeds": len(members)}
         for key in COLUMNS[4:-3]:
             values = np.array([m[key] for m in members], dtype=float)
