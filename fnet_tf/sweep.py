@@ -54,6 +54,15 @@ flags.DEFINE_string("select", None, "Print the best level under constraints, e.g
                     "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
                     "accuracy), from the existing sweep.csv; trains nothing.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_string("design_space", None, "Time a design space untrained and stop (no training): "
+                    "'levels=0-7 per stage; width=0.75,1,1.25' (fnet_tf/design_space.py); then "
+                    "--levels front trains its MACs/latency front.")
+flags.DEFINE_float("max_macs", None, "--design_space: drop designs above this many MACs.")
+flags.DEFINE_float("max_params", None, "--design_space: drop designs above this many params.")
+flags.DEFINE_integer("max_candidates", 60, "--design_space: at most this many designs are "
+                     "converted and timed (spread evenly over MACs).")
+flags.DEFINE_integer("calibration_images", 200, "--design_space: training images to calibrate "
+                     "each untrained file.")
 
 
 def parse_levels(text, top, model="the model"):
@@ -79,9 +88,11 @@ def parse_levels(text, top, model="the model"):
 class Point:
     """One sweep point (level, seed, initializer) and its run directory."""
 
-    def __init__(self, out, model, level, seed, init):
+    def __init__(self, out, model, level, seed, init, width=None):
         self.level, self.seed, self.init = level, seed, init
-        self.name = f"{model}-l{level}-s{seed}-{init}"
+        self.width = FLAGS.width if width is None else width
+        shown = str(level).replace(".", "_") + ("" if self.width == 1.0 else f"-w{self.width:g}")
+        self.name = f"{model}-l{shown}-s{seed}-{init}"
         self.run_dir = os.path.join(out, "runs", self.name)
 
     def run(self):
@@ -92,7 +103,7 @@ class Point:
 
 def train_args(point):
     args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(point.level),
-            "--width", str(FLAGS.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
+            "--width", str(point.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
             "--qat_epochs", str(FLAGS.qat_epochs), "--qat_scheme", FLAGS.qat_scheme,
             "--batch_size", str(FLAGS.batch_size), "--val_split", str(FLAGS.val_split),
             "--seed", str(point.seed), "--init", point.init, "--threads", str(FLAGS.threads),
@@ -149,6 +160,11 @@ def _validate():
         raise UserError("--out is required: the sweep directory, e.g. sweeps/factorizenet")
     if FLAGS.select or FLAGS.report:
         return
+    if FLAGS.design_space:
+        if not FLAGS.data or not FLAGS.peer:
+            raise UserError("--design_space needs --data (calibration images) and --peer (the "
+                            "reference .tflite it is timed against)")
+        return
     checks = [
         (FLAGS.data, "--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)"),
         (FLAGS.seeds >= 1, f"--seeds must be 1 or more, got {FLAGS.seeds}"),
@@ -180,11 +196,27 @@ def main(argv):
     if FLAGS.select:
         print(report.select_text(FLAGS.out, FLAGS.select))
         return 0
+    if FLAGS.design_space:
+        from fnet_tf import data as data_lib, design_space
+
+        data_lib.check_source(FLAGS.data)
+        design_space.run(FLAGS.design_space, FLAGS.model, FLAGS.out, FLAGS.data, FLAGS.peer,
+                         max_macs=FLAGS.max_macs, max_params=FLAGS.max_params,
+                         max_candidates=FLAGS.max_candidates,
+                         calibration_images=FLAGS.calibration_images,
+                         latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir)
+        return 0
     if not FLAGS.report:
         from fnet_tf import architectures, data as data_lib
 
         top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
-        levels = parse_levels(FLAGS.levels, top, FLAGS.model)
+        if FLAGS.levels == "front":
+            from fnet_tf import design_space
+
+            designs = design_space.read_front(FLAGS.out)
+        else:
+            designs = [(lvl, FLAGS.width) for lvl in parse_levels(FLAGS.levels, top, FLAGS.model)]
+        levels = [lvl for lvl, _ in designs]
         data_lib.check_source(FLAGS.data)
         from fnet_tf import initializers
 
@@ -198,8 +230,8 @@ def main(argv):
             if missing:
                 raise UserError(f"--float_from {FLAGS.float_from} has no {FLAGS.model}-l"
                                 f"{missing[0]}/: train it there or drop that level")
-        points = [Point(FLAGS.out, FLAGS.model, lvl, seed, init)
-                  for lvl in levels for init in FLAGS.init for seed in range(FLAGS.seeds)]
+        points = [Point(FLAGS.out, FLAGS.model, lvl, seed, init, width)
+                  for lvl, width in designs for init in FLAGS.init for seed in range(FLAGS.seeds)]
         for i, point in enumerate(points, 1):
             run_point(point, i, len(points))
     report.write_report(FLAGS.out, data=FLAGS.data, peer=FLAGS.peer,

@@ -179,3 +179,32 @@ def test_the_summary_gives_mean_and_sample_std_over_seeds_on_a_hand_made_csv(tmp
     assert he7["min_sqnr_layer"] == "b0" and he7["min_sqnr_db"] == 20.0  # the worst seed's
     assert entries[(7, "glorot_uniform")]["qat_int8_accuracy_std"] == 0.0  # one seed
     assert "±" in report.summary_markdown(list(entries.values()), None, "t")
+
+
+def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_archive, tmp_path):
+    from fnet_tf import design_space
+
+    per_stage, widths = design_space.parse_space("levels=5-7 per stage; width=0.25,0.5")
+    every = design_space.candidates("factorizenet", per_stage, widths)
+    # stages 0-2 hold 32, 32/64 and 64/128 input channels: levels >= 5, 6, 7 are depthwise
+    # there, so of 3^3 level combinations per width few build distinct networks
+    assert len({(r["spec"]) for r in every}) == len(every) < 2 * 27
+    out = tmp_path / "ds"
+    peer = os.path.join(REPO, "models", "factorizenet-l7", "model_int8.tflite")
+    result = run_module(["-m", "fnet_tf.sweep", "--design_space", "levels=3-5 per stage; "
+                         "width=0.25", "--out", str(out), "--data", tiny_archive, "--peer", peer,
+                         "--max_candidates", "3", "--latency_runs", "20",
+                         "--calibration_images", "8"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(out / "design_space.csv")))
+    assert len(rows) == 3 and all(float(r["latency_p50_ms"]) > 0 for r in rows)
+    assert any(r["on_front"] == "True" for r in rows)
+    assert (out / "design_space.png").stat().st_size > 10_000
+    assert not (out / "runs").exists()  # nothing trained
+    assert design_space.read_front(str(out))
+
+
+def test_a_bad_design_space_is_one_line(tmp_path, tiny_archive):
+    result = run_module(["-m", "fnet_tf.sweep", "--design_space", "levels=0-99", "--out",
+                         str(tmp_path / "ds"), "--data", tiny_archive, "--peer", __file__])
+    assert result.returncode == 2 and "within 0-7" in last_line(result.stderr)

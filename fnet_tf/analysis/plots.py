@@ -307,3 +307,28 @@ def low_bit(tables, key, label, path, title):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def design_space(rows, path, title):
+    """Untrained INT8 latency (as a ratio to the peer) against MACs, the front highlighted."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    widths = sorted({r["width"] for r in rows})
+    for width, color in zip(widths, plt.cm.viridis(np.linspace(0.1, 0.9, len(widths)))):
+        mine = [r for r in rows if r["width"] == width]
+        ax.scatter([r["macs"] / 1e6 for r in mine], [r["latency_ratio_to_peer"] for r in mine],
+                   s=18, color=color, alpha=0.7, label=f"width {width:g}")
+    best = sorted((r for r in rows if r["on_front"]), key=lambda r: r["macs"])
+    ax.step([r["macs"] / 1e6 for r in best], [r["latency_ratio_to_peer"] for r in best],
+            where="post", color="tab:red", label="MACs/latency front")
+    for r in best:
+        ax.annotate(f"l{r['level']}" + ("" if r["width"] == 1 else f" w{r['width']:g}"),
+                    (r["macs"] / 1e6, r["latency_ratio_to_peer"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.axhline(1.0, color="gray", ls="--", lw=1, label="the peer's latency")
+    ax.set_xlabel("MACs (M)")
+    ax.set_ylabel("untrained INT8 p50 / peer p50 (1 thread)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

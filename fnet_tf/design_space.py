@@ -1,0 +1,227 @@
+"""Latency before training: a design space of per-stage levels and widths, timed untrained.
+
+    python -m fnet_tf.sweep --design_space "levels=0-7 per stage; width=0.75,1,1.25" \\
+        --out sweeps/ds --data ../shared/data/cifar10-jpeg.tar.gz \\
+        --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite --max_macs 12.5e6
+
+Every (per-stage level, width) of the space is built as a spec and costed analytically; specs
+that build the same network are counted once; budgets (``--max_macs``, ``--max_params``)
+prune the rest before anything is converted, and at most ``--max_candidates`` survivors (spread
+evenly over their MACs) go on. Each is built with its initial weights, converted to a
+fully-int8 file calibrated on ``--calibration_images`` training images, and all are timed in
+one interleaved pass with the peer (``fnet_tf.benchmark.latency``, 1 thread). Nothing is
+trained: a trained model has the same graph, so the same latency (``--with_released`` times
+the zoo's trained files of the same specs in the pass to show it). Writes
+``design_space.csv``, ``design_space.md`` (the MACs/latency Pareto front) and
+``design_space.png``; ``python -m fnet_tf.sweep --levels front --out DIR`` then trains only
+the front.
+"""
+import itertools
+import os
+
+from fnet_tf.errors import UserError
+
+COLUMNS = ("model", "level", "width", "spec", "macs", "params", "size_bytes", "latency_p50_ms",
+           "latency_ratio_to_peer", "on_front")
+TABLE = "design_space.csv"
+
+
+def parse_space(text, model="factorizenet"):
+    """``levels=0-7 per stage; width=0.75,1,1.25`` -> (per-stage level lists, widths).
+
+    ``levels=A-B`` or ``levels=0,3,7`` (each stage takes any of them, "per stage" is implied);
+    ``stages=...`` is not needed: the model's stage count decides. ``width=`` defaults to 1."""
+    from fnet_tf import architectures
+
+    levels, widths = None, [1.0]
+    for part in filter(None, (p.strip() for p in text.replace("\n", ";").split(";"))):
+        key, sep, value = part.partition("=")
+        value = value.replace("per stage", "").strip()
+        if not sep or key.strip() not in ("levels", "width"):
+            raise UserError(f"bad --design_space part {part!r}: use levels=0-7 per stage; "
+                            f"width=0.75,1,1.25")
+        try:
+            if key.strip() == "levels":
+                if "-" in value:
+                    low, high = (int(v) for v in value.split("-"))
+                    levels = list(range(low, high + 1))
+                else:
+                    levels = [int(v) for v in value.split(",")]
+            else:
+                widths = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise UserError(f"bad --design_space value in {part!r}: integers for levels, numbers "
+                            f"for width") from None
+    if not levels:
+        raise UserError("--design_space needs levels=..., e.g. levels=0-7 per stage")
+    base = architectures.model_spec(model, 0)
+    stages = architectures.stage_indices(base)[-1] + 1
+    top = base.meta["max_level"]
+    if max(levels) > top or min(levels) < 0:
+        raise UserError(f"--design_space levels must be within 0-{top} for {model}")
+    if not all(w > 0 for w in widths):
+        raise UserError("--design_space widths must be positive")
+    return [list(levels)] * stages, widths
+
+
+def candidates(model, per_stage, widths, max_macs=None, max_params=None):
+    """Analytic rows of every distinct network in the space within the budgets."""
+    from fnet_tf import architectures
+    from fnet_tf.spec import summarize
+
+    seen, rows = set(), []
+    for width in widths:
+        top = architectures.model_spec(model, 0, width).meta["max_level"]
+        for combo in itertools.product(*per_stage):
+            combo = tuple(min(lvl, top) for lvl in combo)  # above top: depthwise, the same net
+            level = architectures.parse_level(",".join(map(str, combo)))
+            if len(set(combo)) == 1:
+                level = combo[0]
+            spec = architectures.model_spec(model, level, width)
+            if spec.blocks in seen:  # e.g. levels above a stage's depthwise point
+                continue
+            seen.add(spec.blocks)
+            cost = summarize(spec)
+            if (max_macs and cost["macs"] > max_macs) or (max_params and cost["params"] > max_params):
+                continue
+            rows.append({"model": model, "level": level, "width": width, "spec": spec.name,
+                         "macs": cost["macs"], "params": cost["params"]})
+    return rows
+
+
+def spread(rows, count):
+    """At most ``count`` rows, evenly spaced over the MACs range (the cheapest and dearest kept)."""
+    if len(rows) <= count:
+        return rows
+    ordered = sorted(rows, key=lambda r: r["macs"])
+    picks = sorted({round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)})
+    return [ordered[i] for i in picks]
+
+
+def untrained_int8(model_name, level, width, images):
+    """The fully-int8 file of a spec with its initial weights, calibrated on ``images``."""
+    import numpy as np
+
+    from fnet_tf import architectures, export
+    from fnet_tf.backend import keras
+    from fnet_tf.quantization import get_scheme
+
+    keras.utils.set_random_seed(0)
+    model = architectures.create_model(model_name, level, width)
+
+    def representative():
+        for image in images:
+            yield [np.asarray(image, np.float32)[None]]
+
+    return export.convert_int8(model, representative, get_scheme("ptq"))
+
+
+def front(rows):
+    """Indices of rows on the MACs/latency Pareto front (lower is better on both)."""
+    best, keep = float("inf"), []
+    for i in sorted(range(len(rows)), key=lambda i: (rows[i]["macs"], rows[i]["latency_p50_ms"])):
+        if rows[i]["latency_p50_ms"] < best:
+            best = rows[i]["latency_p50_ms"]
+            keep.append(i)
+    return keep
+
+
+def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_candidates=60,
+        calibration_images=200, latency_runs=200, cache_dir=None, with_released=True):
+    """The design-space step (see the module docstring); returns the table's rows."""
+    import csv
+    import io
+
+    from fnet_tf import benchmark, data as data_lib, fileio, zoo
+    from fnet_tf.analysis import plots
+
+    per_stage, widths = parse_space(text, model)
+    if not peer or not os.path.isfile(peer):
+        raise UserError("--design_space needs --peer, the reference INT8 .tflite to time against")
+    every = candidates(model, per_stage, widths, max_macs, max_params)
+    if not every:
+        raise UserError("no design within --max_macs/--max_params: widen the budgets")
+    rows = spread(every, max_candidates)
+    print(f"design space: {len(every)} distinct designs within the budgets, {len(rows)} timed",
+          flush=True)
+    dataset = data_lib.load(data, cache_dir=cache_dir)
+    images = dataset.train.images[:calibration_images]
+    contents = []
+    for i, row in enumerate(rows, 1):
+        content = untrained_int8(model, row["level"], row["width"], images)
+        row["size_bytes"] = len(content)
+        contents.append(content)
+        print(f"design space: converted {i}/{len(rows)} {row['spec']} ({row['macs'] / 1e6:.2f} M "
+              f"MACs, {len(content):,} bytes)", flush=True)
+    released = []
+    if with_released:
+        names = {r["spec"]: r for r in rows}
+        for name in zoo.names():
+            if name in names:
+                with open(zoo.load(name), "rb") as f:
+                    released.append((name, f.read()))
+    with open(peer, "rb") as f:
+        peer_content = f.read()
+    print(f"design space: timing {len(contents)} untrained files, {len(released)} released ones "
+          f"and the peer interleaved (1 thread, {latency_runs} invokes each)", flush=True)
+    timed = benchmark.latency(contents + [c for _, c in released] + [peer_content], threads=1,
+                              runs=latency_runs)
+    peer_p50 = timed[-1]["p50"]
+    for row, t in zip(rows, timed):
+        row.update(latency_p50_ms=t["p50"], latency_ratio_to_peer=t["p50"] / peer_p50)
+    on_front = set(front(rows))
+    for i, row in enumerate(rows):
+        row["on_front"] = i in on_front
+    trained = []
+    for (name, _), t in zip(released, timed[len(rows):-1]):
+        untrained = next(r for r in rows if r["spec"] == name)
+        trained.append({"spec": name, "untrained_p50_ms": untrained["latency_p50_ms"],
+                        "trained_p50_ms": t["p50"]})
+    text_csv = io.StringIO()
+    writer = csv.DictWriter(text_csv, fieldnames=list(COLUMNS))
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
+    fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
+    fileio.write_text(os.path.join(out, "design_space.md"),
+                      markdown(rows, trained, peer_p50, len(every), max_macs, max_params))
+    plots.design_space(rows, os.path.join(out, "design_space.png"),
+                       f"{model}: untrained INT8 latency vs MACs ({len(rows)} designs)")
+    print(markdown(rows, trained, peer_p50, len(every), max_macs, max_params))
+    return rows
+
+
+def markdown(rows, trained, peer_p50, total, max_macs, max_params):
+    lines = ["# Design space: latency before training", "",
+             f"{total} distinct designs within the budgets (MACs <= {max_macs or 'any'}, params "
+             f"<= {max_params or 'any'}); {len(rows)} converted untrained and timed with the "
+             f"peer in one interleaved pass (1 thread; peer p50 {peer_p50:.3f} ms).", "",
+             "## MACs/latency Pareto front", "",
+             "| design | level | width | MACs (M) | params | bytes | p50 ms | vs peer |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted((r for r in rows if r["on_front"]), key=lambda r: r["macs"]):
+        lines.append(f"| {r['spec']} | {r['level']} | {r['width']:g} | {r['macs'] / 1e6:.2f} | "
+                     f"{r['params']:,} | {r['size_bytes']:,} | {r['latency_p50_ms']:.3f} | "
+                     f"{r['latency_ratio_to_peer']:.2f}x |")
+    faster = [r for r in rows if r["latency_ratio_to_peer"] <= 1.0]
+    lines += ["", f"{len(faster)} of {len(rows)} timed designs are no slower than the peer."]
+    if trained:
+        lines += ["", "## Untrained vs trained (the released file of the same spec, same pass)",
+                  "", "| spec | untrained p50 ms | trained p50 ms | ratio |",
+                  "| --- | ---: | ---: | ---: |"]
+        for t in trained:
+            lines.append(f"| {t['spec']} | {t['untrained_p50_ms']:.3f} | {t['trained_p50_ms']:.3f} "
+                         f"| {t['untrained_p50_ms'] / t['trained_p50_ms']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def read_front(out):
+    """The levels and widths on the front of ``out``'s design-space table."""
+    import csv
+
+    path = os.path.join(out, TABLE)
+    if not os.path.isfile(path):
+        raise UserError(f"--levels front needs {path}: run python -m fnet_tf.sweep "
+                        f"--design_space ... --out {out} first")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["on_front"] == "True"]
+    return [(r["level"], float(r["width"])) for r in rows]
