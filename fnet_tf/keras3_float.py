@@ -48,6 +48,10 @@ flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("lr", 0.1, "Peak learning rate (SGD, Nesterov momentum 0.9).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "sgd_gradboost"], "sgd_gradboost: with FrostNet's "
                   "GradBoost noise (fnet_tf/gradboost.py).")
+flags.DEFINE_string("teacher", None, "Distill from a Keras 3 --out directory's float model "
+                    "(its logits on each augmented epoch; fnet_tf/distill.py).")
+flags.DEFINE_float("kd_alpha", 0.5, "--teacher: weight of the distillation term.")
+flags.DEFINE_float("kd_temperature", 4.0, "--teacher: softmax temperature of the distillation.")
 flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
 flags.DEFINE_float("gradboost_decay", 1e-2, "GradBoost: the noise scales by (1 - decay)^step.")
 flags.DEFINE_float("warmup_epochs", 2.0, "Linear warm-up (capped at 20% of training).")
@@ -88,6 +92,24 @@ def make_optimizer(keras, model, steps_per_epoch):
                      if type(layer).__name__ == "DepthwiseConv2D"]
         optimizer.exclude_from_weight_decay(var_list=depthwise, var_names=list(NO_DECAY))
     return optimizer
+
+
+def _keras3_teacher(keras, path, num_classes):
+    """A Keras 3 --out directory's float model, built from the spec it names."""
+    from dataclasses import replace
+
+    from fnet_tf import architectures
+    from fnet_tf.portable_weights import load_weights_by_layer, read_weights
+    from fnet_tf.spec import build_model
+
+    if not os.path.isfile(os.path.join(path, WEIGHTS)):
+        raise UserError(f"--teacher {path} has no {WEIGHTS}: pass a finished Keras 3 --out "
+                        f"directory")
+    theirs = fileio.read_json(os.path.join(path, RESULT))
+    spec = replace(architectures.model_spec(theirs["model"], theirs["level"],
+                                            theirs.get("width", 1.0)), num_classes=num_classes)
+    return load_weights_by_layer(build_model(spec, keras=keras),
+                                 read_weights(os.path.join(path, WEIGHTS)))
 
 
 def _one_hot(labels, n):
@@ -143,10 +165,18 @@ def main(argv):
     n = len(dataset.classes)
     model = build_model(spec, keras=keras, kernel_initializer=FLAGS.init)
     steps = -(-len(dataset.train) // FLAGS.batch_size)
-    model.compile(optimizer=make_optimizer(keras, model, steps),
-                  loss=keras.losses.CategoricalCrossentropy(
-                      from_logits=True, label_smoothing=FLAGS.label_smoothing),
-                  metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    teacher = _keras3_teacher(keras, FLAGS.teacher, n) if FLAGS.teacher else None
+    if teacher is not None:
+        from fnet_tf import distill
+
+        loss, accuracy = distill.loss_and_accuracy(keras, n, FLAGS.kd_alpha, FLAGS.kd_temperature,
+                                                   distill.keras3_ops(keras), FLAGS.label_smoothing)
+        model.compile(optimizer=make_optimizer(keras, model, steps), loss=loss, metrics=[accuracy])
+    else:
+        model.compile(optimizer=make_optimizer(keras, model, steps),
+                      loss=keras.losses.CategoricalCrossentropy(
+                          from_logits=True, label_smoothing=FLAGS.label_smoothing),
+                      metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     print(f"{spec.name} on {keras.backend.backend()} ({_device(keras)}): "
           f"{dataset.describe()}", flush=True)
     history, start = [], time.time()
@@ -155,7 +185,11 @@ def main(argv):
     for epoch in range(FLAGS.epochs):
         t0 = time.time()
         x, y = _epoch_arrays(dataset.train, epoch)
-        logs = model.fit(x, _one_hot(y, n), batch_size=FLAGS.batch_size, epochs=epoch + 1,
+        targets = _one_hot(y, n)
+        if teacher is not None:  # the teacher's logits on this epoch's augmented images
+            targets = np.concatenate([targets, np.asarray(teacher.predict(
+                x, batch_size=1000, verbose=0), np.float32)], axis=1)
+        logs = model.fit(x, targets, batch_size=FLAGS.batch_size, epochs=epoch + 1,
                          initial_epoch=epoch, shuffle=False, validation_data=val,
                          verbose=0).history
         row = {"epoch": epoch + 1, "seconds": round(time.time() - t0, 3),
@@ -178,7 +212,8 @@ def main(argv):
         "recipe": {k: getattr(FLAGS, k) for k in ("epochs", "batch_size", "lr", "warmup_epochs",
                                                   "weight_decay", "label_smoothing", "cutout",
                                                   "seed", "init", "optimizer", "gradboost_clip",
-                                                  "gradboost_decay")},
+                                                  "gradboost_decay", "teacher", "kd_alpha",
+                                                  "kd_temperature")},
         "keras": keras.__version__, "backend": keras.backend.backend(), "device": _device(keras),
         "python": sys.version.split()[0], "total_seconds": round(time.time() - start, 1),
         "median_epoch_seconds": float(np.median(seconds)),

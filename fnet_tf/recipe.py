@@ -20,3 +20,5 @@ class Recipe:
     seed: int = 0
     gradboost_clip: float = 1e-3   # GradBoost (fnet_tf.gradboost): noise clipped to +-clip
     gradboost_decay: float = 1e-2  # and scaled by (1 - decay)^step
+    kd_alpha: float = 0.0          # distillation (fnet_tf.distill): weight of the teacher's term
+    kd_temperature: float = 4.0    # and its softmax temperature

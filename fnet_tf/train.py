@@ -40,6 +40,11 @@ flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw", "sgd_gradboost", "adamw_g
                   "gradient noise (fnet_tf/gradboost.py).")
 flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
 flags.DEFINE_float("gradboost_decay", 1e-2, "GradBoost: the noise scales by (1 - decay)^step.")
+flags.DEFINE_string("teacher", None, "Distill float training from this model's logits (a run "
+                    "directory, a .keras file or a Keras 3 --out directory; fnet_tf/distill.py).")
+flags.DEFINE_float("kd_alpha", 0.5, "--teacher: weight of the distillation term (0: plain "
+                   "cross-entropy).")
+flags.DEFINE_float("kd_temperature", 4.0, "--teacher: softmax temperature of the distillation.")
 flags.DEFINE_enum("qat_recipe", "finetune", ["finetune", "scratch", "statassist"],
                   "finetune: float to convergence (--epochs), then QAT at a lower LR; scratch: QAT "
                   "from initialized weights (--epochs 0); statassist: a short float warm-up "
@@ -130,6 +135,13 @@ def validate_flags():
          "accuracy instead of test accuracy: pass --val_split N (N > 0) with it"),
         (FLAGS.init_from is None or FLAGS.epochs == 0, "--init_from replaces float training: "
          "pass --epochs 0 with it"),
+        (0 <= FLAGS.kd_alpha <= 1, f"--kd_alpha must be in [0, 1], got {FLAGS.kd_alpha}"),
+        (FLAGS.kd_temperature > 0, f"--kd_temperature must be positive, got {FLAGS.kd_temperature}"),
+        (FLAGS.teacher is None or os.path.exists(FLAGS.teacher),
+         f"--teacher {FLAGS.teacher!r} does not exist: pass a run directory, a .keras file or a "
+         f"Keras 3 --out directory"),
+        (FLAGS.teacher is None or FLAGS.epochs > 0 or FLAGS.statassist_epochs,
+         "--teacher distills float training: pass --epochs N (N > 0)"),
         (FLAGS.gradboost_clip > 0, f"--gradboost_clip must be positive, got {FLAGS.gradboost_clip}"),
         (0 <= FLAGS.gradboost_decay < 1, f"--gradboost_decay must be in [0, 1), got "
          f"{FLAGS.gradboost_decay}"),
@@ -167,6 +179,7 @@ def recipe_from_flags():
     return Recipe(
         epochs=float_epochs(), batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
         gradboost_clip=FLAGS.gradboost_clip, gradboost_decay=FLAGS.gradboost_decay,
+        kd_alpha=FLAGS.kd_alpha if FLAGS.teacher else 0.0, kd_temperature=FLAGS.kd_temperature,
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"], schedule=FLAGS.schedule,
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
@@ -209,6 +222,7 @@ def _train(spec, run):
     recipe = recipe_from_flags()
     config = {"model": FLAGS.model, "level": FLAGS.level, "width": FLAGS.width,
               "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
+              "teacher": os.path.abspath(FLAGS.teacher) if FLAGS.teacher else None,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
     if FLAGS.qat_epochs:
         csv_path = os.path.abspath(FLAGS.sensitivity_csv) if FLAGS.sensitivity_csv else None
@@ -374,8 +388,16 @@ def _train_float(spec, dataset, recipe, run, verbose):
     if statassist:
         print(f"[float] StatAssist warm-up: {recipe.epochs} epoch(s); the weights and the "
               f"optimizer state carry into QAT", flush=True)
+    teacher = None
+    if FLAGS.teacher:
+        from fnet_tf.distill import load_teacher
+
+        teacher = load_teacher(FLAGS.teacher, len(dataset.classes), FLAGS.trust_model_code)
+        print(f"[float] distilling from {FLAGS.teacher} (alpha {recipe.kd_alpha:g}, temperature "
+              f"{recipe.kd_temperature:g})", flush=True)
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
-                     callbacks=_stats_callbacks(run, "float", dataset), boost=not statassist):
+                     callbacks=_stats_callbacks(run, "float", dataset), boost=not statassist,
+                     teacher=teacher):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return None
     extra = []

@@ -73,7 +73,17 @@ def make_optimizer(recipe, steps_per_epoch, boost=True):
     return opt
 
 
-def compile_model(model, optimizer, recipe):
+def compile_model(model, optimizer, recipe, num_classes=None, distilling=False):
+    """Cross-entropy and top-1; ``distilling``: ``fnet_tf.distill``'s loss, whose targets carry
+    the teacher's logits beside the one-hot labels."""
+    if distilling:
+        from fnet_tf import distill
+
+        loss, accuracy = distill.loss_and_accuracy(keras, num_classes, recipe.kd_alpha,
+                                                   recipe.kd_temperature, distill.tf_ops,
+                                                   recipe.label_smoothing)
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy])
+        return
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
@@ -91,7 +101,7 @@ class EpochStream:
     """A tf.data dataset that yields epoch ``start``, then ``start+1``, ... each time Keras
     re-iterates it (once per epoch), with the order and augmentation of that epoch."""
 
-    def __init__(self, split, recipe, start_epoch, num_classes):
+    def __init__(self, split, recipe, start_epoch, num_classes, teacher=None):
         self.split, self.recipe, self.next_epoch = split, recipe, start_epoch
         self.steps = math.ceil(len(split) / recipe.batch_size)
         shape = split.images.shape[1:]
@@ -99,7 +109,10 @@ class EpochStream:
             self._generate, output_signature=(
                 tf.TensorSpec((None, *shape), tf.uint8), tf.TensorSpec((None,), tf.int32)))
         ds = ds.apply(tf.data.experimental.assert_cardinality(self.steps))
-        self.dataset = ds.map(_as_tensors(num_classes)).prefetch(2)
+        ds = ds.map(_as_tensors(num_classes))
+        if teacher is not None:  # the teacher sees the same augmented batch as the student
+            ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x, training=False)], axis=-1)))
+        self.dataset = ds.prefetch(2)
 
     def _generate(self):
         epoch, self.next_epoch = self.next_epoch, self.next_epoch + 1
@@ -156,13 +169,14 @@ class _EpochEnd(keras.callbacks.Callback):
 
 
 def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), boost=True,
-              on_fresh_start=None):
+              on_fresh_start=None, teacher=None):
     """Train ``model`` for ``recipe.epochs`` epochs as phase ``phase`` of ``run``, resuming
     from the newest valid checkpoint in ``run/checkpoints/<phase>``. Callbacks that define
     ``on_resume(completed_epochs)`` are told where training restarts, so that what they
     wrote for later epochs can be dropped. ``boost``: see ``make_optimizer``.
     ``on_fresh_start(model, optimizer)`` runs when no checkpoint exists (StatAssist puts the
-    warm-up's optimizer state into the QAT optimizer there).
+    warm-up's optimizer state into the QAT optimizer there). ``teacher``: a Keras model whose
+    logits on each augmented batch the loss distills (``fnet_tf.distill``).
 
     Returns True when all epochs are done, False when interrupted (Ctrl-C).
     """
@@ -170,7 +184,8 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
     num_classes = len(dataset.classes)
     steps = math.ceil(len(dataset.train) / recipe.batch_size)
     optimizer = make_optimizer(recipe, steps, boost=boost)
-    compile_model(model, optimizer, recipe)
+    distilling = teacher is not None and recipe.kd_alpha > 0
+    compile_model(model, optimizer, recipe, num_classes, distilling)
     checkpoints = EpochCheckpoints(os.path.join(run.path, "checkpoints", phase))
     start, path = checkpoints.latest()
     if not path and on_fresh_start is not None:
@@ -186,7 +201,8 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
             callback.on_resume(start)
     if start >= recipe.epochs:
         return True
-    stream = EpochStream(dataset.train, recipe, start, num_classes)
+    stream = EpochStream(dataset.train, recipe, start, num_classes,
+                         teacher if distilling else None)
     validation = eval_dataset(dataset.val, num_classes) if dataset.val is not None else None
     end = _EpochEnd(phase, run, checkpoints, recipe.epochs)
     model.fit(stream.dataset, epochs=recipe.epochs, initial_epoch=start,

@@ -53,6 +53,14 @@ def test_keras3_float_then_qat_in_tf_keras(tiny_archive, tmp_path):
     assert result["level"] == 3 and result["backend"] == "tensorflow"
     assert 0 <= result["test_accuracy"] <= 1 and (out / "float_weights.npz").is_file()
 
+    student = tmp_path / "k3-student"  # distilled from it, with GradBoost
+    distilled = run_module(["-m", "fnet_tf.keras3_float", *common, "--level", "5", "--epochs",
+                            "1", "--out", str(student), "--teacher", str(out), "--optimizer",
+                            "sgd_gradboost"], env={"KERAS_BACKEND": "tensorflow"})
+    assert distilled.returncode == 0, distilled.stderr[-3000:]
+    recipe = json.loads((student / "keras3_result.json").read_text())["recipe"]
+    assert recipe["teacher"] == str(out) and recipe["optimizer"] == "sgd_gradboost"
+
     run_dir = tmp_path / "run"
     qat = run_module(["-m", "fnet_tf.train", *common, "--epochs", "0", "--init_from", str(out),
                       "--qat_epochs", "1", "--run_dir", str(run_dir), "--verbose", "0"])
