@@ -233,6 +233,11 @@ def report(metrics, rows, note, out, op_rows=None):
              f"- ops: {', '.join(f'{k} x{v}' for k, v in sorted(metrics['ops'].items()))}",
              f"- machine: {metrics['machine']['cpu']}, {metrics['machine']['cores']} cores, "
              f"ai-edge-litert {metrics['machine']['ai_edge_litert']}", ""]
+    if metrics.get("efficiency"):
+        e = metrics["efficiency"]
+        lines.insert(5, f"- compute efficiency: {e['achieved_gmacs']:.2f} GMAC/s achieved, "
+                        f"{e['peak_share']:.1%} of this CPU's int8 peak ({e['peak_gmacs']:.1f} "
+                        f"GMAC/s, the best large conv probe timed in the same pass)")
     b = metrics["bit_budget"]
     lines.insert(-1, f"- weights: {b['filters']:,} filters, {b['ternary_filters']:,} ternary "
                      f"and {b.get('two_branch_filters', 0):,} two-branch ("
@@ -303,10 +308,14 @@ def main(argv):
     started = time.time()
     results = [measure(t, dataset) for t in targets]
     print(f"timing {len(targets)} model(s), interleaved", file=sys.stderr, flush=True)
-    latencies = benchmark.latency([t.content for t in targets], FLAGS.threads, FLAGS.latency_runs)
+    probes = [content for content, _ in benchmark.peak_probes().values()]
+    latencies = benchmark.latency([t.content for t in targets] + probes, FLAGS.threads,
+                                  FLAGS.latency_runs)
+    peak, by_probe = benchmark.peak_gmacs(latencies[len(targets):])
     machine = benchmark.machine_info()
     for t, m, lat in zip(targets, results, latencies):
-        m.update(latency_ms=lat, machine=machine, xnnpack=benchmark.uses_xnnpack(t.content))
+        m.update(latency_ms=lat, machine=machine, xnnpack=benchmark.uses_xnnpack(t.content),
+                 efficiency={**benchmark.efficiency(m["macs"], lat, peak), "probes": by_probe})
     if len(targets) == 1:
         target, metrics = targets[0], results[0]
         cores = os.cpu_count() or 1

@@ -163,3 +163,47 @@ def machine_info():
     return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
             "system": platform.system(), "python": platform.python_version(),
             "ai_edge_litert": litert}
+
+
+PEAK_PROBES = {  # name: (input shape, filters, kernel): convs that keep XNNPACK's int8 GEMM busy
+    "conv1x1 256->256 @32x32": ((32, 32, 256), 256, 1),
+    "conv3x3 64->64 @32x32": ((32, 32, 64), 64, 3),
+}
+_PROBE_CACHE = {}
+
+
+def peak_probes():
+    """{name: (int8 .tflite, MACs)}: large single convs whose throughput stands for this CPU's
+    practical int8 peak in LiteRT (built once per process, random weights, PTQ-calibrated)."""
+    if _PROBE_CACHE:
+        return _PROBE_CACHE
+    from fnet_tf.backend import keras
+    from fnet_tf.quantization import get_scheme
+
+    rng = np.random.default_rng(0)
+    for name, (shape, filters, kernel) in PEAK_PROBES.items():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input(shape)
+        model = keras.Model(inputs, keras.layers.Conv2D(filters, kernel, padding="same")(inputs))
+
+        def representative(shape=shape):
+            for _ in range(8):
+                yield [rng.uniform(-1, 1, (1, *shape)).astype(np.float32)]
+
+        content = export.convert_int8(model, representative, get_scheme("ptq"))
+        macs = shape[0] * shape[1] * shape[2] * filters * kernel * kernel
+        _PROBE_CACHE[name] = (content, macs)
+    return _PROBE_CACHE
+
+
+def peak_gmacs(latencies):
+    """The practical peak (GMAC/s) from the probes' timings, in ``peak_probes`` order."""
+    rates = [macs / (lat["p50"] * 1e-3) / 1e9
+             for (_, macs), lat in zip(peak_probes().values(), latencies)]
+    return max(rates), dict(zip(peak_probes(), rates))
+
+
+def efficiency(macs, latency, peak):
+    """Achieved GMAC/s of a model and its share of the peak."""
+    achieved = macs / (latency["p50"] * 1e-3) / 1e9
+    return {"achieved_gmacs": achieved, "peak_gmacs": peak, "peak_share": achieved / peak}

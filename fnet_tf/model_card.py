@@ -70,6 +70,14 @@ def qat_note(recipe):
     return f"`{recipe.get('qat_scheme')}`" + (f" ({shown})" if shown else "")
 
 
+def efficiency_line(e):
+    if not e:
+        return "not measured (`python tools/release.py --retime`)"
+    return (f"{e['achieved_gmacs']:.1f} GMAC/s, {100 * e['peak_share']:.0f}% of this CPU's "
+            f"practical int8 peak ({e['peak_gmacs']:.0f} GMAC/s: large single convs timed in "
+            f"the same pass)")
+
+
 def seed_note(m):
     """Whether the card's accuracies are one training run or a mean over seeds."""
     spread = m.get("int8_accuracy_seed_std")
@@ -98,6 +106,7 @@ def card_text(m):
 | INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
 | INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
 | latency p50, 1 thread | {m['latency_p50_ms']:.3f} ms (ResNet-8 peer in the same pass: {m['peer_latency_p50_ms']:.3f} ms, ratio {m['latency_ratio_to_peer']:.2f}x) |
+| compute efficiency | {efficiency_line(m.get('efficiency'))} |
 | where the time goes | {time_split_line(m.get('latency_by_op'))} |
 | weights below 8 bits | {bit_budget_line(m.get('bit_budget'))} |
 | lowest INT8 SQNR | {m['min_sqnr_layer']} ({m['min_sqnr_db']:.1f} dB) |

@@ -65,3 +65,18 @@ def test_latency_is_interleaved_and_positive():
     a, b = benchmark.latency([content, content], runs=40, warmup=5, rounds=4)
     for r in (a, b):
         assert r["runs"] == 40 and 0 < r["p50"] <= r["p90"] <= r["p99"]
+
+
+def test_the_int8_peak_probes_and_efficiency_arithmetic():
+    from fnet_tf import benchmark, export
+
+    probes = benchmark.peak_probes()
+    assert set(probes) == set(benchmark.PEAK_PROBES)
+    for content, macs in probes.values():
+        assert export.inspect(content)["problems"] == [] and macs >= 30e6
+    peak, by_probe = benchmark.peak_gmacs([{"p50": 0.5}, {"p50": 0.1}])
+    macs = [m for _, m in probes.values()]
+    assert by_probe[list(probes)[1]] == pytest.approx(macs[1] / 1e-4 / 1e9)
+    assert peak == pytest.approx(max(macs[0] / 5e-4, macs[1] / 1e-4) / 1e9)
+    e = benchmark.efficiency(12.5e6, {"p50": 0.05}, 500.0)
+    assert e["achieved_gmacs"] == pytest.approx(250.0) and e["peak_share"] == pytest.approx(0.5)

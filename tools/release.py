@@ -79,6 +79,15 @@ def _agreement(run, content, dataset):
     return float(np.mean(keras_logits.argmax(1) == int8_scores.argmax(1)))
 
 
+def _timed_with_peak(contents):
+    """Latencies of ``contents`` and the practical int8 peak (GMAC/s), all in one pass."""
+    from fnet_tf import benchmark
+
+    probes = [c for c, _ in benchmark.peak_probes().values()]
+    timed = benchmark.latency(contents + probes, threads=1, runs=FLAGS.latency_runs)
+    return timed[:len(contents)], benchmark.peak_gmacs(timed[len(contents):])[0]
+
+
 def retime(argv):
     """Every released model and the peer timed again in one interleaved pass."""
     from fnet_tf import benchmark, fileio, model_card, zoo
@@ -93,14 +102,16 @@ def retime(argv):
     contents = [open(zoo.load(n), "rb").read() for n in names]
     with open(FLAGS.peer, "rb") as f:
         peer = f.read()
-    print(f"timing {len(names) + 1} models interleaved (1 thread)", flush=True)
-    latencies = benchmark.latency(contents + [peer], threads=1, runs=FLAGS.latency_runs)
+    print(f"timing {len(names) + 1} models and the int8 peak probes interleaved (1 thread)",
+          flush=True)
+    latencies, peak = _timed_with_peak(contents + [peer])
     machine, peer_p50 = benchmark.machine_info(), latencies[-1]["p50"]
     for name, content, lat in zip(names, contents, latencies):
         timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
         folder = os.path.join(zoo.zoo_dir(), name)
         op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
         entry = dict(zoo.metrics(name), bit_budget=bit_budget(content)[1],
+                     efficiency=benchmark.efficiency(zoo.metrics(name)["macs"], lat, peak),
                      latency_ms=lat, latency_p50_ms=lat["p50"],
                      peer_latency_p50_ms=peer_p50, latency_ratio_to_peer=lat["p50"] / peer_p50,
                      machine=machine, latency_by_op=op_latency.summary(timed))
@@ -173,12 +184,14 @@ def main(argv):
         contents.append(content)
         print(f"{name}: INT8 {100 * accuracy['accuracy_top1']:.2f}%, agreement "
               f"{100 * entries[-1]['keras_agreement']:.2f}%", flush=True)
-    print(f"timing {len(contents) + 1} models interleaved (1 thread)", flush=True)
-    latencies = benchmark.latency(contents + [peer], threads=1, runs=FLAGS.latency_runs)
+    print(f"timing {len(contents) + 1} models and the int8 peak probes interleaved (1 thread)",
+          flush=True)
+    latencies, peak = _timed_with_peak(contents + [peer])
     machine = benchmark.machine_info()
     peer_p50 = latencies[-1]["p50"]
     for entry, lat, (name, run_dir, _) in zip(entries, latencies, runs):
         entry.update(model_card.kept_arm64_check(os.path.join(zoo.zoo_dir(), name), entry))
+        entry.update(efficiency=benchmark.efficiency(entry["macs"], lat, peak))
         entry.update(latency_ms=lat, latency_p50_ms=lat["p50"], peer_latency_p50_ms=peer_p50,
                      latency_ratio_to_peer=lat["p50"] / peer_p50, machine=machine)
         target = os.path.join(zoo.zoo_dir(), name)
