@@ -53,6 +53,9 @@ VARIANTS = {
     "hybrid-0.75-sensitivity": ["--qat_scheme", "ternary_hybrid", "--ternary_fraction", "0.75",
                                 "--ternary_allocation", "sensitivity",
                                 "--sensitivity_csv", SENSITIVITY],
+    "hybrid-0.6-sensitivity": ["--qat_scheme", "ternary_hybrid", "--ternary_fraction", "0.6",
+                               "--ternary_allocation", "sensitivity",
+                               "--sensitivity_csv", SENSITIVITY],
     "dbq-k1": ["--qat_scheme", "dbq", "--dbq_branches", "1"],
     "dbq-k2": ["--qat_scheme", "dbq", "--dbq_branches", "2"],
 }

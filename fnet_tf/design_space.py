@@ -142,6 +142,9 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     if not every:
         raise UserError("no design within --max_macs/--max_params: widen the budgets")
     rows = spread(every, max_candidates)
+    if with_released:  # the zoo's trained specs are timed untrained too, beside their files
+        released_names = set(zoo.names())
+        rows += [r for r in every if r["spec"] in released_names and r not in rows]
     print(f"design space: {len(every)} distinct designs within the budgets, {len(rows)} timed",
           flush=True)
     dataset = data_lib.load(data, cache_dir=cache_dir)
