@@ -42,6 +42,20 @@ def boost_noise(gradient, low, high, step, clip, decay, uniform, coin, tf):
     return tf.clip_by_value(noise, -clip, clip)
 
 
+def running_range(m_min, m_max, magnitude, t, beta, ops):
+    """GradBoost's statistics at step ``t`` (1-based): the next stored EMAs of the running min
+    and max of ``|g|`` and their bias-corrected values ``(next_min, next_max, low, high)``.
+    ``ops``: ``tf`` or a keras.ops adapter with maximum, minimum, where and pow."""
+    previous = ops.maximum(1.0 - ops.pow(beta, t - 1.0), 1e-12)
+    first = t <= 1.0
+    new_min = ops.where(first, magnitude, ops.minimum(m_min / previous, magnitude))
+    new_max = ops.where(first, magnitude, ops.maximum(m_max / previous, magnitude))
+    next_min = beta * m_min + (1.0 - beta) * new_min
+    next_max = beta * m_max + (1.0 - beta) * new_max
+    correction = 1.0 - ops.pow(beta, t)
+    return next_min, next_max, next_min / correction, next_max / correction
+
+
 def with_gradboost(base):
     """A subclass of tf_keras optimizer class ``base`` (SGD or AdamW) with GradBoost."""
     from fnet_tf.backend import tf
@@ -72,20 +86,14 @@ def with_gradboost(base):
 
         def boosted(self, gradient, index):
             gradient = tf.convert_to_tensor(gradient)
-            beta = self.gradboost_beta
             t = tf.cast(self.iterations + 1 + self.carried_steps, gradient.dtype)
-            magnitude = tf.abs(gradient)
             m_min, m_max = self.gradboost_min[index], self.gradboost_max[index]
-            previous = tf.maximum(1.0 - tf.pow(beta, t - 1.0), 1e-12)
-            first = t <= 1.0
-            new_min = tf.where(first, magnitude, tf.minimum(m_min / previous, magnitude))
-            new_max = tf.where(first, magnitude, tf.maximum(m_max / previous, magnitude))
-            m_min.assign(beta * m_min + (1.0 - beta) * new_min)
-            m_max.assign(beta * m_max + (1.0 - beta) * new_max)
+            next_min, next_max, low, high = running_range(m_min, m_max, tf.abs(gradient), t,
+                                                          self.gradboost_beta, tf)
+            m_min.assign(next_min)
+            m_max.assign(next_max)
             if not self.boost:
                 return gradient
-            correction = 1.0 - tf.pow(beta, t)
-            low, high = m_min / correction, m_max / correction
             step = self.iterations + 1
             seed = tf.stack([tf.cast(self.gradboost_seed * 10007 + index, tf.int32),
                              tf.cast(step, tf.int32)])
@@ -178,6 +186,8 @@ def with_gradboost_keras3(base, keras):
         class math:
             log = staticmethod(ops.log)
         sign, pow, cast = staticmethod(ops.sign), staticmethod(ops.power), staticmethod(ops.cast)
+        maximum, minimum, where = (staticmethod(ops.maximum), staticmethod(ops.minimum),
+                                   staticmethod(ops.where))
 
         @staticmethod
         def clip_by_value(x, low, high):
@@ -201,22 +211,14 @@ def with_gradboost_keras3(base, keras):
 
         def update_step(self, gradient, variable, learning_rate):
             index = self._get_variable_index(variable)
-            beta = self.gradboost_beta
             t = ops.cast(self.iterations + 1, gradient.dtype)
-            magnitude = ops.abs(gradient)
             m_min, m_max = self.gradboost_min[index], self.gradboost_max[index]
-            previous = ops.maximum(1.0 - ops.power(beta, t - 1.0), 1e-12)
-            first = t <= 1.0
-            new_min = ops.where(first, magnitude, ops.minimum(m_min / previous, magnitude))
-            new_max = ops.where(first, magnitude, ops.maximum(m_max / previous, magnitude))
-            m_min_next = beta * m_min + (1.0 - beta) * new_min
-            m_max_next = beta * m_max + (1.0 - beta) * new_max
-            self.assign(m_min, m_min_next)
-            self.assign(m_max, m_max_next)
-            correction = 1.0 - ops.power(beta, t)
+            next_min, next_max, low, high = running_range(m_min, m_max, ops.abs(gradient), t,
+                                                          self.gradboost_beta, _Ops)
+            self.assign(m_min, next_min)
+            self.assign(m_max, next_max)
             uniform, coin = _hash_draws(tuple(gradient.shape), self.iterations + 1, index, ops)
-            noise = boost_noise(gradient, m_min_next / correction, m_max_next / correction,
-                                self.iterations + 1, self.gradboost_clip, self.gradboost_decay,
+            noise = boost_noise(gradient, low, high, self.iterations + 1, self.gradboost_clip, self.gradboost_decay,
                                 uniform, coin, _Ops)
             super().update_step(gradient + noise, variable, learning_rate)
 
