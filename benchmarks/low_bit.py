@@ -1,4 +1,8 @@
-"""Below 8 bits (issue 16): int8 QAT, hybrid ternary filter banks and DBQ from one float model.
+"""Variants of one model trained, exported and measured alike, in one table.
+
+``--study low_bit`` (issue 16): int8 QAT, hybrid ternary filter banks and DBQ from one float
+model. ``--study qat_recipes`` (issue 17): finetune, scratch, statassist and statassist +
+GradBoost at one float-equivalent epoch budget (``--budget_epochs``), from scratch.
 
     python benchmarks/low_bit.py --model factorizenet --level 3 \\
         --init_from results/float-keras3-e80/factorizenet-l3 \\
@@ -41,6 +45,14 @@ flags.DEFINE_integer("check_images", 2000, "Test images for the export's Keras/L
 flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model in the interleaved pass.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_bool("plots_only", False, "Only re-plot the tables under --results.")
+flags.DEFINE_enum("study", "low_bit", ["low_bit", "qat_recipes"], "low_bit: the sub-8-bit "
+                  "schemes from one float model (issue 16); qat_recipes: finetune, scratch, "
+                  "statassist and statassist + GradBoost at one epoch budget (issue 17).")
+flags.DEFINE_integer("budget_epochs", 20, "--study qat_recipes: float-equivalent epochs of every "
+                     "recipe (finetune: budget - 3 float + 3 QAT; scratch: all QAT; statassist: "
+                     "1 float warm-up + the rest QAT).")
+flags.DEFINE_string("recipe_flags", None, "--study qat_recipes: a flagfile of recipe settings "
+                    "for every run (e.g. the tuner's chosen.flags).")
 
 SENSITIVITY = "@sensitivity"  # replaced by the int8 run's sensitivity.csv
 VARIANTS = {
@@ -59,6 +71,20 @@ VARIANTS = {
     "dbq-k1": ["--qat_scheme", "dbq", "--dbq_branches", "1"],
     "dbq-k2": ["--qat_scheme", "dbq", "--dbq_branches", "2"],
 }
+def recipe_variants(budget):
+    """--study qat_recipes: each recipe's training flags at ``budget`` float-equivalent epochs."""
+    statassist = ["--qat_recipe", "statassist", "--statassist_epochs", "1",
+                  "--qat_epochs", str(budget - 1)]
+    return {"finetune": ["--epochs", str(budget - 3), "--qat_epochs", "3"],
+            "scratch": ["--qat_recipe", "scratch", "--epochs", "0", "--qat_epochs", str(budget)],
+            "statassist": statassist,
+            "statassist-gradboost": [*statassist, "--optimizer", "sgd_gradboost"]}
+
+
+def variants():
+    return VARIANTS if FLAGS.study == "low_bit" else recipe_variants(FLAGS.budget_epochs)
+
+
 COLUMNS = ["variant", "scheme", "litert_top1", "litert_top5", "keras_qat_top1", "agreement",
            "packed_bytes", "int8_bytes", "packed_vs_int8", "ternary_weight_share",
            "branch_weight_share", "ternary_mac_share", "energy_nj", "energy_nj_int8",
@@ -75,12 +101,16 @@ def _sensitivity_csv():
 
 
 def _train_args(variant):
-    extra = [_sensitivity_csv() if a == SENSITIVITY else a for a in VARIANTS[variant]]
+    extra = [_sensitivity_csv() if a == SENSITIVITY else a for a in variants()[variant]]
     args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(FLAGS.level),
-            "--data", FLAGS.data, "--run_dir", _run_dir(variant), "--epochs", "0",
-            "--init_from", FLAGS.init_from, "--qat_epochs", str(FLAGS.qat_epochs),
-            "--threads", str(FLAGS.threads), "--verbose", "2", *extra]
-    return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
+            "--data", FLAGS.data, "--run_dir", _run_dir(variant),
+            "--threads", str(FLAGS.threads), "--verbose", "2"]
+    if FLAGS.study == "low_bit":
+        args += ["--epochs", "0", "--init_from", FLAGS.init_from,
+                 "--qat_epochs", str(FLAGS.qat_epochs)]
+    elif FLAGS.recipe_flags:
+        args += ["--flagfile", os.path.abspath(FLAGS.recipe_flags)]
+    return args + extra + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
 
 
 def _steps(variant):
@@ -93,7 +123,7 @@ def _steps(variant):
              ("export", lambda: run.is_complete("export:model_int8.tflite"),
               ["-m", "fnet_tf.to_tflite", run.path, "--check_images", str(FLAGS.check_images),
                *cache])]
-    if variant == "int8" and any(SENSITIVITY in VARIANTS[v] for v in FLAGS.variants):
+    if variant == "int8" and any(SENSITIVITY in variants()[v] for v in FLAGS.variants):
         steps.append(("sensitivity", lambda: os.path.isfile(_sensitivity_csv()),
                       ["-m", "fnet_tf.analyze", run.path, "--sensitivity", *cache]))
     return steps
@@ -152,8 +182,12 @@ def _write_table(rows, name):
     for r in rows:
         writer.writerow({k: r.get(k) for k in COLUMNS})
     fileio.write_text(os.path.join(FLAGS.results, f"{name}.csv"), text.getvalue())
-    fileio.write_text(os.path.join(FLAGS.results, f"{name}.md"), _markdown(
-        rows, f"{name}: {FLAGS.qat_epochs} QAT epochs per variant from {FLAGS.init_from}"))
+    title = (f"{name}: {FLAGS.qat_epochs} QAT epochs per variant from {FLAGS.init_from}"
+             if FLAGS.study == "low_bit" else
+             f"{name}: QAT recipes at {FLAGS.budget_epochs} float-equivalent epochs"
+             + (f" ({os.path.basename(FLAGS.recipe_flags)}: {open(FLAGS.recipe_flags).read().split()})"
+                if FLAGS.recipe_flags else ""))
+    fileio.write_text(os.path.join(FLAGS.results, f"{name}.md"), _markdown(rows, title))
 
 
 def replot(results):
@@ -180,17 +214,23 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
     if FLAGS.plots_only:
-        replot(FLAGS.results)
+        if FLAGS.study == "low_bit":
+            replot(FLAGS.results)
         return 0
-    if not FLAGS.init_from or not FLAGS.data:
-        raise UserError("pass --init_from (the float weights) and --data")
-    FLAGS.variants = FLAGS.variants or list(VARIANTS)
-    unknown = [v for v in FLAGS.variants if v not in VARIANTS]
+    if not FLAGS.data or (FLAGS.study == "low_bit" and not FLAGS.init_from):
+        raise UserError("pass --data, and --init_from (the float weights) for --study low_bit")
+    if FLAGS.study == "qat_recipes" and FLAGS.budget_epochs < 4:
+        raise UserError(f"--budget_epochs must be 4 or more, got {FLAGS.budget_epochs}")
+    table = variants()
+    FLAGS.variants = FLAGS.variants or list(table)
+    unknown = [v for v in FLAGS.variants if v not in table]
     if unknown:
-        raise UserError(f"unknown variant {unknown[0]!r}: choose from {', '.join(VARIANTS)}")
-    if any(SENSITIVITY in VARIANTS[v] for v in FLAGS.variants) and "int8" not in FLAGS.variants:
+        raise UserError(f"unknown variant {unknown[0]!r}: choose from {', '.join(table)}")
+    if any(SENSITIVITY in table[v] for v in FLAGS.variants) and "int8" not in FLAGS.variants:
         FLAGS.variants.insert(0, "int8")  # its float run gives the sensitivity table
-    FLAGS.out = FLAGS.out or os.path.join("sweeps", "low-bit", f"{FLAGS.model}-l{FLAGS.level}")
+    study_dir = "low-bit" if FLAGS.study == "low_bit" else f"qat-recipes-e{FLAGS.budget_epochs}"
+    FLAGS.out = FLAGS.out or os.path.join("sweeps", study_dir,
+                                          f"{FLAGS.model}-l{FLAGS.level}".replace(".", "_"))
     order = sorted(FLAGS.variants, key=lambda v: v != "int8")
     for index, variant in enumerate(order, 1):
         for step, done, args in _steps(variant):
@@ -212,7 +252,8 @@ def main(argv):
         row.update(latency_p50_ms=timing["p50"], latency_p90_ms=timing["p90"])
     name = f"{FLAGS.model}-l{FLAGS.level}"
     _write_table(rows, name)
-    replot(FLAGS.results)
+    if FLAGS.study == "low_bit":
+        replot(FLAGS.results)
     print(_markdown(rows, name))
     print(f"wrote {FLAGS.results}/{name}.csv, .md and the plots")
     return 0
