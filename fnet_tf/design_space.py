@@ -72,7 +72,9 @@ def candidates(model, per_stage, widths, max_macs=None, max_params=None):
     seen, rows = set(), []
     for width in widths:
         top = architectures.model_spec(model, 0, width).meta["max_level"]
-        for combo in itertools.product(*per_stage):
+        # uniform levels first, so a network that one level builds keeps that level's name
+        combos = sorted(itertools.product(*per_stage), key=lambda c: len(set(c)) > 1)
+        for combo in combos:
             combo = tuple(min(lvl, top) for lvl in combo)  # above top: depthwise, the same net
             level = architectures.parse_level(",".join(map(str, combo)))
             if len(set(combo)) == 1:
