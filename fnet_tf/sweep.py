@@ -91,7 +91,9 @@ class Point:
     def __init__(self, out, model, level, seed, init, width=None):
         self.level, self.seed, self.init = level, seed, init
         self.width = FLAGS.width if width is None else width
-        shown = str(level).replace(".", "_") + ("" if self.width == 1.0 else f"-w{self.width:g}")
+        # a design's own width (--levels front) is named; the sweep-wide --width never was
+        shown = str(level).replace(".", "_") + ("" if self.width == FLAGS.width
+                                                 else f"-w{self.width:g}")
         self.name = f"{model}-l{shown}-s{seed}-{init}"
         self.run_dir = os.path.join(out, "runs", self.name)
 
