@@ -73,3 +73,15 @@ def qat_run(tiny_archive, tmp_path_factory):
                          "--run_dir", str(run_dir), "--verbose", "0"])
     assert result.returncode == 0, result.stderr[-3000:]
     return str(run_dir)
+
+
+def train_and_export(train_args, run_dir, check_images=40):
+    """Train with ``train_args`` (+ ``--run_dir``), export with the verification, and return
+    (the .tflite's bytes, the exporter's stdout); assert both steps succeed."""
+    trained = run_module([*train_args, "--run_dir", str(run_dir)])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = run_module([os.path.join(REPO, "export", "to_tflite.py"), str(run_dir),
+                           "--check_images", str(check_images)])
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    with open(os.path.join(str(run_dir), "model_int8.tflite"), "rb") as f:
+        return f.read(), exported.stdout

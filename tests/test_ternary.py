@@ -1,10 +1,9 @@
 """--qat_scheme ternary_hybrid: the quantizer, the allocation, and a tiny run end to end."""
-import os
 
 import numpy as np
 import pytest
 
-from conftest import REPO, run_module
+from conftest import run_module, train_and_export
 
 TRAIN = ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3", "--width", "0.25",
          "--epochs", "1", "--qat_epochs", "1", "--batch_size", "8", "--val_split", "20",
@@ -62,21 +61,14 @@ def test_a_tiny_ternary_run_exports_a_verified_int8_file_with_the_declared_share
     from fnet_tf import export
     from fnet_tf.analysis.bit_budget import bit_budget
 
-    run_dir = str(tmp_path / "run")
-    trained = run_module([*TRAIN, "--data", tiny_archive, "--run_dir", run_dir,
-                          "--ternary_fraction", "0.5"])
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    exported = run_module([os.path.join(REPO, "export", "to_tflite.py"), run_dir,
-                           "--check_images", "40"])
-    assert exported.returncode == 0, exported.stderr[-2000:]
-    with open(os.path.join(run_dir, "model_int8.tflite"), "rb") as f:
-        content = f.read()
+    content, stdout = train_and_export([*TRAIN, "--data", tiny_archive, "--ternary_fraction", "0.5"],
+                                       tmp_path / "run")
     assert export.inspect(content)["problems"] == []  # fully int8
     rows, total = bit_budget(content)
     assert total["ternary_weight_share"] >= 0.5, total
     assert total["packed_bits"] < 0.75 * total["int8_bits"]
     assert rows[0]["ternary_filters"] == 0 and rows[-1]["ternary_filters"] == 0
-    assert "filters ternary" in exported.stdout
+    assert "filters ternary" in stdout
 
 
 @pytest.mark.parametrize("extra,needle", [
