@@ -196,14 +196,18 @@ def peak_probes():
     return _PROBE_CACHE
 
 
+def gmacs(macs, latency):
+    """GMAC/s of ``macs`` done in a ``latency`` entry's p50 (ms)."""
+    return macs / (latency["p50"] * 1e-3) / 1e9
+
+
 def peak_gmacs(latencies):
     """The practical peak (GMAC/s) from the probes' timings, in ``peak_probes`` order."""
-    rates = [macs / (lat["p50"] * 1e-3) / 1e9
-             for (_, macs), lat in zip(peak_probes().values(), latencies)]
+    rates = [gmacs(macs, lat) for (_, macs), lat in zip(peak_probes().values(), latencies)]
     return max(rates), dict(zip(peak_probes(), rates))
 
 
 def efficiency(macs, latency, peak):
     """Achieved GMAC/s of a model and its share of the peak."""
-    achieved = macs / (latency["p50"] * 1e-3) / 1e9
+    achieved = gmacs(macs, latency)
     return {"achieved_gmacs": achieved, "peak_gmacs": peak, "peak_share": achieved / peak}

@@ -76,9 +76,7 @@ def candidates(model, per_stage, widths, max_macs=None, max_params=None):
         combos = sorted(itertools.product(*per_stage), key=lambda c: len(set(c)) > 1)
         for combo in combos:
             combo = tuple(min(lvl, top) for lvl in combo)  # above top: depthwise, the same net
-            level = architectures.parse_level(",".join(map(str, combo)))
-            if len(set(combo)) == 1:
-                level = combo[0]
+            level = architectures.parse_level(combo) if len(set(combo)) > 1 else combo[0]
             spec = architectures.model_spec(model, level, width)
             if spec.blocks in seen:  # e.g. levels above a stage's depthwise point
                 continue
@@ -144,9 +142,9 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     if not every:
         raise UserError("no design within --max_macs/--max_params: widen the budgets")
     rows = spread(every, max_candidates)
-    if with_released:  # the zoo's trained specs are timed untrained too, beside their files
-        released_names = set(zoo.names())
-        rows += [r for r in every if r["spec"] in released_names and r not in rows]
+    released_names = set(zoo.names()) if with_released else set()
+    # the zoo's trained specs are timed untrained too, beside their files
+    rows += [r for r in every if r["spec"] in released_names and r not in rows]
     print(f"design space: {len(every)} distinct designs within the budgets, {len(rows)} timed",
           flush=True)
     dataset = data_lib.load(data, cache_dir=cache_dir)
@@ -159,12 +157,9 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
         print(f"design space: converted {i}/{len(rows)} {row['spec']} ({row['macs'] / 1e6:.2f} M "
               f"MACs, {len(content):,} bytes)", flush=True)
     released = []
-    if with_released:
-        names = {r["spec"]: r for r in rows}
-        for name in zoo.names():
-            if name in names:
-                with open(zoo.load(name), "rb") as f:
-                    released.append((name, f.read()))
+    for name in sorted(released_names & {r["spec"] for r in rows}):
+        with open(zoo.load(name), "rb") as f:
+            released.append((name, f.read()))
     with open(peer, "rb") as f:
         peer_content = f.read()
     print(f"design space: timing {len(contents)} untrained files, {len(released)} released ones "
@@ -187,11 +182,11 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     writer.writeheader()
     writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
     fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
-    fileio.write_text(os.path.join(out, "design_space.md"),
-                      markdown(rows, trained, peer_p50, len(every), max_macs, max_params))
+    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params)
+    fileio.write_text(os.path.join(out, "design_space.md"), report)
     plots.design_space(rows, os.path.join(out, "design_space.png"),
                        f"{model}: untrained INT8 latency vs MACs ({len(rows)} designs)")
-    print(markdown(rows, trained, peer_p50, len(every), max_macs, max_params))
+    print(report)
     return rows
 
 

@@ -21,7 +21,7 @@ Assumptions (stated because the sub-8-bit schemes build on them):
 """
 import numpy as np
 
-from fnet_tf.quantization.ternary_hybrid import TWN_THRESHOLD
+from fnet_tf.quantization.ternary_hybrid import twn_filters
 
 BITS = ("ternary", 4, 8)
 
@@ -32,11 +32,7 @@ def quantize_filters(kernel, bits):
     w = np.asarray(kernel, np.float64)
     flat = w.reshape(-1, w.shape[-1])
     if bits == "ternary":
-        threshold = TWN_THRESHOLD * np.mean(np.abs(flat), axis=0)
-        keep = np.abs(flat) > threshold
-        count = keep.sum(axis=0)
-        scale = np.where(count > 0, (np.abs(flat) * keep).sum(axis=0) / np.maximum(count, 1), 0.0)
-        return (np.sign(flat) * keep * scale).reshape(w.shape)
+        return twn_filters(flat)[2].reshape(w.shape)
     levels = 2 ** (int(bits) - 1) - 1
     peak = np.max(np.abs(flat), axis=0)
     scale = np.where(peak > 0, peak / levels, 1.0)

@@ -32,8 +32,8 @@ Assumptions (the paper's code is not public; stated again in BUILD_NOTES.md):
 import numpy as np
 
 from fnet_tf.quantization import register_scheme
-from fnet_tf.quantization.ternary_hybrid import (TWN_THRESHOLD, WEIGHT_TYPES, _weight_layers,
-                                                 bake_weights)
+from fnet_tf.quantization.ternary_hybrid import (_weight_layers, bake_weights, layer_form,
+                                                 twn_filters)
 from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
 
 MAX_BRANCHES = 4
@@ -76,16 +76,11 @@ def greedy_branches(kernel, branches, depthwise=False, groups=1):
     """Thresholds and scales ``[K, filters]`` of greedy residual TWN on a float ``kernel``."""
     w = np.asarray(kernel, np.float64)
     flat = w.reshape(-1, w.shape[-1] * (w.shape[-2] if depthwise else 1))
-    rows = flat.shape[0] / groups
     thresholds, scales = [], []
     residual = flat.copy()
     for _ in range(branches):
-        magnitude = np.abs(residual)
-        threshold = TWN_THRESHOLD * magnitude.sum(axis=0) / rows
-        keep = magnitude > threshold
-        count = keep.sum(axis=0)
-        scale = np.where(count > 0, (magnitude * keep).sum(axis=0) / np.maximum(count, 1), 0.0)
-        residual = residual - np.sign(residual) * keep * scale
+        threshold, scale, ternary = twn_filters(residual, groups)
+        residual = residual - ternary
         thresholds.append(threshold)
         scales.append(scale)
     return np.array(thresholds, np.float32), np.array(scales, np.float32)
@@ -105,7 +100,7 @@ def _classes():
         return _CLASSES
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry, default_8bit_quantize_scheme as scheme)
+        default_8bit_quantize_registry as registry)
 
     from fnet_tf.backend import keras, tf
 
@@ -158,30 +153,6 @@ def _classes():
             return {**super().get_config(), "branches": self.branches, "tau": self.tau,
                     "depthwise": self.depthwise, "groups": self.groups}
 
-    class DbqRegistry(registry.Default8BitQuantizeRegistry):
-        def __init__(self, layers, branches, tau):
-            super().__init__()
-            self.layers, self.branches, self.tau = set(layers), branches, tau
-
-        def get_quantize_config(self, layer):
-            config = super().get_quantize_config(layer)
-            if layer.name not in self.layers or type(layer).__name__ not in WEIGHT_TYPES:
-                return config
-            from fnet_tf.grouped import training_groups
-
-            return DbqConfig(config.weight_attrs, config.activation_attrs,
-                             config.quantize_output, self.branches, self.tau,
-                             type(layer).__name__ == "DepthwiseConv2D",
-                             training_groups(layer) or 1)
-
-    class DbqScheme(scheme.Default8BitQuantizeScheme):
-        def __init__(self, layers, branches, tau):
-            super().__init__()
-            self.layers, self.branches, self.tau = layers, branches, tau
-
-        def get_quantize_registry(self):
-            return DbqRegistry(self.layers, self.branches, self.tau)
-
     class DbqAnnealing(keras.callbacks.Callback):
         """Sets every DBQ layer's relative temperature from the optimizer's step before each
         training batch (the QAT optimizer starts at step 0 and is checkpointed)."""
@@ -197,8 +168,7 @@ def _classes():
             for variable in temperature_variables(self.model):
                 variable.assign(tau)
 
-    _CLASSES = {"DbqWeights": DbqWeights, "DbqConfig": DbqConfig, "DbqScheme": DbqScheme,
-                "DbqAnnealing": DbqAnnealing}
+    _CLASSES = {"DbqWeights": DbqWeights, "DbqConfig": DbqConfig, "DbqAnnealing": DbqAnnealing}
     return _CLASSES
 
 
@@ -253,9 +223,19 @@ class Dbq(_TfmotScheme):
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
 
-        _, eligible = _weight_layers(model)
-        scheme = _classes()["DbqScheme"](eligible, self.options["dbq_branches"],
-                                         self.options["dbq_temperature"])
+        from fnet_tf.quantization.ternary_hybrid import _classes as weight_classes
+
+        eligible, classes = set(_weight_layers(model)[1]), _classes()
+        branches, tau = self.options["dbq_branches"], self.options["dbq_temperature"]
+
+        def config_for(layer, config):
+            if layer.name not in eligible:
+                return None
+            return classes["DbqConfig"](config.weight_attrs, config.activation_attrs,
+                                        config.quantize_output, branches, tau,
+                                        *layer_form(layer))
+
+        scheme = weight_classes()["WeightScheme"](config_for)
         with self.scope():
             annotated = tfmot.quantization.keras.quantize_annotate_model(model)
             qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)

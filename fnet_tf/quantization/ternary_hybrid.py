@@ -23,6 +23,20 @@ WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
 TWN_THRESHOLD = 0.7  # a weight is kept when |w| > TWN_THRESHOLD * mean|w| of its filter
 
 
+def twn_filters(flat, groups=1):
+    """TWN per filter of a numpy ``[values per filter, filters]`` array: (thresholds, scales,
+    the ternary array). ``groups``: the mean |w| is over the real block of a block-diagonal
+    grouped kernel (its zeros stay zero)."""
+    import numpy as np
+
+    magnitude = np.abs(flat)
+    threshold = TWN_THRESHOLD * magnitude.sum(axis=0) / (flat.shape[0] / groups)
+    keep = magnitude > threshold
+    count = keep.sum(axis=0)
+    scale = np.where(count > 0, (magnitude * keep).sum(axis=0) / np.maximum(count, 1), 0.0)
+    return threshold, scale, np.sign(flat) * keep * scale
+
+
 def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
     """``weights`` with the ``fraction`` of filters (output channels) that ternarize best made
     ternary and the rest rounded to the 8-bit per-channel grid; straight-through gradient.
@@ -93,37 +107,46 @@ def _classes():
             return {**super().get_config(), "fraction": self.fraction,
                     "depthwise": self.depthwise, "groups": self.groups}
 
-    class HybridRegistry(registry.Default8BitQuantizeRegistry):
-        def __init__(self, fractions):
+    class WeightSchemeRegistry(registry.Default8BitQuantizeRegistry):
+        """TF-MOT's 8-bit registry, with ``config_for(layer, config)`` choosing a conv/dense
+        layer's own config (None: keep the 8-bit one)."""
+
+        def __init__(self, config_for):
             super().__init__()
-            self.fractions = fractions
+            self.config_for = config_for
 
         def get_quantize_config(self, layer):
             config = super().get_quantize_config(layer)
-            fraction = self.fractions.get(layer.name, 0.0)
-            if not fraction or type(layer).__name__ not in WEIGHT_TYPES:
+            if type(layer).__name__ not in WEIGHT_TYPES:
                 return config
-            from fnet_tf.grouped import training_groups
+            return self.config_for(layer, config) or config
 
-            return HybridTernaryConfig(config.weight_attrs, config.activation_attrs,
-                                       config.quantize_output, fraction,
-                                       type(layer).__name__ == "DepthwiseConv2D",
-                                       training_groups(layer) or 1)
+    class WeightScheme(scheme.Default8BitQuantizeScheme):
+        """TF-MOT's 8-bit scheme whose registry is a ``WeightSchemeRegistry``: the sub-8-bit
+        schemes (this one, ``dbq``) differ only in the weight config they give a layer."""
 
-    class HybridScheme(scheme.Default8BitQuantizeScheme):
-        def __init__(self, fractions):
+        def __init__(self, config_for):
             super().__init__()
-            self.fractions = fractions
+            self.config_for = config_for
 
         def get_quantize_registry(self):
-            return HybridRegistry(self.fractions)
+            return WeightSchemeRegistry(self.config_for)
 
     _CLASSES = {"HybridTernaryWeights": HybridTernaryWeights,
-                "HybridTernaryConfig": HybridTernaryConfig, "HybridScheme": HybridScheme}
+                "HybridTernaryConfig": HybridTernaryConfig, "WeightScheme": WeightScheme}
     return _CLASSES
 
 
 _CLASSES = {}
+
+
+def layer_form(layer):
+    """(depthwise, groups) of a conv/dense layer as its weight quantizer sees the kernel: a
+    depthwise kernel's filters span two axes; ``groups`` > 1 for a grouped conv in its
+    block-diagonal training form (``fnet_tf.grouped``)."""
+    from fnet_tf.grouped import training_groups
+
+    return type(layer).__name__ == "DepthwiseConv2D", training_groups(layer) or 1
 
 
 def bake_weights(qat_model, quantizer_class):
@@ -239,7 +262,17 @@ class TernaryHybrid(_TfmotScheme):
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
 
-        scheme = _classes()["HybridScheme"](self.fractions(model))
+        fractions, classes = self.fractions(model), _classes()
+
+        def config_for(layer, config):
+            fraction = fractions.get(layer.name, 0.0)
+            if not fraction:
+                return None
+            return classes["HybridTernaryConfig"](config.weight_attrs, config.activation_attrs,
+                                                  config.quantize_output, fraction,
+                                                  *layer_form(layer))
+
+        scheme = classes["WeightScheme"](config_for)
         with self.scope():
             annotated = tfmot.quantization.keras.quantize_annotate_model(model)
             return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
