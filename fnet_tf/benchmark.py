@@ -123,6 +123,30 @@ def latency(contents, threads=1, runs=300, warmup=30, rounds=10):
     return [dict(_percentiles(t), threads=threads) for t in times]
 
 
+def median_of_passes(passes):
+    """Each model's latency over several interleaved passes, the peer last in every pass.
+
+    ``passes``: one ``latency()`` result per pass. Returns one dict per model: the median over
+    passes of each percentile, and ``passes`` (each pass's p50 and its ratio to that pass's
+    peer p50) with ``ratio_median``, the median of the per-pass ratios: the peer shares each
+    pass's drift, so the ratio is steadier than either p50.
+    """
+    if not passes or len({len(p) for p in passes}) != 1:
+        raise ValueError("every pass must time the same models")
+    combined = []
+    for k in range(len(passes[0])):
+        timings = [p[k] for p in passes]
+        merged = {key: float(np.median([t[key] for t in timings]))
+                  for key in ("p50", "p90", "p99", "mean")}
+        ratios = [t["p50"] / p[-1]["p50"] for t, p in zip(timings, passes)]
+        merged.update(runs=sum(t["runs"] for t in timings), threads=timings[0].get("threads"),
+                      passes=[{"p50": t["p50"], "ratio_to_peer": r}
+                              for t, r in zip(timings, ratios)],
+                      ratio_median=float(np.median(ratios)))
+        combined.append(merged)
+    return combined
+
+
 def uses_xnnpack(content, threads=1):
     """Whether the default interpreter delegates ops to XNNPACK (a DELEGATE node appears)."""
     it = export.interpreter(content, delegates=True, num_threads=threads)

@@ -80,3 +80,18 @@ def test_the_int8_peak_probes_and_efficiency_arithmetic():
     assert peak == pytest.approx(max(macs[0] / 5e-4, macs[1] / 1e-4) / 1e9)
     e = benchmark.efficiency(12.5e6, {"p50": 0.05}, 500.0)
     assert e["achieved_gmacs"] == pytest.approx(250.0) and e["peak_share"] == pytest.approx(0.5)
+
+
+def test_median_of_passes_by_hand():
+    def timing(p50):
+        return {"p50": p50, "p90": 2 * p50, "p99": 3 * p50, "mean": p50, "runs": 10, "threads": 1}
+
+    # model, peer per pass: ratios 1.2, 0.9, 1.0 -> median 1.0; p50s 1.2, 0.9, 1.5 -> 1.2
+    passes = [[timing(1.2), timing(1.0)], [timing(0.9), timing(1.0)], [timing(1.5), timing(1.5)]]
+    model, peer = benchmark.median_of_passes(passes)
+    assert model["ratio_median"] == pytest.approx(1.0) and model["p50"] == pytest.approx(1.2)
+    assert model["p90"] == pytest.approx(2.4) and model["runs"] == 30
+    assert [p["ratio_to_peer"] for p in model["passes"]] == pytest.approx([1.2, 0.9, 1.0])
+    assert peer["ratio_median"] == 1.0 and peer["p50"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same models"):
+        benchmark.median_of_passes([[timing(1.0)], [timing(1.0), timing(1.0)]])

@@ -35,12 +35,15 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert (folder / "op_latency.png").exists() and (folder / "op_latency.csv").exists()
     assert "lr " in zoo.table_markdown([metrics])
 
-    # --retime: all released files timed again in one pass, cards rendered again
+    # --retime: all released files timed again (3 interleaved passes, medians), cards rendered again
     before = metrics["latency_p50_ms"]
     retimed = run_module(["tools/release.py", "--retime", "--peer", PEER, "--zoo", str(models),
-                          "--latency_runs", "10"])
+                          "--latency_runs", "10", "--passes", "3"])
     assert retimed.returncode == 0, retimed.stderr[-2000:]
     after = json.loads((folder / "metrics.json").read_text())
+    ratios = [p["ratio_to_peer"] for p in after["latency_ms"]["passes"]]
+    assert len(ratios) == 3 and after["latency_ratio_to_peer"] == sorted(ratios)[1]
+    assert "medians of 3 passes" in (folder / "card.md").read_text()
     assert after["latency_p50_ms"] != before and after["int8_accuracy"] == metrics["int8_accuracy"]
     assert f"{after['latency_p50_ms']:.3f} ms" in (folder / "card.md").read_text()
     for args, needle in ((["--retime", "--zoo", str(models)], "--retime needs --peer"),

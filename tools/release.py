@@ -8,11 +8,12 @@
 
 Every run must be complete (float, QAT, export, analysis). For each model this measures, once
 more and on the whole test split: the INT8 file's top-1 (LiteRT) and its top-1 agreement with
-the QAT Keras model; then all released models and the peer are timed in one interleaved pass
-(1 thread), so each card's latency ratio to the peer is fair. Cards are generated, never typed.
+the QAT Keras model; then all released models and the peer are timed interleaved (1 thread),
+``--passes`` times (default 3), so each card's latency ratio to the peer is fair: the card shows
+the median over passes and each pass's ratio. Cards are generated, never typed.
 
 ``--retime`` measures no accuracy and needs no run directory: it times every released file and
-the peer in one interleaved pass and each file's ops alone (where the time goes), and renders
+the peer interleaved (``--passes`` passes, medians) and each file's ops alone (where the time goes), and renders
 every card again, so the zoo's latencies all come from one pass on one machine.
 """
 import os
@@ -32,6 +33,9 @@ flags.DEFINE_string("peer", None, "The reference INT8 .tflite timed beside every
 flags.DEFINE_string("zoo", None, "Models folder (default: the repo's models/).")
 flags.DEFINE_integer("latency_runs", 300, "Timed invokes per model.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_integer("passes", 3, "Interleaved timing passes: each card's latency and ratio "
+                     "to the peer are medians over them (ratios move ~5% between passes).",
+                     lower_bound=1)
 flags.DEFINE_bool("retime", False, "Only time all released models and the peer again, in one "
                   "pass (and each op alone), and render every card again.")
 
@@ -80,16 +84,35 @@ def _agreement(run, content, dataset):
 
 
 def _timed_with_peak(contents):
-    """Latencies of ``contents`` and the practical int8 peak (GMAC/s), all in one pass."""
+    """Latencies of ``contents`` (the peer last) and the practical int8 peak (GMAC/s).
+
+    ``--passes`` interleaved passes, each timing every model, the peer and the peak probes;
+    each latency is the median over passes (``benchmark.median_of_passes``: per-pass p50s
+    and ratios to the peer kept), the peak the median of the passes' peaks.
+    """
+    import numpy as np
+
     from fnet_tf import benchmark
 
     probes = [c for c, _ in benchmark.peak_probes().values()]
-    timed = benchmark.latency(contents + probes, threads=1, runs=FLAGS.latency_runs)
-    return timed[:len(contents)], benchmark.peak_gmacs(timed[len(contents):])[0]
+    passes, peaks = [], []
+    for k in range(FLAGS.passes):
+        print(f"timing pass {k + 1}/{FLAGS.passes}: {len(contents)} models and "
+              f"{len(probes)} int8 peak probes interleaved (1 thread)", flush=True)
+        timed = benchmark.latency(contents + probes, threads=1, runs=FLAGS.latency_runs)
+        passes.append(timed[:len(contents)])
+        peaks.append(benchmark.peak_gmacs(timed[len(contents):])[0])
+    return benchmark.median_of_passes(passes), float(np.median(peaks))
+
+
+def _latency_fields(lat, peer):
+    """A card's latency numbers from ``_timed_with_peak``'s entry of one model and the peer's."""
+    return {"latency_ms": lat, "latency_p50_ms": lat["p50"], "peer_latency_p50_ms": peer["p50"],
+            "latency_ratio_to_peer": lat["ratio_median"], "latency_passes": len(lat["passes"])}
 
 
 def retime(argv):
-    """Every released model and the peer timed again in one interleaved pass."""
+    """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
     from fnet_tf import benchmark, fileio, model_card, zoo
     from fnet_tf.analysis import op_latency
     from fnet_tf.analysis.bit_budget import bit_budget
@@ -102,18 +125,15 @@ def retime(argv):
     contents = [open(zoo.load(n), "rb").read() for n in names]
     with open(FLAGS.peer, "rb") as f:
         peer = f.read()
-    print(f"timing {len(names) + 1} models and the int8 peak probes interleaved (1 thread)",
-          flush=True)
     latencies, peak = _timed_with_peak(contents + [peer])
-    machine, peer_p50 = benchmark.machine_info(), latencies[-1]["p50"]
+    machine = benchmark.machine_info()
     for name, content, lat in zip(names, contents, latencies):
         timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
         folder = os.path.join(zoo.zoo_dir(), name)
         op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
         entry = dict(zoo.metrics(name), bit_budget=bit_budget(content)[1],
                      efficiency=benchmark.efficiency(zoo.metrics(name)["macs"], lat, peak),
-                     latency_ms=lat, latency_p50_ms=lat["p50"],
-                     peer_latency_p50_ms=peer_p50, latency_ratio_to_peer=lat["p50"] / peer_p50,
+                     **_latency_fields(lat, latencies[-1]),
                      machine=machine, latency_by_op=op_latency.summary(timed))
         fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
         fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
@@ -184,16 +204,12 @@ def main(argv):
         contents.append(content)
         print(f"{name}: INT8 {100 * accuracy['accuracy_top1']:.2f}%, agreement "
               f"{100 * entries[-1]['keras_agreement']:.2f}%", flush=True)
-    print(f"timing {len(contents) + 1} models and the int8 peak probes interleaved (1 thread)",
-          flush=True)
     latencies, peak = _timed_with_peak(contents + [peer])
     machine = benchmark.machine_info()
-    peer_p50 = latencies[-1]["p50"]
     for entry, lat, (name, run_dir, _) in zip(entries, latencies, runs):
         entry.update(model_card.kept_arm64_check(os.path.join(zoo.zoo_dir(), name), entry))
         entry.update(efficiency=benchmark.efficiency(entry["macs"], lat, peak))
-        entry.update(latency_ms=lat, latency_p50_ms=lat["p50"], peer_latency_p50_ms=peer_p50,
-                     latency_ratio_to_peer=lat["p50"] / peer_p50, machine=machine)
+        entry.update(**_latency_fields(lat, latencies[-1]), machine=machine)
         target = os.path.join(zoo.zoo_dir(), name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with fileio.atomic_dir(target) as tmp:
