@@ -94,7 +94,11 @@ def seed_note(m):
     """Whether the card's accuracies are one training run or a mean over seeds."""
     spread = m.get("int8_accuracy_seed_std")
     if m.get("seeds", 1) > 1 and spread is not None:
-        return f"{m['seeds']} seeds, std {100 * spread:.2f} points"
+        seeds = m.get("seed_list") or list(range(m["seeds"]))
+        return (f"this file is seed {seeds[0]}; over {m['seeds']} seeds ({', '.join(map(str, seeds))}) "
+                f"INT8 {100 * m['int8_accuracy_mean']:.2f}% ± {100 * spread:.2f} (sample std), "
+                f"float {100 * m['float_accuracy_mean']:.2f}% ± "
+                f"{100 * m['float_accuracy_seed_std']:.2f}")
     return "one training seed: no seed spread measured"
 
 

@@ -67,6 +67,14 @@ def recipe_summary(recipe):
     return f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
 
 
+def seed_suffix(m):
+    """' (mean 84.1 ± 0.3, 2 seeds)' where a model was released with other seeds' runs."""
+    if m.get("seeds", 1) > 1 and m.get("int8_accuracy_seed_std") is not None:
+        return (f" (mean {100 * m['int8_accuracy_mean']:.2f} ± "
+                f"{100 * m['int8_accuracy_seed_std']:.2f}, {m['seeds']} seeds)")
+    return ""
+
+
 def table_markdown(rows=None):
     """The results table of the README, generated from the released models' metrics."""
     rows = table_rows() if rows is None else rows
@@ -80,7 +88,7 @@ def table_markdown(rows=None):
                  if arm64 else "not checked")
         lines.append(
             f"| [{m['name']}](models/{m['name']}/card.md) | {100 * m['float_accuracy']:.2f}% | "
-            f"{100 * m['int8_accuracy']:.2f}% | {100 * m['int8_drop']:+.2f} | "
+            f"{100 * m['int8_accuracy']:.2f}%{seed_suffix(m)} | {100 * m['int8_drop']:+.2f} | "
             f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
             f"{m['latency_p50_ms']:.3f} | {m['latency_ratio_to_peer']:.2f}x | {arm64} | "
             f"{recipe_summary(m['recipe'])} |")

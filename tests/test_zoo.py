@@ -46,6 +46,9 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert "medians of 3 passes" in (folder / "card.md").read_text()
     assert after["latency_p50_ms"] != before and after["int8_accuracy"] == metrics["int8_accuracy"]
     assert f"{after['latency_p50_ms']:.3f} ms" in (folder / "card.md").read_text()
+    same_seed = run_module(["tools/release.py", "--data", tiny_archive, "--peer", PEER, "--zoo",
+                            str(models), f"tiny-l3={qat_run},{qat_run}"])
+    assert same_seed.returncode == 2 and "share a seed" in last_line(same_seed.stderr)
     for args, needle in ((["--retime", "--zoo", str(models)], "--retime needs --peer"),
                          (["--retime", "--peer", PEER, "--zoo", str(tmp_path / "none")],
                           "no released models")):
@@ -76,3 +79,20 @@ def test_released_models_load_and_the_readme_table_is_current():
         assert m["int8_accuracy"] == pytest.approx(m["float_accuracy"] - m["int8_drop"])
     result = run_module(["tools/readme_table.py", "--check"])
     assert result.returncode == 0, result.stderr
+
+
+def test_a_card_with_other_seeds_shows_their_mean_and_sample_std():
+    from fnet_tf import model_card
+    from fnet_tf.analysis.sweep_report import seed_spread
+
+    fields = seed_spread({"int8_accuracy": [0.80, 0.82], "float_accuracy": [0.81, 0.85]})
+    assert fields["seeds"] == 2 and fields["int8_accuracy_seeds"] == [0.80, 0.82]
+    assert fields["int8_accuracy_mean"] == pytest.approx(0.81)
+    # two seeds: the sample std is the gap / sqrt 2
+    assert fields["int8_accuracy_seed_std"] == pytest.approx(0.02 / 2 ** 0.5)
+    assert fields["float_accuracy_seed_std"] == pytest.approx(0.04 / 2 ** 0.5)
+    note = model_card.seed_note(dict(fields, seed_list=[0, 1]))
+    assert "this file is seed 0" in note and "INT8 81.00% ± 1.41" in note
+    assert "float 83.00% ± 2.83" in note
+    assert zoo.seed_suffix(fields) == " (mean 81.00 ± 1.41, 2 seeds)"
+    assert model_card.seed_note({}).startswith("one training seed") and zoo.seed_suffix({}) == ""

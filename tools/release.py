@@ -4,6 +4,10 @@
     python tools/release.py --data ../shared/data/cifar10-jpeg.tar.gz \\
         --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite \\
         factorizenet-l3=sweeps/fnet/runs/factorizenet-l3-s0-he_normal resnet8=runs/resnet8
+
+``NAME=RUN_DIR,RUN_DIR_SEED1,...`` releases the first run's file and measures the others (the
+same recipe, other seeds: float and INT8 top-1 on the whole test split), so the card gives the
+mean and the sample std over seeds beside the released file's own figures.
     python tools/release.py --retime --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite
 
 Every run must be complete (float, QAT, export, analysis). For each model this measures, once
@@ -44,27 +48,47 @@ PLOTS = ("summary.png", "weight_ranges.png", "sqnr.png", "weight_histograms.png"
 
 
 def _parse(argv):
+    """[(name, [run_dir, ...])]: the first run is released, the others are its other seeds."""
     pairs = []
     for item in argv[1:]:
-        name, sep, run_dir = item.partition("=")
-        if not sep or not name or not run_dir:
-            raise UserError(f"bad argument {item!r}: use NAME=RUN_DIR")
+        name, sep, run_dirs = item.partition("=")
+        run_dirs = run_dirs.split(",")
+        if not sep or not name or not all(run_dirs):
+            raise UserError(f"bad argument {item!r}: use NAME=RUN_DIR[,OTHER_SEED_RUN_DIR...]")
         if not name.replace("-", "").replace("_", "").isalnum():
             raise UserError(f"bad model name {name!r}: letters, digits, '-' and '_' only")
-        pairs.append((name, run_dir))
+        pairs.append((name, run_dirs))
     if not pairs:
         raise UserError("nothing to release: pass NAME=RUN_DIR ...")
     return pairs
 
 
-def _check_run(run_dir):
+SAME_SPEC = ("model", "level", "width", "init", "epochs", "qat_epochs", "qat_recipe",
+             "qat_scheme", "qat_options", "lr", "batch_size", "optimizer")
+
+
+def _check_seeds(name, runs):
+    """The runs of one release differ in their seed only (what the card's spread is over)."""
+    configs = [run.config() for run in runs]
+    for run, config in zip(runs[1:], configs[1:]):
+        differing = [k for k in SAME_SPEC if config.get(k) != configs[0].get(k)]
+        if differing:
+            raise UserError(f"{name}: {run.path} differs from {runs[0].path} in "
+                            f"{', '.join(differing)}: other seeds must be the same recipe")
+    seeds = [c.get("seed", 0) for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{name}: the runs share a seed ({seeds}): pass one run per seed")
+    return seeds
+
+
+def _check_run(run_dir, analysis=True):
     from fnet_tf.rundir import RunDir
 
     run = RunDir(run_dir)
     for step in ("float", "qat", "export:model_int8.tflite"):
         if not run.verified(step):
             raise UserError(f"{run_dir} has no complete {step} step: finish the run first")
-    if not os.path.isfile(os.path.join(run_dir, "analysis", "metrics.json")):
+    if analysis and not os.path.isfile(os.path.join(run_dir, "analysis", "metrics.json")):
         raise UserError(f"{run_dir} has no analysis: run python -m fnet_tf.analyze {run_dir}")
     return run
 
@@ -111,6 +135,23 @@ def _latency_fields(lat, peer):
             "latency_ratio_to_peer": lat["ratio_median"], "latency_passes": len(lat["passes"])}
 
 
+def _other_seeds(entry, other_runs, dataset):
+    """Float and INT8 (LiteRT, whole test split) top-1 of the other seeds, with the released."""
+    from fnet_tf import benchmark, fileio
+
+    float_top1, int8_top1 = [entry["float_accuracy"]], [entry["int8_accuracy"]]
+    for run in other_runs:
+        with open(run.file("model_int8.tflite"), "rb") as f:
+            int8_top1.append(benchmark.evaluate_tflite(f.read(), dataset.test,
+                                                       progress=False)["accuracy_top1"])
+        float_top1.append(fileio.read_json(run.file("metrics.json"))["float"]["test_accuracy"])
+        print(f"{entry['name']}: other seed {run.path}: INT8 {100 * int8_top1[-1]:.2f}%",
+              flush=True)
+    from fnet_tf.analysis.sweep_report import seed_spread
+
+    return seed_spread({"int8_accuracy": int8_top1, "float_accuracy": float_top1})
+
+
 def retime(argv):
     """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
     from fnet_tf import benchmark, fileio, model_card, zoo
@@ -154,7 +195,8 @@ def main(argv):
         raise UserError("--data and --peer are required (the test split, the reference model)")
     if not os.path.isfile(FLAGS.peer):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
-    runs = [(name, run_dir, _check_run(run_dir)) for name, run_dir in pairs]
+    runs = [(name, dirs[0], [_check_run(d, analysis=d == dirs[0]) for d in dirs]) for name, dirs in pairs]
+    seeds = {name: _check_seeds(name, seed_runs) for name, _, seed_runs in runs}
     from fnet_tf import benchmark, data as data_lib, fileio, model_card, zoo
     from fnet_tf.analysis.bit_budget import bit_budget
     from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
@@ -167,7 +209,8 @@ def main(argv):
         peer = f.read()
     peer_accuracy = benchmark.evaluate_tflite(peer, dataset.test, progress=False)["accuracy_top1"]
     entries, contents = [], []
-    for name, run_dir, run in runs:
+    for name, run_dir, seed_runs in runs:
+        run = seed_runs[0]
         with open(os.path.join(run_dir, "model_int8.tflite"), "rb") as f:
             content = f.read()
         config = run.config()
@@ -199,6 +242,9 @@ def main(argv):
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
             "source_run": os.path.abspath(run_dir)})
         entries[-1]["bit_budget"] = bit_budget(content)[1]
+        if len(seed_runs) > 1:
+            entries[-1].update(_other_seeds(entries[-1], seed_runs[1:], dataset),
+                               seed_list=seeds[name])
         if analysis.get("latency_by_op"):
             entries[-1]["latency_by_op"] = analysis["latency_by_op"]
         contents.append(content)

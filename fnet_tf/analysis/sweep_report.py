@@ -166,6 +166,22 @@ def read_csv(path):
     return [r for r in rows if r["run"] != "peer"]
 
 
+def mean_and_std(values):
+    """Mean and sample standard deviation (``ddof=1``; 0 for one value) of seeds' figures."""
+    values = np.asarray(values, dtype=float)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def seed_spread(figures):
+    """The card's fields over seeds from ``{key: [one value per seed]}``, the released first."""
+    fields = {"seeds": len(next(iter(figures.values())))}
+    for key, values in figures.items():
+        mean, std = mean_and_std(values)
+        fields.update({f"{key}_seeds": list(values), f"{key}_mean": mean,
+                       f"{key}_seed_std": std})
+    return fields
+
+
 def aggregate(rows):
     """Rows grouped by (model, level, init): means, and the sample standard deviation over
     seeds (``ddof=1``: with two seeds, the gap between them / sqrt 2; 0 for one seed)."""
@@ -177,9 +193,7 @@ def aggregate(rows):
                                                 key=lambda g: (level_key(g[0][1]), g[0][2])):
         entry = {"model": model, "level": level, "init": init, "seeds": len(members)}
         for key in COLUMNS[4:-3]:
-            values = np.array([m[key] for m in members], dtype=float)
-            entry[key] = float(np.mean(values))
-            entry[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            entry[key], entry[key + "_std"] = mean_and_std([m[key] for m in members])
         worst = min(members, key=lambda m: m["min_sqnr_db"]
                     if not math.isnan(m["min_sqnr_db"]) else float("inf"))
         entry["min_sqnr_layer"], entry["min_sqnr_db"] = worst["min_sqnr_layer"], worst["min_sqnr_db"]
