@@ -30,6 +30,8 @@ flags.DEFINE_bool("tool_check", True, "Also time with benchmark_litert_model for
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_bool("op_latency", True, "Also time each operator on its own (op_latency.csv/.png: "
                   "where the time goes, and which kernel ran each op).")
+flags.DEFINE_bool("compare_layers", True, "With several targets, also run each one's layer-wise "
+                  "analysis and compare where INT8 error enters (layers_compared.md/.png).")
 flags.DEFINE_bool("evolution", False, "Plot how each layer's ranges evolved over the training "
                   "epochs (from RUN_DIR/layer_stats.jsonl) and stop.")
 flags.DEFINE_bool("sensitivity", False, "Per-layer sensitivity of a run's float model and stop: "
@@ -360,13 +362,39 @@ def main(argv):
             [{"name": m["model"], "by_kind": m["latency_by_op"]["by_kind_us"]} for m in results],
             os.path.join(out, "op_latency_by_kind.png"),
             f"Where the time goes ({FLAGS.threads} thread(s), each op timed alone)")
+    layers_text = compare_layers(targets, dataset, out) if FLAGS.compare_layers else ""
     fileio.write_json(os.path.join(out, "comparison.json"), results)
     fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n" + (
-        "\n" + _kind_table(results) + "\n" if FLAGS.op_latency else ""))
+        "\n" + _kind_table(results) + "\n" if FLAGS.op_latency else "") + layers_text)
     print(_table(results))
     print(f"wrote {out}/ (comparison.md, comparison.json, comparison.png"
-          f"{', op_latency_by_kind.png, <model>/op_latency.csv' if FLAGS.op_latency else ''})")
+          f"{', op_latency_by_kind.png, <model>/op_latency.csv' if FLAGS.op_latency else ''}"
+          f"{', layers_compared.md/.png, <model>/layers.csv' if FLAGS.compare_layers else ''})")
     return 0
+
+
+def compare_layers(targets, dataset, out):
+    """Each target's layer-wise analysis (in ``out/<name>/``), compared: layers_compared.png and
+    a markdown section of where INT8 error enters (``analysis.layer_compare``)."""
+    from fnet_tf import fileio
+    from fnet_tf.analysis import layer_compare, plots
+
+    rows_by_model, notes = {}, []
+    for t in targets:
+        rows, note = layerwise(t, dataset, os.path.join(out, t.name))
+        if rows:
+            rows_by_model[t.name] = rows
+        else:
+            notes.append(f"{t.name}: {note}")
+    if not rows_by_model:
+        return "\n" + "\n".join(notes) + "\n"
+    plots.layers_by_depth(rows_by_model, os.path.join(out, "layers_compared.png"),
+                          f"Where INT8 error enters ({FLAGS.layer_images} training images)")
+    summaries = {name: layer_compare.summarize(rows) for name, rows in rows_by_model.items()}
+    text = ("\n## Where INT8 error enters\n\n" + layer_compare.markdown(summaries)
+            + "".join(f"\n{n}" for n in notes) + "\n")
+    fileio.write_text(os.path.join(out, "layers_compared.md"), text)
+    return text
 
 
 def plot_evolution(paths):

@@ -171,6 +171,7 @@ def test_compare_two_models(tmp_path, tiny_archive):
         path = tmp_path / f"l{level}" / "model_int8.tflite"
         path.parent.mkdir()
         path.write_bytes(_convert(model, images, "ptq"))
+        (path.parent / "model_float32.tflite").write_bytes(export.convert_float32(model))
         paths.append(str(path))
     out = tmp_path / "cmp"
     result = run_module(["-m", "fnet_tf.analyze", *paths, "--data", tiny_archive, "--out", str(out),
@@ -184,6 +185,30 @@ def test_compare_two_models(tmp_path, tiny_archive):
     assert "CONV_2D 3x3 grouped" in rows[0]["latency_by_op"]["by_kind_us"]
     assert "CONV_2D 3x3 grouped" not in rows[1]["latency_by_op"]["by_kind_us"]
     assert "Where the time goes" in (out / "comparison.md").read_text()
+    # where INT8 error enters: each model's layer-wise analysis (against its float file), compared
+    assert (out / "layers_compared.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "l3" / "layers.csv").exists() and (out / "l5" / "layers.csv").exists()
+    table = (out / "layers_compared.md").read_text()
+    assert "| l3 |" in table and "| l5 |" in table and table in (out / "comparison.md").read_text()
+
+
+def test_layer_compare_finds_where_error_enters_by_hand():
+    from fnet_tf.analysis import layer_compare
+
+    rows = [{"layer": "a", "weight_kind": "Conv2D", "sqnr_db": 40.0},
+            {"layer": "b", "weight_kind": "DepthwiseConv2D", "sqnr_db": 30.0},
+            {"layer": "c", "weight_kind": "Conv2D", "sqnr_db": 28.0},
+            {"layer": "d", "weight_kind": "", "tflite_op": "ADD", "sqnr_db": ""},
+            {"layer": "e", "weight_kind": "Dense", "sqnr_db": 29.0}]
+    s = layer_compare.summarize(rows)
+    assert s["worst_step_layer"] == "b" and s["worst_step_db"] == pytest.approx(10.0)
+    assert s["min_sqnr_layer"] == "c" and s["output_sqnr_db"] == 29.0 and s["layers"] == 5
+    assert s["median_sqnr_db"] == pytest.approx(29.5)
+    assert s["by_kind"]["Conv2D"] == {"ops": 1, "mean_drop_db": pytest.approx(2.0)}
+    assert s["by_kind"]["Dense"]["mean_drop_db"] == pytest.approx(-1.0)
+    assert "| m | 5 | 29.0 |" in layer_compare.markdown({"m": s})
+    with pytest.raises(ValueError, match="no layer has an SQNR"):
+        layer_compare.summarize([{"layer": "x", "sqnr_db": ""}])
 
 
 @pytest.mark.parametrize("make,message", [

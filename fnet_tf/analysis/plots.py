@@ -332,3 +332,29 @@ def design_space(rows, path, title):
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
+
+
+def layers_by_depth(rows_by_model, path, title):
+    """Per model (one line each), against relative depth (first op 0, last 1): the INT8 output
+    SQNR, the per-channel weight SQNR and the channel range ratio (BN folded)."""
+    panels = (("sqnr_db", "INT8 output SQNR vs float (dB)", False),
+              ("weight_sqnr_db_per_channel", "weight SQNR, per channel (dB)", False),
+              ("channel_range_ratio", "channel range ratio (widest / narrowest)", True))
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    for name, rows in rows_by_model.items():
+        depth = np.linspace(0, 1, len(rows)) if len(rows) > 1 else np.zeros(len(rows))
+        for ax, (column, label, log) in zip(axes, panels):
+            points = [(d, float(r[column])) for d, r in zip(depth, rows)
+                      if r.get(column) not in ("", None) and np.isfinite(float(r[column]))]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, np.minimum(ys, 80) if not log else ys, "o-", ms=3, label=name)
+            ax.set_ylabel(label, fontsize=9)
+            if log:
+                ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("relative depth (op index / last op index)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
