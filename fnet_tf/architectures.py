@@ -2,7 +2,8 @@
 
 A registered model is a function returning its baseline ``ModelSpec`` (level 0, width 1.0).
 ``model_spec(name, level, width)`` derives every variant from it with two functions of data:
-``scale_width`` and ``factorize`` (the schedule). ``create_model`` builds the Keras model.
+``scale_width`` and ``factorize`` (the schedule); both take one value for every stage or one
+per stage (``--level 0,3,7``, ``--width 0.5,1,1.25``; a stage starts where the resolution drops). ``create_model`` builds the Keras model.
 
 FactorizeNet (our definition; the seed paper's exact baseline is not public):
     a VGG-style CNN for 32x32 inputs, 3 stages of two 3x3 conv-BN-ReLU (32, 64, 128 filters)
@@ -130,10 +131,52 @@ def make_divisible(value, divisor=8):
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
+def parse_width(text):
+    """A ``--width`` value: ``0.75`` (every stage) -> 0.75; ``0.5,1,1.25`` (one multiplier per
+    stage, in order) -> the canonical string ``'0.5,1,1.25'``. ValueError if malformed."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        values = [float(text)]
+    else:
+        parts = [text] if isinstance(text, (int, float)) else (
+            list(text) if isinstance(text, (tuple, list)) else str(text).split(","))
+        try:
+            values = [float(p) for p in parts]
+        except (TypeError, ValueError):
+            raise ValueError(f"{text!r} is not a width: a multiplier (0.75) or one per stage "
+                             f"(0.5,1,1.25)") from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"must be positive, got {text!r}")
+    return values[0] if len(values) == 1 else ",".join(f"{v:g}" for v in values)
+
+
+def width_tuple(width, stages):
+    """Per-stage multipliers of a ``parse_width`` value for a model of ``stages`` stages."""
+    if isinstance(width, (int, float)):
+        return (float(width),) * stages
+    return tuple(float(v) for v in str(width).split(","))
+
+
+def width_text(width):
+    """How names, tables and cards write a width: ``0.75`` or ``0.5,1,1.25``."""
+    return f"{width:g}" if isinstance(width, (int, float)) else str(width)
+
+
 def scale_width(spec, width):
-    if width == 1.0:
+    """``spec`` with each stage's channels times its multiplier (``width_tuple``), rounded by
+    ``make_divisible``; the input channels of each block follow the block before it."""
+    stages = stage_indices(spec)
+    widths = width_tuple(width, stages[-1] + 1)
+    if all(w == 1.0 for w in widths):
         return spec
-    return spec.map_convs(lambda conv, cin: replace(conv, filters=make_divisible(conv.filters * width)))
+
+    def times(w):
+        return lambda conv, cin: replace(conv, filters=make_divisible(conv.filters * w))
+
+    blocks, channels = [], spec.input_shape[-1]
+    for block, stage in zip(spec.blocks, stages):
+        block, channels = block.map_convs(times(widths[stage]), channels)
+        blocks.append(block)
+    return replace(spec, blocks=tuple(blocks))
 
 
 # --- lookup --------------------------------------------------------------------------------
@@ -142,9 +185,16 @@ def model_spec(name, level=0, width=1.0):
     """The spec of registered model ``name`` at ``level`` and ``width``; UserError if unknown."""
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
-    if not width > 0:
-        raise UserError(f"--width must be positive, got {width}")
-    base = scale_width(_REGISTRY[name](), width)
+    try:
+        width = parse_width(width)
+    except ValueError as e:
+        raise UserError(f"--width {e}") from None
+    baseline = _REGISTRY[name]()
+    stages = stage_indices(baseline)[-1] + 1
+    if len(width_tuple(width, stages)) != stages:
+        raise UserError(f"--width {width} gives {len(width_tuple(width, stages))} multipliers but "
+                        f"{name} has {stages} stages: pass one, or {stages} separated by commas")
+    base = scale_width(baseline, width)
     top = max_level(base)
     try:
         level = parse_level(level)
@@ -162,8 +212,8 @@ def model_spec(name, level=0, width=1.0):
         raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}"
                         + ("" if isinstance(level, int) else " for every stage"))
     spec = factorize(base, level)
-    tag = f"{name}-l{level}" + ("" if width == 1.0 else f"-w{width:g}")
-    return replace(spec, name=tag.replace(".", "_"),
+    tag = f"{name}-l{level}" + ("" if width == 1.0 else f"-w{width_text(width)}")
+    return replace(spec, name=tag.replace(",", "-").replace(".", "_"),
                    meta={"model": name, "level": level, "width": width, "max_level": top})
 
 

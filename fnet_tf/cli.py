@@ -42,6 +42,24 @@ def define_level(default=0, help_text=None):
                  "for every stage (0: the baseline) or one per stage, e.g. 0,3,7.")
 
 
+class _WidthParser(flags.ArgumentParser):
+    """``--width``: a multiplier (every stage) or one per stage (``0.5,1,1.25``)."""
+
+    def parse(self, argument):
+        from fnet_tf.architectures import parse_width
+
+        return parse_width(argument)
+
+    def flag_type(self):
+        return "width"
+
+
+def define_width(default=1.0, help_text=None):
+    """``--width`` (``fnet_tf.architectures.parse_width``): 0.75, or 0.5,1,1.25 per stage."""
+    flags.DEFINE(_WidthParser(), "width", default, help_text or "Channel width multiplier: one "
+                 "for every stage or one per stage, e.g. 0.5,1,1.25.")
+
+
 def _fail(message):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(UserError.exit_code)

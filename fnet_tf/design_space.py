@@ -30,12 +30,16 @@ def parse_space(text, model="factorizenet"):
     """``levels=0-7 per stage; width=0.75,1,1.25`` -> (per-stage level lists, widths).
 
     ``levels=A-B`` or ``levels=0,3,7`` (each stage takes any of them, "per stage" is implied);
-    ``stages=...`` is not needed: the model's stage count decides. ``width=`` defaults to 1."""
+    ``stages=...`` is not needed: the model's stage count decides. ``width=`` defaults to 1;
+    ``width=0.5,0.75,1 per stage`` lets each stage take any of them (``--width`` values such
+    as ``'0.5,1,1'``), otherwise one multiplier serves every stage."""
     from fnet_tf import architectures
 
-    levels, widths = None, [1.0]
+    levels, widths, widths_per_stage = None, [1.0], False
     for part in filter(None, (p.strip() for p in text.replace("\n", ";").split(";"))):
         key, sep, value = part.partition("=")
+        if key.strip() == "width" and "per stage" in value:
+            widths_per_stage = True
         value = value.replace("per stage", "").strip()
         if not sep or key.strip() not in ("levels", "width"):
             raise UserError(f"bad --design_space part {part!r}: use levels=0-7 per stage; "
@@ -61,6 +65,9 @@ def parse_space(text, model="factorizenet"):
         raise UserError(f"--design_space levels must be within 0-{top} for {model}")
     if not all(w > 0 for w in widths):
         raise UserError("--design_space widths must be positive")
+    if widths_per_stage:  # every stage takes any of the widths; uniform ones keep one number
+        widths = [combo[0] if len(set(combo)) == 1 else architectures.parse_width(combo)
+                  for combo in itertools.product(widths, repeat=stages)]
     return [list(levels)] * stages, widths
 
 
@@ -127,7 +134,7 @@ def front(rows):
 
 
 def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_candidates=60,
-        calibration_images=200, latency_runs=200, cache_dir=None, with_released=True):
+        calibration_images=200, latency_runs=200, cache_dir=None, with_released=True, passes=1):
     """The design-space step (see the module docstring); returns the table's rows."""
     import csv
     import io
@@ -162,13 +169,17 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
             released.append((name, f.read()))
     with open(peer, "rb") as f:
         peer_content = f.read()
-    print(f"design space: timing {len(contents)} untrained files, {len(released)} released ones "
-          f"and the peer interleaved (1 thread, {latency_runs} invokes each)", flush=True)
-    timed = benchmark.latency(contents + [c for _, c in released] + [peer_content], threads=1,
-                              runs=latency_runs)
+    timed = []
+    for k in range(passes):
+        print(f"design space: timing pass {k + 1}/{passes}: {len(contents)} untrained files, "
+              f"{len(released)} released ones and the peer interleaved (1 thread, "
+              f"{latency_runs} invokes each)", flush=True)
+        timed.append(benchmark.latency(contents + [c for _, c in released] + [peer_content],
+                                       threads=1, runs=latency_runs))
+    timed = benchmark.median_of_passes(timed)
     peer_p50 = timed[-1]["p50"]
     for row, t in zip(rows, timed):
-        row.update(latency_p50_ms=t["p50"], latency_ratio_to_peer=t["p50"] / peer_p50)
+        row.update(latency_p50_ms=t["p50"], latency_ratio_to_peer=t["ratio_median"])
     on_front = set(front(rows))
     for i, row in enumerate(rows):
         row["on_front"] = i in on_front
@@ -182,7 +193,7 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     writer.writeheader()
     writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
     fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
-    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params)
+    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params, passes)
     fileio.write_text(os.path.join(out, "design_space.md"), report)
     plots.design_space(rows, os.path.join(out, "design_space.png"),
                        f"{model}: untrained INT8 latency vs MACs ({len(rows)} designs)")
@@ -190,16 +201,20 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     return rows
 
 
-def markdown(rows, trained, peer_p50, total, max_macs, max_params):
+def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1):
+    from fnet_tf.architectures import width_text
+
+    timing = ("one interleaved pass" if passes == 1 else
+              f"{passes} interleaved passes (medians: p50s, and ratios to the peer per pass)")
     lines = ["# Design space: latency before training", "",
              f"{total} distinct designs within the budgets (MACs <= {max_macs or 'any'}, params "
              f"<= {max_params or 'any'}); {len(rows)} converted untrained and timed with the "
-             f"peer in one interleaved pass (1 thread; peer p50 {peer_p50:.3f} ms).", "",
+             f"peer in {timing} (1 thread; peer p50 {peer_p50:.3f} ms).", "",
              "## MACs/latency Pareto front", "",
              "| design | level | width | MACs (M) | params | bytes | p50 ms | vs peer |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in sorted((r for r in rows if r["on_front"]), key=lambda r: r["macs"]):
-        lines.append(f"| {r['spec']} | {r['level']} | {r['width']:g} | {r['macs'] / 1e6:.2f} | "
+        lines.append(f"| {r['spec']} | {r['level']} | {width_text(r['width'])} | {r['macs'] / 1e6:.2f} | "
                      f"{r['params']:,} | {r['size_bytes']:,} | {r['latency_p50_ms']:.3f} | "
                      f"{r['latency_ratio_to_peer']:.2f}x |")
     faster = [r for r in rows if r["latency_ratio_to_peer"] <= 1.0]
@@ -224,4 +239,6 @@ def read_front(out):
                         f"--design_space ... --out {out} first")
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["on_front"] == "True"]
-    return [(r["level"], float(r["width"])) for r in rows]
+    from fnet_tf.architectures import parse_width
+
+    return [(r["level"], parse_width(r["width"])) for r in rows]

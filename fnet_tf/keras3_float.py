@@ -37,7 +37,7 @@ from fnet_tf.portable_weights import RESULT, WEIGHTS, weights_by_layer  # noqa: 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
 cli.define_level(0)
-flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+cli.define_width()
 flags.DEFINE_string("data", None, "Image-folder tree or its .tar.gz/.zip (no TensorFlow here, "
                     "so not 'cifar10').")
 flags.DEFINE_string("out", None, "Output directory (float_weights.npz, keras3_result.json).")

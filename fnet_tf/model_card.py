@@ -6,6 +6,7 @@
 import os
 
 from fnet_tf import fileio
+from fnet_tf.architectures import width_text
 
 
 def description(m):
@@ -113,7 +114,7 @@ def card_text(m):
 
 | | |
 | --- | --- |
-| architecture | `{m['model']}`, level {m['level']}, width {m['width']:g} |
+| architecture | `{m['model']}`, level {m['level']}, width {width_text(m['width'])} |
 | params (int8 file) | {m['params']:,} |
 | MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
 | file size | {m['size_bytes']:,} bytes |

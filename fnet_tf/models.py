@@ -10,7 +10,7 @@ from fnet_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Only this registered model (default: all).")
-flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+cli.define_width()
 
 
 def table(models, width=1.0):

@@ -23,13 +23,14 @@ import time
 from absl import flags
 
 from fnet_tf import cli
+from fnet_tf.architectures import width_text
 from fnet_tf.child import run_streamed
 from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
 flags.DEFINE_string("levels", None, "Levels: 'all', '0-7', '0,3,7' or a mix ('0-2,7').")
-flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+cli.define_width()
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Sweep directory (runs/, sweep.csv, summary.md, plots).")
 flags.DEFINE_integer("epochs", 30, "Float epochs per point (ignored with --float_from).")
@@ -49,6 +50,9 @@ flags.DEFINE_string("peer", None, "A reference INT8 .tflite (e.g. the MLPerf Tin
                     "added to the table and the Pareto plots.")
 flags.DEFINE_integer("check_images", 2000, "Test images for the export's Keras/LiteRT check.")
 flags.DEFINE_integer("latency_runs", 200, "Timed invokes per model in the interleaved pass.")
+flags.DEFINE_integer("latency_passes", 1, "--design_space: interleaved timing passes; the table "
+                     "keeps median p50s and the median of the per-pass ratios to the peer.",
+                     lower_bound=1)
 flags.DEFINE_bool("report", False, "Only collect the finished runs in --out and re-plot.")
 flags.DEFINE_string("select", None, "Print the best level under constraints, e.g. "
                     "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
@@ -92,8 +96,8 @@ class Point:
         self.level, self.seed, self.init = level, seed, init
         self.width = FLAGS.width if width is None else width
         # a design's own width (--levels front) is named; the sweep-wide --width never was
-        shown = str(level).replace(".", "_") + ("" if self.width == FLAGS.width
-                                                 else f"-w{self.width:g}")
+        shown = str(level).replace(".", "_") + ("" if self.width == FLAGS.width else (
+            "-w" + width_text(self.width).replace(",", "-").replace(".", "_")))
         self.name = f"{model}-l{shown}-s{seed}-{init}"
         self.run_dir = os.path.join(out, "runs", self.name)
 
@@ -206,7 +210,8 @@ def main(argv):
                          max_macs=FLAGS.max_macs, max_params=FLAGS.max_params,
                          max_candidates=FLAGS.max_candidates,
                          calibration_images=FLAGS.calibration_images,
-                         latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir)
+                         latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir,
+                         passes=FLAGS.latency_passes)
         return 0
     if not FLAGS.report:
         from fnet_tf import architectures, data as data_lib

@@ -26,7 +26,7 @@ from fnet_tf.errors import UserError
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model (python -m fnet_tf.models lists them).")
 cli.define_level(0)
-flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+cli.define_width()
 flags.DEFINE_string("data", "cifar10", "'cifar10' (tensorflow-datasets), an image-folder tree, "
                     "or its .tar.gz/.zip, e.g. ../shared/data/cifar10-jpeg.tar.gz.")
 flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>-l<level>).")

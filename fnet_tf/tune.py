@@ -31,7 +31,7 @@ from fnet_tf.recipe_grid import BASE, plan_trials
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
 cli.define_level(0)
-flags.DEFINE_float("width", 1.0, "Channel width multiplier.")
+cli.define_width()
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Tuning directory (trials/, tune.csv, tune.md, chosen.json).")
 flags.DEFINE_integer("epochs", 15, "Float epochs per trial (the same for every trial).")

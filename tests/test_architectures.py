@@ -131,6 +131,38 @@ def test_per_stage_levels_match_a_hand_count():
     assert architectures.stage_indices(architectures.model_spec("resnet8")) == [0, 0, 1, 2]
 
 
+def test_per_stage_widths_match_a_hand_count():
+    from fnet_tf import architectures
+    from fnet_tf.spec import summarize
+
+    spec = architectures.model_spec("factorizenet", "0,7,7", "0.5,1,1.25")
+    assert spec.name == "factorizenet-l0_7_7-w0_5-1-1_25" and spec.meta["width"] == "0.5,1,1.25"
+    # stage 0 dense at 16: 3x3x3x16, 3x3x16x16; stage 1 depthwise at 64: 9*16 + 16*64,
+    # 9*64 + 64*64; stage 2 at 160: 9*64 + 64*160 (depthwise), then 2**7 = 128 groups do not
+    # divide 160 channels, so 80 groups of 2: 9*2*160 + 160*160; dense 160x10
+    weights = [432, 2304, 144 + 1024, 576 + 4096, 576 + 10240, 2880 + 25600, 1600]
+    pixels = [1024, 1024, 256, 256, 64, 64, 1]
+    assert summarize(spec)["macs"] == sum(w * p for w, p in zip(weights, pixels)) == 6_813_248
+    bn_channels = 16 + 16 + (16 + 64) + (64 + 64) + (64 + 160) + (160 + 160)
+    params = sum(weights) + 4 * bn_channels + 10
+    model = architectures.create_model("factorizenet", level="0,7,7", width="0.5,1,1.25")
+    assert model.count_params() == summarize(spec)["params"] == params
+    assert architectures.model_spec("factorizenet", 3, "0.75,0.75,0.75").blocks == \
+        architectures.model_spec("factorizenet", 3, 0.75).blocks  # one width = every stage
+    assert architectures.parse_width("0.50, 1,1.250") == "0.5,1,1.25"
+    assert architectures.width_tuple(0.75, 3) == (0.75, 0.75, 0.75)
+
+
+@pytest.mark.parametrize("width,message", [("1,2", "3 stages"), ("0,1,1", "positive"),
+                                           ("a,b,c", "not a width")])
+def test_bad_per_stage_widths_are_user_errors(width, message):
+    from fnet_tf import architectures
+    from fnet_tf.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        architectures.model_spec("factorizenet", 3, width)
+
+
 @pytest.mark.parametrize("level,message", [("1,2", "3 stages"), ("0,9,1", "from 0 to 7"),
                                            ("a", "not a level")])
 def test_bad_per_stage_levels_are_user_errors(level, message):

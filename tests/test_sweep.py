@@ -189,19 +189,24 @@ def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_a
     # stages 0-2 hold 32, 32/64 and 64/128 input channels: levels >= 5, 6, 7 are depthwise
     # there, so of 3^3 level combinations per width few build distinct networks
     assert len({(r["spec"]) for r in every}) == len(every) < 2 * 27
+    # widths per stage: each stage takes any of them (2^3 combinations, uniform ones a number)
+    _, widths = design_space.parse_space("levels=7; width=0.25,0.5 per stage")
+    assert len(widths) == 8 and widths[0] == 0.25 and "0.25,0.5,0.25" in widths
     out = tmp_path / "ds"
     peer = os.path.join(REPO, "models", "factorizenet-l7", "model_int8.tflite")
     result = run_module(["-m", "fnet_tf.sweep", "--design_space", "levels=3-5 per stage; "
-                         "width=0.25", "--out", str(out), "--data", tiny_archive, "--peer", peer,
-                         "--max_candidates", "3", "--latency_runs", "20",
-                         "--calibration_images", "8"])
+                         "width=0.25,0.5 per stage", "--out", str(out), "--data", tiny_archive,
+                         "--peer", peer, "--max_candidates", "3", "--latency_runs", "20",
+                         "--calibration_images", "8", "--latency_passes", "2"])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "design_space.csv")))
     assert len(rows) == 3 and all(float(r["latency_p50_ms"]) > 0 for r in rows)
     assert any(r["on_front"] == "True" for r in rows)
+    assert "2 interleaved passes" in (out / "design_space.md").read_text()
     assert (out / "design_space.png").stat().st_size > 10_000
     assert not (out / "runs").exists()  # nothing trained
-    assert design_space.read_front(str(out))
+    front = design_space.read_front(str(out))
+    assert front and all(isinstance(w, (float, str)) for _, w in front)
 
 
 def test_a_bad_design_space_is_one_line(tmp_path, tiny_archive):

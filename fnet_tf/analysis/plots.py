@@ -311,17 +311,24 @@ def low_bit(tables, key, label, path, title):
 
 def design_space(rows, path, title):
     """Untrained INT8 latency (as a ratio to the peer) against MACs, the front highlighted."""
+    from fnet_tf.architectures import width_text, width_tuple
+
+    def first_stage(width):  # the full-resolution stage's width: what decides the latency
+        return width_tuple(width, 1)[0]
+
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    widths = sorted({r["width"] for r in rows})
+    widths = sorted({first_stage(r["width"]) for r in rows})
+    per_stage = any(isinstance(r["width"], str) for r in rows)
     for width, color in zip(widths, plt.cm.viridis(np.linspace(0.1, 0.9, len(widths)))):
-        mine = [r for r in rows if r["width"] == width]
+        mine = [r for r in rows if first_stage(r["width"]) == width]
         ax.scatter([r["macs"] / 1e6 for r in mine], [r["latency_ratio_to_peer"] for r in mine],
-                   s=18, color=color, alpha=0.7, label=f"width {width:g}")
+                   s=18, color=color, alpha=0.7,
+                   label=f"{'stage-1 ' if per_stage else ''}width {width:g}")
     best = sorted((r for r in rows if r["on_front"]), key=lambda r: r["macs"])
     ax.step([r["macs"] / 1e6 for r in best], [r["latency_ratio_to_peer"] for r in best],
             where="post", color="tab:red", label="MACs/latency front")
     for r in best:
-        ax.annotate(f"l{r['level']}" + ("" if r["width"] == 1 else f" w{r['width']:g}"),
+        ax.annotate(f"l{r['level']}" + ("" if r["width"] == 1 else f" w{width_text(r['width'])}"),
                     (r["macs"] / 1e6, r["latency_ratio_to_peer"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="the peer's latency")
