@@ -6,8 +6,10 @@
 
 Every (per-stage level, width) of the space is built as a spec and costed analytically; specs
 that build the same network are counted once; budgets (``--max_macs``, ``--max_params``)
-prune the rest before anything is converted, and at most ``--max_candidates`` survivors (spread
-evenly over their MACs) go on. Each is built with its initial weights, converted to a
+prune the rest before anything is converted, and at most ``--max_candidates`` survivors go on:
+spread evenly over their MACs, or, with ``--latency_probes N``, chosen by a latency model
+(``fnet_tf.latency_model``) fitted on N designs timed first (those predicted no slower than
+1.1x the peer, the most MACs first, then the predicted front). Each is built with its initial weights, converted to a
 fully-int8 file calibrated on ``--calibration_images`` training images, and all are timed in
 one interleaved pass with the peer (``fnet_tf.benchmark.latency``, 1 thread). Nothing is
 trained: a trained model has the same graph, so the same latency (``--with_released`` times
@@ -22,7 +24,7 @@ import os
 from fnet_tf.errors import UserError
 
 COLUMNS = ("model", "level", "width", "spec", "macs", "params", "size_bytes", "latency_p50_ms",
-           "latency_ratio_to_peer", "on_front")
+           "latency_ratio_to_peer", "predicted_ratio_to_peer", "on_front")
 TABLE = "design_space.csv"
 
 
@@ -133,8 +135,63 @@ def front(rows):
     return keep
 
 
+def choose_by_prediction(every, predicted, peer_ms, count, slack=1.1):
+    """At most ``count`` rows to time, by predicted latency: those predicted within ``slack`` x
+    the peer's latency, the most MACs first (more compute at the same speed: the likeliest to
+    be accurate), then the rest of the predicted MACs/latency front, cheapest first."""
+    fast = sorted((i for i, p in enumerate(predicted) if p <= slack * peer_ms),
+                  key=lambda i: -every[i]["macs"])
+    ranked = [dict(r, latency_p50_ms=p) for r, p in zip(every, predicted)]
+    chosen = fast[:count]
+    chosen += [i for i in front(ranked) if i not in chosen][:count - len(chosen)]
+    return [every[i] for i in chosen]
+
+
+def _convert_all(model, rows, images, label):
+    contents = []
+    for i, row in enumerate(rows, 1):
+        content = untrained_int8(model, row["level"], row["width"], images)
+        row["size_bytes"] = len(content)
+        contents.append(content)
+        print(f"design space: {label} {i}/{len(rows)} {row['spec']} ({row['macs'] / 1e6:.2f} M "
+              f"MACs, {len(content):,} bytes)", flush=True)
+    return contents
+
+
+def _spec(row):
+    from fnet_tf import architectures
+
+    return architectures.model_spec(row["model"], row["level"], row["width"])
+
+
+def _predicted_choice(model, every, images, peer_content, probes, count, latency_runs, out):
+    """Time ``probes`` designs spread over the MACs, fit ``fnet_tf.latency_model`` on them and
+    choose ``count`` more by prediction; returns (probe rows, their files, chosen rows, fit)."""
+    from fnet_tf import benchmark, fileio, latency_model
+
+    sample = spread(every, probes)
+    contents = _convert_all(model, sample, images, "probe")
+    print(f"design space: timing {len(sample)} probe designs and the peer to fit the latency "
+          f"model", flush=True)
+    timed = benchmark.latency(contents + [peer_content], threads=1, runs=latency_runs)
+    fitted = latency_model.fit([_spec(r) for r in sample], [t["p50"] for t in timed[:-1]])
+    # predictions in units of this pass's peer p50, so a later pass can be compared
+    fitted["peer_p50_ms"] = timed[-1]["p50"]
+    names = {r["spec"] for r in sample}
+    rest = [r for r in every if r["spec"] not in names]
+    predicted = [latency_model.predict(fitted, _spec(r)) for r in rest]
+    for row, p in zip(rest, predicted):
+        row["predicted_ratio_to_peer"] = p / fitted["peer_p50_ms"]
+    chosen = choose_by_prediction(rest, predicted, fitted["peer_p50_ms"], count)
+    fileio.write_json(os.path.join(out, "latency_model.json"), fitted)
+    print(f"design space: latency model fitted on {len(sample)} designs; {len(chosen)} of "
+          f"{len(rest)} others chosen by predicted latency", flush=True)
+    return sample, contents, chosen, fitted
+
+
 def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_candidates=60,
-        calibration_images=200, latency_runs=200, cache_dir=None, with_released=True, passes=1):
+        calibration_images=200, latency_runs=200, cache_dir=None, with_released=True, passes=1,
+        probes=0):
     """The design-space step (see the module docstring); returns the table's rows."""
     import csv
     import io
@@ -148,27 +205,27 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     every = candidates(model, per_stage, widths, max_macs, max_params)
     if not every:
         raise UserError("no design within --max_macs/--max_params: widen the budgets")
-    rows = spread(every, max_candidates)
-    released_names = set(zoo.names()) if with_released else set()
-    # the zoo's trained specs are timed untrained too, beside their files
-    rows += [r for r in every if r["spec"] in released_names and r not in rows]
-    print(f"design space: {len(every)} distinct designs within the budgets, {len(rows)} timed",
-          flush=True)
     dataset = data_lib.load(data, cache_dir=cache_dir)
     images = dataset.train.images[:calibration_images]
-    contents = []
-    for i, row in enumerate(rows, 1):
-        content = untrained_int8(model, row["level"], row["width"], images)
-        row["size_bytes"] = len(content)
-        contents.append(content)
-        print(f"design space: converted {i}/{len(rows)} {row['spec']} ({row['macs'] / 1e6:.2f} M "
-              f"MACs, {len(content):,} bytes)", flush=True)
+    with open(peer, "rb") as f:
+        peer_content = f.read()
+    fitted, probe_rows, probe_contents = None, [], []
+    if probes and len(every) > max_candidates + probes:
+        probe_rows, probe_contents, rows, fitted = _predicted_choice(
+            model, every, images, peer_content, probes, max_candidates, latency_runs, out)
+    else:
+        rows = spread(every, max_candidates)
+    released_names = set(zoo.names()) if with_released else set()
+    # the zoo's trained specs are timed untrained too, beside their files
+    rows += [r for r in every if r["spec"] in released_names and r not in rows + probe_rows]
+    print(f"design space: {len(every)} distinct designs within the budgets, "
+          f"{len(rows) + len(probe_rows)} timed", flush=True)
+    contents = probe_contents + _convert_all(model, rows, images, "converted")
+    rows = probe_rows + rows
     released = []
     for name in sorted(released_names & {r["spec"] for r in rows}):
         with open(zoo.load(name), "rb") as f:
             released.append((name, f.read()))
-    with open(peer, "rb") as f:
-        peer_content = f.read()
     timed = []
     for k in range(passes):
         print(f"design space: timing pass {k + 1}/{passes}: {len(contents)} untrained files, "
@@ -193,7 +250,8 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     writer.writeheader()
     writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
     fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
-    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params, passes)
+    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params, passes,
+                      _prediction_check(rows, probe_rows, fitted))
     fileio.write_text(os.path.join(out, "design_space.md"), report)
     plots.design_space(rows, os.path.join(out, "design_space.png"),
                        f"{model}: untrained INT8 latency vs MACs ({len(rows)} designs)")
@@ -201,7 +259,23 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     return rows
 
 
-def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1):
+def _prediction_check(rows, probe_rows, fitted):
+    """How the latency model's predicted ratios compare with the timed ones (designs not in
+    its fit), or None without a model."""
+    from fnet_tf import latency_model
+
+    if not fitted:
+        return None
+    probes = {r["spec"] for r in probe_rows}
+    held_out = [r for r in rows if r["spec"] not in probes and "predicted_ratio_to_peer" in r]
+    if len(held_out) < 3:
+        return None
+    check = latency_model.agreement([r["predicted_ratio_to_peer"] for r in held_out],
+                                    [r["latency_ratio_to_peer"] for r in held_out])
+    return dict(check, probes=len(probes))
+
+
+def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1, prediction=None):
     from fnet_tf.architectures import width_text
 
     timing = ("one interleaved pass" if passes == 1 else
@@ -219,6 +293,12 @@ def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1):
                      f"{r['latency_ratio_to_peer']:.2f}x |")
     faster = [r for r in rows if r["latency_ratio_to_peer"] <= 1.0]
     lines += ["", f"{len(faster)} of {len(rows)} timed designs are no slower than the peer."]
+    if prediction:
+        lines += ["", f"Chosen by a latency model (`fnet_tf/latency_model.py`, "
+                  f"`latency_model.json`) fitted on {prediction['probes']} probe designs timed "
+                  f"first; on the {prediction['designs']} designs it chose, predicted vs timed "
+                  f"ratio to the peer: Spearman {prediction['spearman']:.2f}, median relative "
+                  f"error {prediction['median_relative_error']:.1%}."]
     if trained:
         lines += ["", "## Untrained vs trained (the released file of the same spec, same pass)",
                   "", "| spec | untrained p50 ms | trained p50 ms | ratio |",

@@ -50,6 +50,10 @@ flags.DEFINE_string("peer", None, "A reference INT8 .tflite (e.g. the MLPerf Tin
                     "added to the table and the Pareto plots.")
 flags.DEFINE_integer("check_images", 2000, "Test images for the export's Keras/LiteRT check.")
 flags.DEFINE_integer("latency_runs", 200, "Timed invokes per model in the interleaved pass.")
+flags.DEFINE_integer("latency_probes", 0, "--design_space: time this many designs (spread over "
+                     "MACs) first, fit a latency model (fnet_tf/latency_model.py) and choose the "
+                     "--max_candidates others by predicted latency (0: spread over MACs).",
+                     lower_bound=0)
 flags.DEFINE_integer("latency_passes", 1, "--design_space: interleaved timing passes; the table "
                      "keeps median p50s and the median of the per-pass ratios to the peer.",
                      lower_bound=1)
@@ -211,7 +215,7 @@ def main(argv):
                          max_candidates=FLAGS.max_candidates,
                          calibration_images=FLAGS.calibration_images,
                          latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir,
-                         passes=FLAGS.latency_passes)
+                         passes=FLAGS.latency_passes, probes=FLAGS.latency_probes)
         return 0
     if not FLAGS.report:
         from fnet_tf import architectures, data as data_lib

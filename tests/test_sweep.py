@@ -1,5 +1,6 @@
 """The factorization sweep: resume after a kill, the report's fields, design selection."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -197,10 +198,13 @@ def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_a
     result = run_module(["-m", "fnet_tf.sweep", "--design_space", "levels=3-5 per stage; "
                          "width=0.25,0.5 per stage", "--out", str(out), "--data", tiny_archive,
                          "--peer", peer, "--max_candidates", "3", "--latency_runs", "20",
-                         "--calibration_images", "8", "--latency_passes", "2"])
+                         "--calibration_images", "8", "--latency_passes", "2",
+                         "--latency_probes", "4"])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader(open(out / "design_space.csv")))
-    assert len(rows) == 3 and all(float(r["latency_p50_ms"]) > 0 for r in rows)
+    assert len(rows) == 4 + 3 and all(float(r["latency_p50_ms"]) > 0 for r in rows)
+    assert sum(bool(r["predicted_ratio_to_peer"]) for r in rows) == 3  # the chosen, not probes
+    assert "names" in json.loads((out / "latency_model.json").read_text())
     assert any(r["on_front"] == "True" for r in rows)
     assert "2 interleaved passes" in (out / "design_space.md").read_text()
     assert (out / "design_space.png").stat().st_size > 10_000
@@ -213,3 +217,26 @@ def test_a_bad_design_space_is_one_line(tmp_path, tiny_archive):
     result = run_module(["-m", "fnet_tf.sweep", "--design_space", "levels=0-99", "--out",
                          str(tmp_path / "ds"), "--data", tiny_archive, "--peer", __file__])
     assert result.returncode == 2 and "within 0-7" in last_line(result.stderr)
+
+
+def test_the_latency_model_recovers_known_costs_and_chooses_by_prediction():
+    from fnet_tf import architectures, design_space, latency_model
+
+    specs = [architectures.model_spec("factorizenet", lvl, w)
+             for lvl in (0, 3, 5, 7, "0,5,7", "0,7,7", "3,5,7") for w in (0.75, 1.0, "0.75,1,1.25")]
+    names = latency_model.feature_names(specs)
+    truth = np.random.default_rng(0).uniform(0.0, 0.01, len(names))
+    measured = [float(latency_model.features(s, names) @ truth) for s in specs]
+    fitted = latency_model.fit(specs, measured)
+    predicted = [latency_model.predict(fitted, s) for s in specs]
+    assert predicted == pytest.approx(measured, rel=1e-6)
+    check = latency_model.agreement(predicted, measured)
+    assert check["spearman"] == pytest.approx(1.0) and check["median_relative_error"] < 1e-6
+    # grouped convs are costed by groups x pixels too: level 3 has them, level 7 none
+    terms3 = {t[0] for t in latency_model.terms(specs[3])[0]}  # level 3, width 0.75
+    assert "grouped pixel-groups" in terms3 and "grouped" in terms3
+    assert not {"grouped", "grouped pixel-groups"} & {t[0] for t in latency_model.terms(specs[10])[0]}
+    rows = [{"spec": str(i), "macs": m} for i, m in enumerate((1, 2, 3, 4))]
+    # predicted fast enough (<= 1.1 x 1.0): specs 1 and 2, most MACs first; then the front
+    chosen = design_space.choose_by_prediction(rows, [0.5, 1.05, 1.0, 2.0], 1.0, 3)
+    assert [r["spec"] for r in chosen] == ["2", "1", "0"]
