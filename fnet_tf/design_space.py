@@ -16,7 +16,8 @@ trained: a trained model has the same graph, so the same latency (``--with_relea
 the zoo's trained files of the same specs in the pass to show it). Writes
 ``design_space.csv``, ``design_space.md`` (the MACs/latency Pareto front) and
 ``design_space.png``; ``python -m fnet_tf.sweep --levels front --out DIR`` then trains only
-the front.
+the front (``--levels capacity_front``: the designs no slower than the peer with the most MACs
+at each latency, the ones that can beat it on every axis).
 """
 import itertools
 import os
@@ -24,7 +25,7 @@ import os
 from fnet_tf.errors import UserError
 
 COLUMNS = ("model", "level", "width", "spec", "macs", "params", "size_bytes", "latency_p50_ms",
-           "latency_ratio_to_peer", "predicted_ratio_to_peer", "on_front")
+           "latency_ratio_to_peer", "predicted_ratio_to_peer", "on_front", "on_capacity_front")
 TABLE = "design_space.csv"
 
 
@@ -189,15 +190,51 @@ def _predicted_choice(model, every, images, peer_content, probes, count, latency
     return sample, contents, chosen, fitted
 
 
+def capacity_front(rows, max_ratio=1.0):
+    """Indices of rows no slower than ``max_ratio`` x the peer that have more MACs than every
+    design at least as fast: the most compute (the likeliest accuracy) at each latency."""
+    most, keep = -1, []
+    for i in sorted(range(len(rows)), key=lambda i: (rows[i]["latency_ratio_to_peer"],
+                                                     -rows[i]["macs"])):
+        if rows[i]["latency_ratio_to_peer"] <= max_ratio and rows[i]["macs"] > most:
+            most = rows[i]["macs"]
+            keep.append(i)
+    return keep
+
+
+def write_report(out, state):
+    """design_space.csv, .md, .png and .json from ``state`` (rows, trained, peer_p50, total,
+    max_macs, max_params, passes, prediction, model): the fronts are marked here."""
+    import csv
+    import io
+
+    from fnet_tf import fileio
+    from fnet_tf.analysis import plots
+
+    rows = state["rows"]
+    on_front, on_capacity = set(front(rows)), set(capacity_front(rows))
+    for i, row in enumerate(rows):
+        row["on_front"], row["on_capacity_front"] = i in on_front, i in on_capacity
+    text_csv = io.StringIO()
+    writer = csv.DictWriter(text_csv, fieldnames=list(COLUMNS))
+    writer.writeheader()
+    writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
+    fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
+    fileio.write_json(os.path.join(out, "design_space.json"), state)
+    report = markdown(rows, state["trained"], state["peer_p50"], state["total"],
+                      state["max_macs"], state["max_params"], state["passes"],
+                      state.get("prediction"))
+    fileio.write_text(os.path.join(out, "design_space.md"), report)
+    plots.design_space(rows, os.path.join(out, "design_space.png"),
+                       f"{state['model']}: untrained INT8 latency vs MACs ({len(rows)} designs)")
+    return report
+
+
 def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_candidates=60,
         calibration_images=200, latency_runs=200, cache_dir=None, with_released=True, passes=1,
         probes=0):
     """The design-space step (see the module docstring); returns the table's rows."""
-    import csv
-    import io
-
-    from fnet_tf import benchmark, data as data_lib, fileio, zoo
-    from fnet_tf.analysis import plots
+    from fnet_tf import benchmark, data as data_lib, zoo
 
     per_stage, widths = parse_space(text, model)
     if not peer or not os.path.isfile(peer):
@@ -237,24 +274,15 @@ def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_can
     peer_p50 = timed[-1]["p50"]
     for row, t in zip(rows, timed):
         row.update(latency_p50_ms=t["p50"], latency_ratio_to_peer=t["ratio_median"])
-    on_front = set(front(rows))
-    for i, row in enumerate(rows):
-        row["on_front"] = i in on_front
     trained = []
     for (name, _), t in zip(released, timed[len(rows):-1]):
         untrained = next(r for r in rows if r["spec"] == name)
         trained.append({"spec": name, "untrained_p50_ms": untrained["latency_p50_ms"],
                         "trained_p50_ms": t["p50"]})
-    text_csv = io.StringIO()
-    writer = csv.DictWriter(text_csv, fieldnames=list(COLUMNS))
-    writer.writeheader()
-    writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
-    fileio.write_text(os.path.join(out, TABLE), text_csv.getvalue())
-    report = markdown(rows, trained, peer_p50, len(every), max_macs, max_params, passes,
-                      _prediction_check(rows, probe_rows, fitted))
-    fileio.write_text(os.path.join(out, "design_space.md"), report)
-    plots.design_space(rows, os.path.join(out, "design_space.png"),
-                       f"{model}: untrained INT8 latency vs MACs ({len(rows)} designs)")
+    report = write_report(out, {
+        "model": model, "rows": rows, "trained": trained, "peer_p50": peer_p50,
+        "total": len(every), "max_macs": max_macs, "max_params": max_params, "passes": passes,
+        "prediction": _prediction_check(rows, probe_rows, fitted)})
     print(report)
     return rows
 
@@ -291,6 +319,14 @@ def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1, pre
         lines.append(f"| {r['spec']} | {r['level']} | {width_text(r['width'])} | {r['macs'] / 1e6:.2f} | "
                      f"{r['params']:,} | {r['size_bytes']:,} | {r['latency_p50_ms']:.3f} | "
                      f"{r['latency_ratio_to_peer']:.2f}x |")
+    lines += ["", "## Capacity front: the most MACs at each latency, no slower than the peer",
+              "", "| design | level | width | MACs (M) | params | bytes | p50 ms | vs peer |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in sorted((r for r in rows if r.get("on_capacity_front")),
+                    key=lambda r: r["latency_ratio_to_peer"]):
+        lines.append(f"| {r['spec']} | {r['level']} | {width_text(r['width'])} | {r['macs'] / 1e6:.2f} | "
+                     f"{r['params']:,} | {r['size_bytes']:,} | {r['latency_p50_ms']:.3f} | "
+                     f"{r['latency_ratio_to_peer']:.2f}x |")
     faster = [r for r in rows if r["latency_ratio_to_peer"] <= 1.0]
     lines += ["", f"{len(faster)} of {len(rows)} timed designs are no slower than the peer."]
     if prediction:
@@ -309,16 +345,17 @@ def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1, pre
     return "\n".join(lines) + "\n"
 
 
-def read_front(out):
-    """The levels and widths on the front of ``out``'s design-space table."""
+def read_front(out, which="front"):
+    """The levels and widths on a front of ``out``'s design-space table: ``front`` (MACs and
+    latency both lowest) or ``capacity_front`` (the most MACs at each latency)."""
     import csv
 
     path = os.path.join(out, TABLE)
     if not os.path.isfile(path):
-        raise UserError(f"--levels front needs {path}: run python -m fnet_tf.sweep "
+        raise UserError(f"--levels {which} needs {path}: run python -m fnet_tf.sweep "
                         f"--design_space ... --out {out} first")
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["on_front"] == "True"]
+        rows = [r for r in csv.DictReader(f) if r.get(f"on_{which}") == "True"]
     from fnet_tf.architectures import parse_width
 
     return [(r["level"], parse_width(r["width"])) for r in rows]

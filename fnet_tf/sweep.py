@@ -64,7 +64,8 @@ flags.DEFINE_string("select", None, "Print the best level under constraints, e.g
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_string("design_space", None, "Time a design space untrained and stop (no training): "
                     "'levels=0-7 per stage; width=0.75,1,1.25' (fnet_tf/design_space.py); then "
-                    "--levels front trains its MACs/latency front.")
+                    "--levels front trains its MACs/latency front, --levels capacity_front the "
+                    "most MACs at each latency no slower than the peer.")
 flags.DEFINE_float("max_macs", None, "--design_space: drop designs above this many MACs.")
 flags.DEFINE_float("max_params", None, "--design_space: drop designs above this many params.")
 flags.DEFINE_integer("max_candidates", 60, "--design_space: at most this many designs are "
@@ -221,10 +222,10 @@ def main(argv):
         from fnet_tf import architectures, data as data_lib
 
         top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
-        if FLAGS.levels == "front":
+        if FLAGS.levels in ("front", "capacity_front"):
             from fnet_tf import design_space
 
-            designs = design_space.read_front(FLAGS.out)
+            designs = design_space.read_front(FLAGS.out, FLAGS.levels)
         else:
             designs = [(lvl, FLAGS.width) for lvl in parse_levels(FLAGS.levels, top, FLAGS.model)]
         levels = [lvl for lvl, _ in designs]

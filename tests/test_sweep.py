@@ -211,6 +211,9 @@ def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_a
     assert not (out / "runs").exists()  # nothing trained
     front = design_space.read_front(str(out))
     assert front and all(isinstance(w, (float, str)) for _, w in front)
+    state = json.loads((out / "design_space.json").read_text())  # the report renders again
+    assert design_space.write_report(str(out), state) == (out / "design_space.md").read_text()
+    assert "Capacity front" in (out / "design_space.md").read_text()
 
 
 def test_a_bad_design_space_is_one_line(tmp_path, tiny_archive):
@@ -236,6 +239,9 @@ def test_the_latency_model_recovers_known_costs_and_chooses_by_prediction():
     terms3 = {t[0] for t in latency_model.terms(specs[3])[0]}  # level 3, width 0.75
     assert "grouped pixel-groups" in terms3 and "grouped" in terms3
     assert not {"grouped", "grouped pixel-groups"} & {t[0] for t in latency_model.terms(specs[10])[0]}
+    timed = [{"macs": m, "latency_ratio_to_peer": r}
+             for m, r in ((5, 0.6), (4, 0.7), (9, 0.8), (7, 0.9), (12, 1.1))]
+    assert design_space.capacity_front(timed) == [0, 2]  # 1.1x is slower than the peer
     rows = [{"spec": str(i), "macs": m} for i, m in enumerate((1, 2, 3, 4))]
     # predicted fast enough (<= 1.1 x 1.0): specs 1 and 2, most MACs first; then the front
     chosen = design_space.choose_by_prediction(rows, [0.5, 1.05, 1.0, 2.0], 1.0, 3)
