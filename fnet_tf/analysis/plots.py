@@ -331,6 +331,15 @@ def design_space(rows, path, title):
         ax.annotate(f"l{r['level']}" + ("" if r["width"] == 1 else f" w{width_text(r['width'])}"),
                     (r["macs"] / 1e6, r["latency_ratio_to_peer"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
+    capacity = sorted((r for r in rows if r.get("on_capacity_front")), key=lambda r: r["macs"])
+    if capacity:
+        ax.plot([r["macs"] / 1e6 for r in capacity],
+                [r["latency_ratio_to_peer"] for r in capacity], "s-", color="tab:green", ms=5,
+                label="capacity front (most MACs per latency)")
+        for r in capacity:
+            ax.annotate(f"l{r['level']} w{width_text(r['width'])}",
+                        (r["macs"] / 1e6, r["latency_ratio_to_peer"]), fontsize=6,
+                        xytext=(3, -9), textcoords="offset points", color="tab:green")
     ax.axhline(1.0, color="gray", ls="--", lw=1, label="the peer's latency")
     ax.set_xlabel("MACs (M)")
     ax.set_ylabel("untrained INT8 p50 / peer p50 (1 thread)")
