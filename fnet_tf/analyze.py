@@ -300,6 +300,7 @@ def main(argv):
     for t in targets:
         export.interpreter(t.content)  # a corrupt file fails here, in one line
     from fnet_tf.analysis import plots
+    from fnet_tf.analysis.op_latency import kinds_of
 
     dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir)
     for t in targets:
@@ -358,9 +359,10 @@ def main(argv):
         for t, m in zip(targets, results):
             op_rows, m["latency_by_op"] = time_ops(t)
             write_op_latency(op_rows, t.name, os.path.join(out, t.name))
+        by_kind = [m["latency_by_op"]["by_kind_us"] for m in results]
         plots.op_latency_by_kind(
-            [{"name": m["model"], "by_kind": m["latency_by_op"]["by_kind_us"]} for m in results],
-            os.path.join(out, "op_latency_by_kind.png"),
+            [{"name": m["model"], "by_kind": k} for m, k in zip(results, by_kind)],
+            kinds_of(by_kind), os.path.join(out, "op_latency_by_kind.png"),
             f"Where the time goes ({FLAGS.threads} thread(s), each op timed alone)")
     layers_text = compare_layers(targets, dataset, out) if FLAGS.compare_layers else ""
     fileio.write_json(os.path.join(out, "comparison.json"), results)

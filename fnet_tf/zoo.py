@@ -1,5 +1,6 @@
 """The released models: ``fnet_tf.zoo.load("factorizenet-l3")`` and ``fnet-zoo list``
-(``python -m fnet_tf.zoo list``).
+(``python -m fnet_tf.zoo list``); ``fnet-zoo pareto [OUT_DIR]`` draws them all on one Pareto
+plot with the MLPerf peer (``results/zoo/`` by default).
 
 Each released model is a folder ``models/<name>/`` (``fnet_tf/released/<name>/`` in an
 installed package) holding ``model_int8.tflite`` (verified
@@ -95,6 +96,17 @@ def table_markdown(rows=None):
     return "\n".join(lines)
 
 
+def write_front(out):
+    """The zoo's Pareto plot and front table (``fnet_tf.analysis.zoo_front``) into ``out``."""
+    from fnet_tf.analysis import zoo_front
+
+    written = zoo_front.write(out, table_rows())
+    if not written:
+        raise UserError(f"no released models in {zoo_dir()}: nothing to plot")
+    print(f"wrote {out}/ ({', '.join(written)}) from {len(table_rows())} released models")
+    return written
+
+
 def main(argv):
     args = argv[1:]
     if args == ["list"]:
@@ -106,7 +118,11 @@ def main(argv):
     if len(args) == 2 and args[0] == "path":
         print(load(args[1]))
         return 0
-    raise UserError("usage: fnet-zoo list | path NAME (or python -m fnet_tf.zoo ...)")
+    if args and args[0] == "pareto" and len(args) <= 2:
+        write_front(args[1] if len(args) == 2 else "results/zoo")
+        return 0
+    raise UserError("usage: fnet-zoo list | path NAME | pareto [OUT_DIR] "
+                    "(or python -m fnet_tf.zoo ...)")
 
 
 console = cli.entry_point(main)  # the fnet-zoo command

@@ -101,7 +101,9 @@ def test_select_picks_the_most_accurate_level_under_the_budget(tmp_path):
 
 def test_pareto_front_and_level_parsing():
     points = [(38, 86), (9, 85), (6, 83), (5.8, 84), (5.7, 82), (20, 84)]
-    assert sorted(sweep_report.pareto_front(points)) == [0, 1, 3, 4]
+    from fnet_tf.analysis.pareto import pareto_front
+
+    assert sorted(pareto_front(points)) == [0, 1, 3, 4]
     from fnet_tf import sweep
 
     assert sweep.parse_levels("0-2,7", 7) == [0, 1, 2, 7]

@@ -34,6 +34,10 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert "| where the time goes | " in card and "op_latency.png" in card
     assert (folder / "op_latency.png").exists() and (folder / "op_latency.csv").exists()
     assert "lr " in zoo.table_markdown([metrics])
+    # the whole zoo on one Pareto plot with the peer, beside the zoo folder
+    assert metrics["peer_macs"] > 12e6 and metrics["peer_size_bytes"] == os.path.getsize(PEER)
+    assert (tmp_path / "zoo-front" / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert "| tiny-l3 |" in (tmp_path / "zoo-front" / "front.md").read_text()
 
     # --retime: all released files timed again (3 interleaved passes, medians), cards rendered again
     before = metrics["latency_p50_ms"]
@@ -96,3 +100,37 @@ def test_a_card_with_other_seeds_shows_their_mean_and_sample_std():
     assert "float 83.00% ± 2.83" in note
     assert zoo.seed_suffix(fields) == " (mean 81.00 ± 1.41, 2 seeds)"
     assert model_card.seed_note({}).startswith("one training seed") and zoo.seed_suffix({}) == ""
+
+
+def _card(name, model, accuracy, macs, ratio, size, **extra):
+    return {"name": name, "model": model, "level": 0, "width": 1.0, "int8_accuracy": accuracy,
+            "macs": macs, "latency_ratio_to_peer": ratio, "latency_p50_ms": 0.1 * ratio,
+            "size_bytes": size, "peer": "peer.tflite", "peer_accuracy": 0.75,
+            "recipe": {"qat_scheme": "int8"}, "data": "tiny", **extra}
+
+
+def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
+    from fnet_tf.analysis import zoo_front
+
+    rows = [_card("resnet8", "resnet8", 0.8369, 12_500_000, 1.02, 95_571,
+                  peer_macs=12_501_632, peer_size_bytes=96_000),
+            _card("better", "factorizenet", 0.85, 10_000_000, 0.95, 90_000,
+                  seeds=2, int8_accuracy_seed_std=0.004),
+            _card("slower", "frostnet_cifar", 0.86, 11_000_000, 1.30, 80_000),
+            _card("tie", "factorizenet", 0.8369, 5_000_000, 0.50, 50_000, level="0_3_7")]
+    points = zoo_front.entries(rows)
+    assert [p["family"] for p in points] == ["ResNet-8 (ours)", "FactorizeNet, one level",
+                                             "frostnet_cifar", "FactorizeNet, per-stage design"]
+    base = points[0]
+    assert zoo_front.beats(points[1], base) == []
+    assert zoo_front.beats(points[2], base) == ["latency"]
+    assert zoo_front.beats(points[3], base) == ["accuracy"]  # equal is not better
+    assert zoo_front.peer_entry(rows) == {"name": "peer.tflite", "accuracy": 0.75,
+                                          "latency_ratio": 1.0, "macs": 12_501_632,
+                                          "size_bytes": 96_000}
+    assert zoo_front.write(str(tmp_path), rows) == ["pareto.png", "front.md"]
+    assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    table = (tmp_path / "front.md").read_text()
+    assert "| better | FactorizeNet, one level | 85.00% ± 0.40 | 10.00 | 0.95x |" in table
+    assert "**nothing: better on every axis**" in table.split("| better |")[1].splitlines()[0]
+    assert "| peer: peer.tflite | MLPerf Tiny | 75.00% | 12.50 | 1.00x | 93.8 |" in table

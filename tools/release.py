@@ -19,12 +19,16 @@ the median over passes and each pass's ratio. Cards are generated, never typed.
 ``--retime`` measures no accuracy and needs no run directory: it times every released file and
 the peer interleaved (``--passes`` passes, medians) and each file's ops alone (where the time goes), and renders
 every card again, so the zoo's latencies all come from one pass on one machine.
+
+Both end by drawing the whole zoo on one Pareto plot with the peer (``results/zoo/pareto.png``
+and ``front.md``: who beats our ResNet-8 on every axis; ``fnet-zoo pareto`` draws it again).
 """
 import os
 import shutil
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
 
@@ -40,6 +44,8 @@ flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_integer("passes", 3, "Interleaved timing passes: each card's latency and ratio "
                      "to the peer are medians over them (ratios move ~5% between passes).",
                      lower_bound=1)
+flags.DEFINE_string("front_out", None, "Where the zoo's Pareto plot and front table go "
+                    "(default: results/zoo for the repo's models/, else zoo-front beside --zoo).")
 flags.DEFINE_bool("retime", False, "Only time all released models and the peer again, in one "
                   "pass (and each op alone), and render every card again.")
 
@@ -152,6 +158,22 @@ def _other_seeds(entry, other_runs, dataset):
     return seed_spread({"int8_accuracy": int8_top1, "float_accuracy": float_top1})
 
 
+def _peer_fields(peer):
+    """The peer's MACs and file size for every card (the zoo's Pareto plot draws it)."""
+    from fnet_tf import benchmark
+
+    return {"peer_macs": benchmark.graph_stats(peer)["macs"], "peer_size_bytes": len(peer)}
+
+
+def _write_front():
+    """The zoo's Pareto plot and front table, from every released card (``fnet-zoo pareto``)."""
+    from fnet_tf import zoo
+
+    default = (os.path.join(os.path.dirname(os.path.abspath(FLAGS.zoo.rstrip("/"))), "zoo-front")
+               if FLAGS.zoo else os.path.join(REPO, "results", "zoo"))
+    zoo.write_front(FLAGS.front_out or default)
+
+
 def retime(argv):
     """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
     from fnet_tf import benchmark, fileio, model_card, zoo
@@ -174,12 +196,13 @@ def retime(argv):
         op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
         entry = dict(zoo.metrics(name), bit_budget=bit_budget(content)[1],
                      efficiency=benchmark.efficiency(zoo.metrics(name)["macs"], lat, peak),
-                     **_latency_fields(lat, latencies[-1]),
+                     **_latency_fields(lat, latencies[-1]), **_peer_fields(peer),
                      machine=machine, latency_by_op=op_latency.summary(timed))
         fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
         fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
         print(f"{name}: p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
     print(zoo.table_markdown())
+    _write_front()
     return 0
 
 
@@ -239,6 +262,7 @@ def main(argv):
                 **{k: v for k, v in keras3.items() if k != "epochs"},
                 "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))},
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
+            **_peer_fields(peer),
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
             "source_run": os.path.abspath(run_dir)})
         entries[-1]["bit_budget"] = bit_budget(content)[1]
@@ -270,6 +294,7 @@ def main(argv):
         print(f"released {target}: INT8 {100 * entry['int8_accuracy']:.2f}%, "
               f"p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
     print(zoo.table_markdown())
+    _write_front()
     return 0
 
 

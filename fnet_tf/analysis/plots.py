@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fnet_tf import fileio  # noqa: E402
+from fnet_tf.analysis.pareto import pareto_front  # noqa: E402
 
 
 def _save(fig, path):
@@ -113,11 +114,9 @@ def op_latency(rows, path, title):
     _save(fig, path)
 
 
-def op_latency_by_kind(entries, path, title):
-    """One stacked bar per model: the sum of its ops' p50 latencies split by op kind."""
-    from fnet_tf.analysis.op_latency import kinds_of
-
-    kinds = kinds_of(e["by_kind"] for e in entries)
+def op_latency_by_kind(entries, kinds, path, title):
+    """One stacked bar per model: the sum of its ops' p50 latencies split by op kind (``kinds``:
+    the stacking order, ``op_latency.kinds_of``)."""
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(kinds), 2)))
     fig, ax = plt.subplots(figsize=(10, max(3, 0.5 * len(entries) + 1.8)))
     y = np.arange(len(entries))[::-1]
@@ -165,8 +164,6 @@ def evolution(entries, path, title):
 def pareto(entries, peer, path, title):
     """QAT INT8 accuracy against MACs, latency and size: one point per level, the Pareto front
     drawn, the peer model (if any) as a star."""
-    from fnet_tf.analysis.sweep_report import pareto_front
-
     axes_spec = (("macs", 1e6, "MACs (M)"), ("latency_p50_ms", 1.0, "latency p50, 1 thread (ms)"),
                  ("size_bytes", 1024.0, "INT8 file size (KiB)"))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -188,6 +185,40 @@ def pareto(entries, peer, path, title):
         ax.set_ylabel("QAT INT8 top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def zoo_pareto(points, peer, axes_spec, path, title):
+    """The released models' INT8 accuracy against each cost in ``axes_spec`` ((key, unit,
+    label) triples): one colour per family, names beside the points, the Pareto front over all
+    families, the peer as a star (on the axes where it has a value)."""
+    families = sorted({p["family"] for p in points})
+    colors = dict(zip(families, plt.get_cmap("tab10")(np.arange(len(families)) % 10)))
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(6 * len(axes_spec), 5.2))
+    for ax, (key, unit, label) in zip(np.atleast_1d(axes), axes_spec):
+        xs = [p[key] / unit for p in points]
+        ys = [100 * p["accuracy"] for p in points]
+        for fam in families:
+            idx = [i for i, p in enumerate(points) if p["family"] == fam]
+            ax.errorbar([xs[i] for i in idx], [ys[i] for i in idx],
+                        yerr=[100 * points[i].get("accuracy_std", 0.0) for i in idx],
+                        fmt="o", color=colors[fam], capsize=3, label=fam)
+        for p, x, y in zip(points, xs, ys):
+            ax.annotate(p["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front = pareto_front(list(zip(xs, ys)))
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="k",
+                alpha=0.35, label="Pareto front")
+        if peer and key in peer:
+            ax.scatter([peer[key] / unit], [100 * peer["accuracy"]], marker="*", s=180,
+                       color="tab:red", label=f"peer: {peer['name']}", zorder=3)
+        if key == "latency_ratio":
+            ax.axvline(1.0, color="tab:red", linestyle=":", linewidth=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("QAT INT8 top-1 (%)")
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
@@ -304,6 +335,30 @@ def low_bit(tables, key, label, path, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="square: int8 QAT; circle: hybrid; triangle: DBQ",
               title_fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def qat_recipes(tables, recipes, path, title):
+    """INT8 top-1 of each QAT recipe (``recipes``, in order), one bar per model
+    (``benchmarks/low_bit.py --study qat_recipes`` tables: {model: {recipe: top-1}})."""
+    models = sorted(tables)
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(2.2 * len(recipes) + 2, 4.8))
+    values = [v for t in tables.values() for v in t.values()]
+    for j, (model, color) in enumerate(zip(models, plt.cm.tab10.colors)):
+        xs = [i + (j - (len(models) - 1) / 2) * width for i, r in enumerate(recipes)
+              if r in tables[model]]
+        ys = [100 * tables[model][r] for r in recipes if r in tables[model]]
+        bars = ax.bar(xs, ys, width=width * 0.95, color=color, label=model)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
+    ax.set_xticks(range(len(recipes)), recipes)
+    if values:
+        ax.set_ylim(100 * min(values) - 3, 100 * max(values) + 1.5)
+    ax.set_ylabel("INT8 test top-1, LiteRT (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)

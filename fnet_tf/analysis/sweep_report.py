@@ -232,17 +232,6 @@ def summary_markdown(entries, peer_row, title):
     return "\n".join(lines) + "\n"
 
 
-def pareto_front(points):
-    """Indices of the points no other point beats (lower-or-equal cost, higher accuracy)."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -float("inf")
-    for i in order:
-        if points[i][1] > best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
 def parse_constraints(text):
     """'macs<=5e6,accuracy>=0.8' -> [(column, op, value)]; a bad one is a UserError."""
     constraints = []

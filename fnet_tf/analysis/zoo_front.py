@@ -1,0 +1,103 @@
+"""The zoo on one figure: every released model's INT8 top-1 against its MACs, its latency
+relative to the MLPerf Tiny peer timed in the same pass, and its file size, with the Pareto
+front over all families and the peer; and the table of who beats our ResNet-8 on every axis.
+
+Only the released models' ``metrics.json`` are read (``tools/release.py`` measures and times,
+this draws), so ``python -m fnet_tf.zoo pareto`` renders it again without timing anything.
+"""
+import os
+
+from fnet_tf import fileio
+from fnet_tf.analysis.pareto import pareto_front
+
+AXES = (("macs", 1e6, "MACs (M)", "MACs"),  # (key, unit, axis label, short name)
+        ("latency_ratio", 1.0, "latency / MLPerf peer's, same pass (1 thread)", "latency"),
+        ("size_bytes", 1024.0, "INT8 file size (KiB)", "size"))
+BASELINE = "resnet8"  # the released model the zoo's headline compares against
+
+
+def family(m):
+    """The legend group of one released model's metrics."""
+    scheme = (m.get("recipe") or {}).get("qat_scheme") or "int8"
+    if scheme != "int8":
+        return f"{m['model']} ({scheme})"
+    if m["model"] == "factorizenet":
+        width = m.get("width", 1.0)
+        uniform = isinstance(m.get("level"), int) and width in (1, 1.0)
+        return "FactorizeNet, one level" if uniform else "FactorizeNet, per-stage design"
+    return {"resnet8": "ResNet-8 (ours)"}.get(m["model"], m["model"])
+
+
+def entries(rows):
+    """Plot points from the zoo's metrics rows (``zoo.table_rows()``)."""
+    return [{"name": m["name"], "family": family(m), "macs": m["macs"],
+             "size_bytes": m["size_bytes"], "latency_ratio": m["latency_ratio_to_peer"],
+             "latency_p50_ms": m["latency_p50_ms"], "accuracy": m["int8_accuracy"],
+             "accuracy_std": m.get("int8_accuracy_seed_std") or 0.0,
+             "seeds": m.get("seeds", 1)} for m in rows]
+
+
+def peer_entry(rows):
+    """The MLPerf peer as a point: its accuracy, MACs and size from the cards (``peer_macs``,
+    ``peer_size_bytes``, where the release that wrote them recorded them), its latency ratio 1
+    by definition."""
+    with_peer = [m for m in rows if m.get("peer_accuracy") is not None]
+    if not with_peer:
+        return None
+    m = max(with_peer, key=lambda m: "peer_macs" in m)
+    peer = {"name": m["peer"], "accuracy": m["peer_accuracy"], "latency_ratio": 1.0}
+    if "peer_macs" in m:
+        peer.update(macs=m["peer_macs"], size_bytes=m["peer_size_bytes"])
+    return peer
+
+
+def beats(candidate, baseline):
+    """Axes on which ``candidate`` is not better than ``baseline`` ([] = better or equal on
+    all, and more accurate)."""
+    missed = [] if candidate["accuracy"] > baseline["accuracy"] else ["accuracy"]
+    return missed + [short for key, _, _, short in AXES if candidate[key] > baseline[key]]
+
+
+def front_markdown(points, peer=None):
+    """Who is on each front, and which models beat our ResNet-8 on every axis."""
+    lines = ["# The zoo's accuracy/cost fronts", "",
+             "| model | family | QAT INT8 top-1 | MACs (M) | latency vs peer | size (KiB) | "
+             f"on the front of | vs {BASELINE}: not better in |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    fronts = {key: {points[i]["name"] for i in pareto_front(
+        [(p[key], p["accuracy"]) for p in points])} for key, _, _, _ in AXES}
+    base = next((p for p in points if p["name"] == BASELINE), None)
+    for p in sorted(points, key=lambda p: (p["macs"], p["name"])):
+        on = [short for key, _, _, short in AXES if p["name"] in fronts[key]]
+        spread = f" ± {100 * p['accuracy_std']:.2f}" if p["seeds"] > 1 else ""
+        if base is None or p is base:
+            verdict = "-"
+        else:
+            verdict = ", ".join(beats(p, base)) or "**nothing: better on every axis**"
+        lines.append(f"| {p['name']} | {p['family']} | {100 * p['accuracy']:.2f}%{spread} | "
+                     f"{p['macs'] / 1e6:.2f} | {p['latency_ratio']:.2f}x | "
+                     f"{p['size_bytes'] / 1024:.1f} | {', '.join(on) or '-'} | {verdict} |")
+    if peer:
+        macs = f"{peer['macs'] / 1e6:.2f}" if "macs" in peer else "-"
+        size = f"{peer['size_bytes'] / 1024:.1f}" if "size_bytes" in peer else "-"
+        lines.append(f"| peer: {peer['name']} | MLPerf Tiny | {100 * peer['accuracy']:.2f}% | "
+                     f"{macs} | 1.00x | {size} | - | - |")
+    lines += ["", "INT8 top-1: LiteRT on the whole test split (± the sample std over seeds where "
+              "a card has more than one); latency: each model's median ratio to the peer timed "
+              "in the same interleaved passes (`tools/release.py`). A model beats "
+              f"{BASELINE} when it is more accurate with no more MACs, no slower and no larger."]
+    return "\n".join(lines) + "\n"
+
+
+def write(out, rows):
+    """``pareto.png`` and ``front.md`` of the released models ``rows`` into ``out``."""
+    from fnet_tf.analysis import plots
+
+    if not rows:
+        return []
+    points, peer = entries(rows), peer_entry(rows)
+    data = rows[0].get("data", "")
+    plots.zoo_pareto(points, peer, [axis[:3] for axis in AXES], os.path.join(out, "pareto.png"),
+                     f"The zoo: QAT INT8 top-1 vs cost ({data})")
+    fileio.write_text(os.path.join(out, "front.md"), front_markdown(points, peer))
+    return ["pareto.png", "front.md"]
