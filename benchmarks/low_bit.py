@@ -15,7 +15,8 @@ run's float model (validation split). Each run is exported to a verified fully-i
 and measured with the LiteRT interpreter on the whole test split (1 thread), its weights
 accounted by ``fnet_tf.analysis.bit_budget`` (packed size, ternary MAC share, energy), and all
 files are timed interleaved in one pass. Writes ``<results>/<model>-l<level>.csv`` and ``.md``,
-then re-plots every table under ``--results`` (accuracy vs packed size and vs energy).
+then re-plots every table under ``--results`` (low_bit: accuracy vs packed size and vs energy;
+qat_recipes: ``qat_recipes.png`` and ``summary.md``, every model's recipes side by side).
 A killed run resumes with the same command; finished steps are reused.
 """
 import csv
@@ -218,15 +219,58 @@ def _write_table(rows, name):
     fileio.write_text(os.path.join(FLAGS.results, f"{name}.md"), _markdown(rows, title))
 
 
+def _read_tables(results):
+    """{model-l<level>: rows} of every table (CSV) under ``results``."""
+    tables = {}
+    for name in sorted(os.listdir(results)):
+        if name.endswith(".csv") and name != "summary.csv":
+            with open(os.path.join(results, name), newline="") as f:
+                tables[name[:-4]] = list(csv.DictReader(f))
+    return tables
+
+
+def recipes_summary(tables, recipes, budget):
+    """summary.md of --study qat_recipes: each recipe's INT8 top-1 on every model and its
+    difference from ``finetune`` (today's default) at the same budget."""
+    models = sorted(tables)
+    top1 = {m: {r["variant"]: float(r["litert_top1"]) for r in rows} for m, rows in tables.items()}
+    lines = [f"# QAT recipes at {budget} float-equivalent epochs: INT8 test top-1 (LiteRT)", "",
+             "| recipe | " + " | ".join(f"{m} | vs finetune" for m in models) + " |",
+             "| --- |" + " ---: | ---: |" * len(models)]
+    for recipe in recipes:
+        cells = []
+        for m in models:
+            value, base = top1[m].get(recipe), top1[m].get("finetune")
+            cells += [_percent(value), "-" if value is None or base is None or recipe == "finetune"
+                      else f"{100 * (value - base):+.2f} pts"]
+        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    lines += ["", "Each cell is one training seed (seed 0) on the whole test split; the per-model "
+              "tables beside this file give the float and Keras QAT figures and the latencies."]
+    return "\n".join(lines) + "\n"
+
+
+def recipes_report(results):
+    """qat_recipes.png and summary.md from every table under ``results``."""
+    from fnet_tf import fileio
+    from fnet_tf.analysis import plots
+
+    tables, recipes = _read_tables(results), list(recipe_variants(FLAGS.budget_epochs))
+    if not tables:
+        return
+    fileio.write_text(os.path.join(results, "summary.md"), recipes_summary(tables, recipes,
+                                                                     FLAGS.budget_epochs))
+    plots.qat_recipes({m: {r["variant"]: float(r["litert_top1"]) for r in rows}
+                       for m, rows in tables.items()}, recipes,
+                      os.path.join(results, "qat_recipes.png"),
+                      f"QAT recipes at {FLAGS.budget_epochs} float-equivalent epochs "
+                      "(one seed each)")
+
+
 def replot(results):
     """accuracy_vs_packed_size.png, accuracy_vs_energy.png of every table in ``results``."""
     from fnet_tf.analysis import plots
 
-    tables = {}
-    for name in sorted(os.listdir(results)):
-        if name.endswith(".csv"):
-            with open(os.path.join(results, name), newline="") as f:
-                tables[name[:-4]] = list(csv.DictReader(f))
+    tables = _read_tables(results)
     if not tables:
         return
     for x, label, fname in (("packed_bytes", "packed weight size (bytes)", "accuracy_vs_packed_size"),
@@ -242,8 +286,7 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
     if FLAGS.plots_only:
-        if FLAGS.study == "low_bit":
-            replot(FLAGS.results)
+        (replot if FLAGS.study == "low_bit" else recipes_report)(FLAGS.results)
         return 0
     if not FLAGS.data or (FLAGS.study == "low_bit" and not FLAGS.init_from):
         raise UserError("pass --data, and --init_from (the float weights) for --study low_bit")
@@ -280,10 +323,10 @@ def main(argv):
         row.update(latency_p50_ms=timing["p50"], latency_p90_ms=timing["p90"])
     name = f"{FLAGS.model}-l{FLAGS.level}"
     _write_table(rows, name)
-    if FLAGS.study == "low_bit":
-        replot(FLAGS.results)
+    (replot if FLAGS.study == "low_bit" else recipes_report)(FLAGS.results)
     print(_markdown(rows, name))
-    print(f"wrote {FLAGS.results}/{name}.csv, .md and the plots")
+    print(f"wrote {FLAGS.results}/{name}.csv, .md and the plots"
+          f"{'' if FLAGS.study == 'low_bit' else ' (qat_recipes.png, summary.md)'}")
     return 0
 
 
