@@ -189,14 +189,14 @@ def retime(argv):
     with open(FLAGS.peer, "rb") as f:
         peer = f.read()
     latencies, peak = _timed_with_peak(contents + [peer])
-    machine = benchmark.machine_info()
+    machine, peer_fields = benchmark.machine_info(), _peer_fields(peer)
     for name, content, lat in zip(names, contents, latencies):
         timed = op_latency.op_latency(content, threads=1, runs=FLAGS.latency_runs)
         folder = os.path.join(zoo.zoo_dir(), name)
         op_latency.write(timed["ops"], folder, f"{name}: each op timed alone (1 thread)")
         entry = dict(zoo.metrics(name), bit_budget=bit_budget(content)[1],
                      efficiency=benchmark.efficiency(zoo.metrics(name)["macs"], lat, peak),
-                     **_latency_fields(lat, latencies[-1]), **_peer_fields(peer),
+                     **_latency_fields(lat, latencies[-1]), **peer_fields,
                      machine=machine, latency_by_op=op_latency.summary(timed))
         fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
         fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
@@ -231,6 +231,7 @@ def main(argv):
     with open(FLAGS.peer, "rb") as f:
         peer = f.read()
     peer_accuracy = benchmark.evaluate_tflite(peer, dataset.test, progress=False)["accuracy_top1"]
+    peer_fields = _peer_fields(peer)
     entries, contents = [], []
     for name, run_dir, seed_runs in runs:
         run = seed_runs[0]
@@ -262,7 +263,7 @@ def main(argv):
                 **{k: v for k, v in keras3.items() if k != "epochs"},
                 "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))},
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
-            **_peer_fields(peer),
+            **peer_fields,
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
             "source_run": os.path.abspath(run_dir)})
         entries[-1]["bit_budget"] = bit_budget(content)[1]
