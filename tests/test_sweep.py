@@ -248,3 +248,26 @@ def test_the_latency_model_recovers_known_costs_and_chooses_by_prediction():
     # predicted fast enough (<= 1.1 x 1.0): specs 1 and 2, most MACs first; then the front
     chosen = design_space.choose_by_prediction(rows, [0.5, 1.05, 1.0, 2.0], 1.0, 3)
     assert [r["spec"] for r in chosen] == ["2", "1", "0"]
+
+
+def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
+    from fnet_tf.analysis import plots, sweep_report
+
+    runs = []
+    for level in (0, 7):
+        for init in ("he_normal", "normal_std0.01"):
+            for seed in (0, 1):
+                path = tmp_path / f"l{level}-{init}-s{seed}"
+                (path / "analysis").mkdir(parents=True)
+                scale = (1 + seed) * (10 if init == "normal_std0.01" else 1)
+                (path / "analysis" / "layers.csv").write_text(
+                    "weight_layer,channel_range_max,channel_range_ratio,sqnr_db\n"
+                    f"b0_conv,{0.1 * scale},{2 * scale},30\nb1_dw,{0.2 * scale},{3 * scale},25\n"
+                    f"b1_pw,{0.3 * scale},{4 * scale},20\n")
+                runs.append(({"level": level, "init": init, "seed": seed}, str(path)))
+    by_init = sweep_report.layers_by_init(runs)
+    assert sorted(by_init) == [0, 7] and sorted(by_init[7]) == ["he_normal", "normal_std0.01"]
+    assert list(by_init[7]["normal_std0.01"]) == ["b0 kxk", "b1 kxk", "b1 1x1"]
+    assert by_init[7]["normal_std0.01"]["b1 1x1"]["channel_range_ratio"] == "40"  # seed 0's
+    plots.layers_across_levels(by_init[7], str(tmp_path / "l7.png"), "t", legend="{}")
+    assert (tmp_path / "l7.png").stat().st_size > 10_000

@@ -224,9 +224,10 @@ def zoo_pareto(points, peer, axes_spec, path, title):
     _save(fig, path)
 
 
-def layers_across_levels(by_level, path, title):
-    """Per layer position (x) and level (one line each): the widest weight channel range, the
-    widest/narrowest channel range ratio (BN folded) and the INT8 output SQNR."""
+def layers_across_levels(by_level, path, title, legend="level {}"):
+    """Per layer position (x) and level (one line each; or any other grouping, named by
+    ``legend``): the widest weight channel range, the widest/narrowest channel range ratio
+    (BN folded) and the INT8 output SQNR."""
     import re
 
     def position(key):  # network order: by block numbers, the kxk before its 1x1, dense last
@@ -244,7 +245,7 @@ def layers_across_levels(by_level, path, title):
         for ax, (column, label, log) in zip(axes, panels):
             xs = [i for i, k in enumerate(keys) if k in rows and rows[k].get(column) not in ("", None)]
             ys = [float(rows[keys[i]][column]) for i in xs]
-            ax.plot(xs, ys, "o-", color=color, label=f"level {level}", ms=4)
+            ax.plot(xs, ys, "o-", color=color, label=legend.format(level), ms=4)
             ax.set_ylabel(label, fontsize=9)
             if log:
                 ax.set_yscale("log")

@@ -3,7 +3,9 @@
 Reads what the steps left (run ``metrics.json``, ``analysis/metrics.json``, ``layers.csv``, the
 INT8 files), so it works on any merged set of runs. Writes ``sweep.csv`` (one row per run),
 ``summary.md`` (one row per level and initializer: mean ± std over seeds), ``pareto.png``,
-``layers_across_levels.png`` and, with several initializers, ``init_ablation.png``.
+``layers_across_levels.png`` and, with several initializers, ``init_ablation.png`` and one
+``layers_by_init_l<level>.png`` per level (each layer's ranges and INT8 error, one line per
+initializer).
 """
 import csv
 import io
@@ -283,17 +285,32 @@ def _layer_key(weight_layer):
     return f"{m.group(1)} 1x1" if m else weight_layer
 
 
-def layers_by_level(runs):
-    """{level: {layer key: layers.csv row}} from the first seed/initializer of each level."""
+def layers_by(runs, group):
+    """{group(config): {layer key: layers.csv row}} from the first run of each group (runs come
+    in level, initializer, seed order: the first seed, and he_normal's where it is one)."""
     result = {}
     for config, path in runs:
-        level = config["level"]
-        if level in result:
+        value = group(config)
+        if value in result:
             continue
         with open(os.path.join(path, "analysis", "layers.csv")) as f:
             rows = [r for r in csv.DictReader(f) if r.get("weight_layer")]
-        result[level] = {_layer_key(r["weight_layer"]): r for r in rows}
+        result[value] = {_layer_key(r["weight_layer"]): r for r in rows}
     return result
+
+
+def layers_by_level(runs):
+    """{level: {layer key: layers.csv row}} from the first seed/initializer of each level."""
+    return layers_by(runs, lambda config: config["level"])
+
+
+def layers_by_init(runs):
+    """{level: {initializer: {layer key: layers.csv row}}}, the first seed of each."""
+    levels = []
+    for config, _ in runs:
+        levels += [config["level"]] if config["level"] not in levels else []
+    return {level: layers_by([r for r in runs if r[0]["level"] == level],
+                             lambda config: config.get("init", "he_normal")) for level in levels}
 
 
 def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
@@ -325,6 +342,12 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
         plots.init_ablation(entries, os.path.join(out, "init_ablation.png"),
                             f"{model}: weight initializer vs INT8 accuracy")
         written.append("init_ablation.png")
+        for level, by_init in layers_by_init(runs).items():
+            name = f"layers_by_init_l{level}.png"
+            plots.layers_across_levels(
+                by_init, os.path.join(out, name), f"{model} level {level}: per-layer weights "
+                "(BN folded) and INT8 error for each initializer (first seed)", legend="{}")
+            written.append(name)
     print(summary_markdown(entries, peer_row, title))
     print(f"wrote {out}/ ({', '.join(written)}) from {len(rows)} runs")
     return entries
