@@ -156,8 +156,10 @@ def layerwise(target, dataset, out):
                                                                     architecture)
     fields = ["op", "tflite_op", "layer", "weight_layer", "weight_kind", "params", "channels",
               "weight_min", "weight_max", "weight_std", "channel_range_min", "channel_range_max",
-              "channel_range_ratio", "weight_sqnr_db_per_channel", "weight_sqnr_db_per_tensor", "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99",
-              "act_p99_9", "act_max", "scale", "mse", "sqnr_db", "rmse_lsb", "max_err_lsb", "tensor"]
+              "channel_range_ratio", "weight_sqnr_db_per_channel", "weight_sqnr_db_per_tensor",
+              "raw_weight_std", "raw_channel_range_max", "raw_channel_range_ratio",
+              "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99", "act_p99_9", "act_max",
+              "scale", "mse", "sqnr_db", "rmse_lsb", "max_err_lsb", "tensor"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

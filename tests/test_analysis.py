@@ -59,6 +59,22 @@ def _spread_depthwise_channels(model, ratio=20.0):
     return copy
 
 
+def test_kernels_before_and_after_bn_folding():
+    from fnet_tf.backend import keras
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="c")(inputs)
+    x = keras.layers.BatchNormalization(name="bn", epsilon=1e-3)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(x)))
+    gamma, beta, mean, var = (np.array([1.0, 2.0, 0.5, 3.0]), np.zeros(4), np.zeros(4),
+                              np.array([1.0, 4.0, 0.25, 9.0]))
+    model.get_layer("bn").set_weights([gamma, beta, mean, var])
+    raw = layerwise.folded_kernels(model, fold_bn=False)["c"][1]
+    folded = layerwise.folded_kernels(model)["c"][1]
+    np.testing.assert_allclose(raw, model.get_layer("c").get_weights()[0], rtol=1e-6)
+    np.testing.assert_allclose(folded, raw * gamma / np.sqrt(var + 1e-3), rtol=1e-5)
+
+
 def test_per_channel_beats_per_tensor_on_depthwise_layers(tiny_archive):
     """A FactorizeNet with depthwise layers of 16-32 channels whose ranges spread 20:1."""
     from fnet_tf import data
@@ -115,6 +131,10 @@ def test_analyze_a_run_directory(qat_run, tmp_path):
     # factorizenet level 3: the stem, 5 factorized convs (spatial + pointwise each), the dense
     assert len([r for r in rows if r["weight_layer"]]) == 12
     assert all(np.isfinite(float(r["sqnr_db"])) for r in rows)
+    # before BN folding too: the stem conv is followed by BN, the classifier is not
+    stem, dense = [r for r in rows if r["weight_layer"]][0], [r for r in rows if r["weight_layer"]][-1]
+    assert float(stem["raw_channel_range_max"]) != pytest.approx(float(stem["channel_range_max"]))
+    assert float(dense["raw_channel_range_max"]) == pytest.approx(float(dense["channel_range_max"]))
     for png in ("weight_ranges.png", "sqnr.png", "activation_histograms.png", "weight_histograms.png",
                 "summary.png"):
         data = (out / png).read_bytes()

@@ -261,9 +261,10 @@ def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
                 (path / "analysis").mkdir(parents=True)
                 scale = (1 + seed) * (10 if init == "normal_std0.01" else 1)
                 (path / "analysis" / "layers.csv").write_text(
-                    "weight_layer,channel_range_max,channel_range_ratio,sqnr_db\n"
-                    f"b0_conv,{0.1 * scale},{2 * scale},30\nb1_dw,{0.2 * scale},{3 * scale},25\n"
-                    f"b1_pw,{0.3 * scale},{4 * scale},20\n")
+                    "weight_layer,channel_range_max,channel_range_ratio,raw_channel_range_ratio,"
+                    f"sqnr_db\nb0_conv,{0.1 * scale},{2 * scale},{scale},30\n"
+                    f"b1_dw,{0.2 * scale},{3 * scale},{scale},25\n"
+                    f"b1_pw,{0.3 * scale},{4 * scale},,20\n")
                 runs.append(({"level": level, "init": init, "seed": seed}, str(path)))
     by_init = sweep_report.layers_by_init(runs)
     assert sorted(by_init) == [0, 7] and sorted(by_init[7]) == ["he_normal", "normal_std0.01"]

@@ -60,8 +60,9 @@ def _next_layer(layer):
     return nodes[0].outbound_layer if len(nodes) == 1 else None
 
 
-def folded_kernels(model):
-    """{layer name: (kind, kernel with BN folded, output-channel axis)} of conv/dense layers.
+def folded_kernels(model, fold_bn=True):
+    """{layer name: (kind, kernel with BN folded, output-channel axis)} of conv/dense layers
+    (``fold_bn=False``: the trained kernels as they are, before BN scales them).
 
     Works on float and QAT models alike: variables are read by name from ``model.weights``
     (a quantize wrapper owns its layer's variables under the layer's names) and the BN that
@@ -82,7 +83,7 @@ def folded_kernels(model):
             kernel = kernel.reshape(*kernel.shape[:2], -1)
         nxt = _next_layer(outer)
         bn = _inner(nxt) if nxt is not None else None
-        if bn is not None and type(bn).__name__ == "BatchNormalization":
+        if fold_bn and bn is not None and type(bn).__name__ == "BatchNormalization":
             gamma = values[f"{bn.name}/gamma:0"].numpy()
             var_ = values[f"{bn.name}/moving_variance:0"].numpy()
             kernel = kernel * (gamma / np.sqrt(var_ + bn.epsilon))
@@ -194,7 +195,7 @@ def analyze_layers(model, content, images, float_architecture=None):
     ranges, activation values, weight values), the last three keyed by layer."""
     reference = float_reference(model, float_architecture)
     layer_names = {layer.name for layer in reference.layers}
-    kernels = folded_kernels(reference)
+    kernels, raw = folded_kernels(reference), folded_kernels(reference, fold_bn=False)
     producers = _conv_feeding(reference)
     ints = tflite_intermediates(content, images)
     matched = [(op, opname, tname, match_layer(tname, layer_names, reference.layers[-1].name,
@@ -209,7 +210,8 @@ def analyze_layers(model, content, images, float_architecture=None):
             continue
         conv = producers.get(layer)
         _add_row(rows, per_channel, activations, (op, opname, tname, scale), layer, ref, values,
-                 (conv, kernels[conv]) if conv in kernels else None, weight_values)
+                 (conv, kernels[conv]) if conv in kernels else None, weight_values,
+                 raw[conv][1] if conv in raw else None)
     return rows, per_channel, activations, weight_values
 
 
@@ -221,8 +223,10 @@ def lowest_sqnr_layers(model, content, images, float_architecture=None, count=3)
 
 
 def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weights,
-             weight_values):
-    """One layers.csv row: error and activation stats, plus the weights that produced it."""
+             weight_values, raw_kernel=None):
+    """One layers.csv row: error and activation stats, plus the weights that produced it (and,
+    where the Keras model gives it, the same kernel before BN folding: ``raw_*``, to tell the
+    ranges training left from those BN's scales make)."""
     op, opname, tensor_name, scale = op_info
     row = {"op": op, "tflite_op": opname, "layer": layer, "tensor": tensor_name[:120],
            "scale": scale, **quant_error(ref, values, scale), **activation_stats(ref)}
@@ -232,6 +236,11 @@ def _add_row(rows, per_channel, activations, op_info, layer, ref, values, weight
         per_channel[weight_layer] = stats.pop("per_channel_range")
         weight_values[weight_layer] = kernel.ravel()
         row.update(weight_layer=weight_layer, weight_kind=kind, params=int(kernel.size), **stats)
+        if raw_kernel is not None:
+            before = weight_stats(raw_kernel, axis)
+            row.update(raw_weight_std=before["weight_std"],
+                       raw_channel_range_max=before["channel_range_max"],
+                       raw_channel_range_ratio=before["channel_range_ratio"])
     rows.append(row)
     activations[layer] = ref.ravel()
 

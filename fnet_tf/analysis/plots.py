@@ -227,7 +227,8 @@ def zoo_pareto(points, peer, axes_spec, path, title):
 def layers_across_levels(by_level, path, title, legend="level {}"):
     """Per layer position (x) and level (one line each; or any other grouping, named by
     ``legend``): the widest weight channel range, the widest/narrowest channel range ratio
-    (BN folded) and the INT8 output SQNR."""
+    (BN folded; and before folding, where layers.csv has it: what training left, against what
+    BN's scales make of it) and the INT8 output SQNR."""
     import re
 
     def position(key):  # network order: by block numbers, the kxk before its 1x1, dense last
@@ -235,10 +236,15 @@ def layers_across_levels(by_level, path, title, legend="level {}"):
         return (not numbers, numbers, key.endswith("1x1"))
 
     keys = sorted({key for rows in by_level.values() for key in rows}, key=position)
-    panels = (("channel_range_max", "widest channel |w| (BN folded)", True),
+    panels = [("channel_range_max", "widest channel |w| (BN folded)", True),
               ("channel_range_ratio", "channel range ratio (widest / narrowest)", True),
-              ("sqnr_db", "INT8 output SQNR (dB)", False))
-    fig, axes = plt.subplots(3, 1, figsize=(max(8, 0.6 * len(keys) + 3), 10), sharex=True)
+              ("sqnr_db", "INT8 output SQNR (dB)", False)]
+    if any(row.get("raw_channel_range_ratio") not in ("", None)
+           for rows in by_level.values() for row in rows.values()):
+        panels.insert(2, ("raw_channel_range_ratio", "channel range ratio before BN folding",
+                          True))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.6 * len(keys) + 3),
+                                                      3.3 * len(panels)), sharex=True)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(by_level), 1)))
     for color, level in zip(colors, sorted(by_level)):
         rows = by_level[level]
