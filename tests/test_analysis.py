@@ -299,3 +299,25 @@ def test_ptq_run_gets_the_quantization_debugger_dump(tiny_archive, tmp_path):
     assert {"CONV_2D", "DEPTHWISE_CONV_2D"} <= {r["op_name"] for r in rows}
     assert all(float(r["mean_squared_error"]) >= 0 for r in rows)
     assert "QuantizationDebugger" in (out / "report.md").read_text()
+
+
+def test_targets_with_one_name_are_told_apart_by_their_folders(tmp_path):
+    """Two run directories both called finetune (or two models/*/model_int8.tflite) must not
+    write their layer-wise outputs into one OUT/<name>/ folder."""
+    from types import SimpleNamespace
+
+    from fnet_tf.analyze import _unique_names
+
+    def run(path):
+        return SimpleNamespace(path=str(tmp_path / path), run=object(), name=os.path.basename(path),
+                               tflite=str(tmp_path / path / "model_int8.tflite"))
+
+    def file(path):
+        return SimpleNamespace(path=str(tmp_path / path), run=None, tflite=str(tmp_path / path),
+                               name=os.path.splitext(os.path.basename(path))[0])
+
+    targets = _unique_names([run("q/frostnet-l0/finetune"), run("p/factorizenet-l3/finetune"),
+                             run("q/frostnet-l0/scratch"), file("models/a/model_int8.tflite"),
+                             file("models/b/model_int8.tflite"), file("x.tflite")])
+    assert [t.name for t in targets] == ["frostnet-l0-finetune", "factorizenet-l3-finetune",
+                                         "scratch", "a", "b", "x"]
