@@ -48,6 +48,13 @@ def test_a_parked_run_resumes_on_a_new_machine_as_if_never_stopped(tiny_archive,
     resumed = run_module(args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _float_epochs(tmp_path / run_rel) == [1, 2, 3, 4]
+    # a finished phase travels as its model, without its checkpoints
+    done = run_module([PARK, "save", "sweep", "--out", "done.tar.gz"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with tarfile.open(tmp_path / "done.tar.gz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("model_float.keras") for n in names)
+    assert not any("checkpoints/float/" in n for n in names)
 
     straight = run_module([*TRAIN, "--data", tiny_archive, "--run_dir", "straight"], cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]

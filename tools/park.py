@@ -7,8 +7,8 @@
 Run directories live in gitignored folders (``runs/``, ``sweeps/``) on a machine that ends with
 the session, so an 80-epoch run that a session cannot finish would be lost with it. ``save``
 packs the resume state of every run directory under DIR (everything but TensorBoard logs and
-every checkpoint except the newest whole one of each phase: about 1 MB a run, small enough to
-commit); ``restore`` puts it back at the path it came from, and the same training or sweep
+every checkpoint except the newest whole one of each unfinished phase: about 1 MB a small run,
+small enough to commit); ``restore`` puts it back at the path it came from, and the same training or sweep
 command resumes from the last whole epoch (bitwise as if never interrupted: the seeded data
 order and the optimizer state are in the checkpoint). Both write atomically.
 """
@@ -44,15 +44,22 @@ def _run_dirs(directory):
 
 
 def _kept_checkpoints(directory):
-    """The newest whole checkpoint of each phase folder (``checkpoints/<phase>/epoch-N``)."""
+    """The newest whole checkpoint of each phase folder (``checkpoints/<phase>/epoch-N``) whose
+    phase is not complete: a finished phase resumes from its model, never its checkpoints."""
     from fnet_tf.checkpoints import EpochCheckpoints
+    from fnet_tf.rundir import RunDir
 
     kept = set()
     for root, dirs, _ in os.walk(directory):
-        if any(_EPOCH_DIR.match(d) for d in dirs):
-            _, newest = EpochCheckpoints(root).latest()
-            if newest:
-                kept.add(os.path.abspath(newest))
+        if not any(_EPOCH_DIR.match(d) for d in dirs):
+            continue
+        checkpoints, phase = os.path.split(root)
+        if (os.path.basename(checkpoints) == "checkpoints"
+                and RunDir(os.path.dirname(checkpoints)).is_complete(phase)):
+            continue
+        _, newest = EpochCheckpoints(root).latest()
+        if newest:
+            kept.add(os.path.abspath(newest))
     return kept
 
 
