@@ -2,7 +2,9 @@
 
 ``--study low_bit`` (issue 16): int8 QAT, hybrid ternary filter banks and DBQ from one float
 model. ``--study qat_recipes`` (issue 17): finetune, scratch, statassist and statassist +
-GradBoost at one float-equivalent epoch budget (``--budget_epochs``), from scratch.
+GradBoost at one float-equivalent epoch budget (``--budget_epochs``), from scratch; with
+``--variants``, also ``statassist-ramp`` (and ``-gradboost``): the warm-up LR as the reference
+code runs it (``--statassist_warmup ramp``).
 
     python benchmarks/low_bit.py --model factorizenet --level 3 \\
         --init_from results/float-keras3-e80/factorizenet-l3 \\
@@ -79,7 +81,14 @@ def recipe_variants(budget):
     return {"finetune": ["--epochs", str(budget - 3), "--qat_epochs", "3"],
             "scratch": ["--qat_recipe", "scratch", "--epochs", "0", "--qat_epochs", str(budget)],
             "statassist": statassist,
-            "statassist-gradboost": [*statassist, "--optimizer", "sgd_gradboost"]}
+            "statassist-gradboost": [*statassist, "--optimizer", "sgd_gradboost"],
+            # opt-in (--variants): the warm-up LR as the reference code runs it
+            "statassist-ramp": [*statassist, "--statassist_warmup", "ramp"],
+            "statassist-ramp-gradboost": [*statassist, "--statassist_warmup", "ramp",
+                                          "--optimizer", "sgd_gradboost"]}
+
+
+RECIPES_BY_DEFAULT = ("finetune", "scratch", "statassist", "statassist-gradboost")
 
 
 def variants():
@@ -254,9 +263,11 @@ def recipes_report(results):
     from fnet_tf import fileio
     from fnet_tf.analysis import plots
 
-    tables, recipes = _read_tables(results), list(recipe_variants(FLAGS.budget_epochs))
+    tables = _read_tables(results)
     if not tables:
         return
+    measured = {row["variant"] for rows in tables.values() for row in rows}
+    recipes = [r for r in recipe_variants(FLAGS.budget_epochs) if r in measured]
     fileio.write_text(os.path.join(results, "summary.md"), recipes_summary(tables, recipes,
                                                                      FLAGS.budget_epochs))
     plots.qat_recipes({m: {r["variant"]: float(r["litert_top1"]) for r in rows}
@@ -293,7 +304,8 @@ def main(argv):
     if FLAGS.study == "qat_recipes" and FLAGS.budget_epochs < 4:
         raise UserError(f"--budget_epochs must be 4 or more, got {FLAGS.budget_epochs}")
     table = variants()
-    FLAGS.variants = FLAGS.variants or list(table)
+    FLAGS.variants = FLAGS.variants or list(table if FLAGS.study == "low_bit" else
+                                            RECIPES_BY_DEFAULT)
     unknown = [v for v in FLAGS.variants if v not in table]
     if unknown:
         raise UserError(f"unknown variant {unknown[0]!r}: choose from {', '.join(table)}")

@@ -11,8 +11,9 @@ class Recipe:
     batch_size: int = 128
     optimizer: str = "sgd"       # sgd (Nesterov momentum) or adamw; *_gradboost: with GradBoost
     lr: float = 0.1              # peak learning rate, reached after the warm-up
-    schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up
-    warmup_epochs: float = 2.0   # capped at 20% of the phase
+    schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up; "ramp":
+                                 # the warm-up alone, not capped (StatAssist as the reference)
+    warmup_epochs: float = 2.0   # capped at 20% of the phase (but for "ramp")
     weight_decay: float = 5e-3   # decoupled (Keras): each step w -= lr * wd * w
     momentum: float = 0.9
     label_smoothing: float = 0.0

@@ -52,6 +52,10 @@ flags.DEFINE_enum("qat_recipe", "finetune", ["finetune", "scratch", "statassist"
                   "then trains from scratch (full LR schedule, restarted).")
 flags.DEFINE_integer("statassist_epochs", None, "--qat_recipe statassist: float warm-up epochs "
                      "(default: --epochs).")
+flags.DEFINE_enum("statassist_warmup", "anneal", ["anneal", "ramp"], "--qat_recipe statassist: "
+                  "the float warm-up's LR. anneal: a schedule of its own (warm-up capped at 20%, "
+                  "cosine to 0); ramp: as the reference code runs it, the first epochs of the "
+                  "linear --warmup_epochs warm-up (not capped, never annealed), restarted for QAT.")
 flags.DEFINE_float("lr", None, "Peak learning rate (default 0.1 for sgd, 2e-3 for adamw).")
 flags.DEFINE_enum("schedule", "cosine", ["cosine", "constant"], "LR after the warm-up.")
 flags.DEFINE_float("warmup_epochs", 2.0, "Linear LR warm-up (capped at 20% of training).")
@@ -153,6 +157,8 @@ def validate_flags():
          "--qat_recipe scratch has no float phase: pass --epochs 0"),
         (FLAGS.qat_recipe == "statassist" or FLAGS.statassist_epochs is None,
          "--statassist_epochs needs --qat_recipe statassist"),
+        (FLAGS.qat_recipe == "statassist" or FLAGS.statassist_warmup == "anneal",
+         "--statassist_warmup needs --qat_recipe statassist"),
         (FLAGS.statassist_epochs is None or FLAGS.statassist_epochs > 0,
          f"--statassist_epochs must be 1 or more, got {FLAGS.statassist_epochs}"),
         (FLAGS.statassist_epochs is None or not FLAGS["epochs"].present
@@ -180,7 +186,9 @@ def recipe_from_flags():
         epochs=float_epochs(), batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
         gradboost_clip=FLAGS.gradboost_clip, gradboost_decay=FLAGS.gradboost_decay,
         kd_alpha=FLAGS.kd_alpha if FLAGS.teacher else 0.0, kd_temperature=FLAGS.kd_temperature,
-        lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"], schedule=FLAGS.schedule,
+        lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"],
+        schedule=("ramp" if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_warmup == "ramp"
+                  else FLAGS.schedule),
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
                       else defaults["weight_decay"]),
@@ -192,7 +200,7 @@ def qat_recipe(recipe):
     from scratch: the float recipe's peak LR and warm-up, restarted."""
     if FLAGS.qat_recipe != "finetune":
         lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr
-        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr)
+        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, schedule=FLAGS.schedule)
     lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
     return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0)
 

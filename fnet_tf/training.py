@@ -47,12 +47,21 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 NO_DECAY = ("gamma", "beta", "bias", "depthwise_kernel")  # BN, biases, depthwise kernels
 
 
+def lr_schedule(recipe, steps_per_epoch):
+    """The phase's learning rate by step: a linear warm-up (capped at 20% of the phase, but for
+    ``ramp``, a slice of a longer warm-up: StatAssist's float epochs as the reference runs them),
+    then cosine to 0 or constant."""
+    total = max(recipe.epochs * steps_per_epoch, 1)
+    warmup = int(recipe.warmup_epochs * steps_per_epoch)
+    if recipe.schedule != "ramp":
+        warmup = min(warmup, total // 5)
+    return WarmupCosine(recipe.lr, warmup, total, cosine=recipe.schedule == "cosine")
+
+
 def make_optimizer(recipe, steps_per_epoch, boost=True):
     """The phase's optimizer. ``*_gradboost`` optimizers (``fnet_tf.gradboost``) add their
     noise only when ``boost`` (StatAssist's float warm-up only gathers the statistics)."""
-    total = max(recipe.epochs * steps_per_epoch, 1)
-    warmup = min(int(recipe.warmup_epochs * steps_per_epoch), total // 5)
-    lr = WarmupCosine(recipe.lr, warmup, total, cosine=recipe.schedule == "cosine")
+    lr = lr_schedule(recipe, steps_per_epoch)
     base, _, extra = recipe.optimizer.partition("_")
     kwargs = {}
     sgd, adamw = keras.optimizers.SGD, keras.optimizers.AdamW

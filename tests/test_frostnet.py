@@ -171,6 +171,7 @@ def test_statassist_with_gradboost_trains_qats_and_exports_a_fully_int8_file(tin
     (["--qat_recipe", "scratch", "--epochs", "3", "--qat_epochs", "1"], "--epochs 0"),
     (["--qat_recipe", "statassist", "--qat_epochs", "0"], "--qat_epochs"),
     (["--statassist_epochs", "2", "--qat_epochs", "1"], "--qat_recipe statassist"),
+    (["--statassist_warmup", "ramp", "--qat_epochs", "1"], "--qat_recipe statassist"),
     (["--optimizer", "sgd_gradboost", "--gradboost_decay", "1.5"], "--gradboost_decay"),
     (["--level", "2"], "no factorization levels"),
 ])
@@ -269,3 +270,21 @@ def test_the_recipes_report_compares_every_recipe_with_finetune(tmp_path):
     assert "| scratch | 83.01% | +0.54 pts | 78.50% | -1.50 pts |" in summary
     assert "| statassist-gradboost | 83.19% | +0.72 pts | - | - |" in summary
     assert (tmp_path / "qat_recipes.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_ramp_warm_up_is_a_slice_of_the_longer_linear_warm_up():
+    """--statassist_warmup ramp: the float epochs run the first part of a --warmup_epochs linear
+    warm-up (not capped at 20% of the phase, never annealed), as the reference code does."""
+    from fnet_tf.recipe import Recipe
+    from fnet_tf.training import lr_schedule
+
+    def lrs(schedule, epochs, steps=10):
+        lr = lr_schedule(Recipe(epochs=epochs, lr=0.2, warmup_epochs=2.0, schedule=schedule), steps)
+        return np.array([float(lr(step)) for step in range(epochs * steps)])
+
+    ramp = lrs("ramp", 1)
+    np.testing.assert_allclose(ramp, 0.2 * np.arange(1, 11) / 20, rtol=1e-6)  # up to half the peak
+    anneal = lrs("cosine", 1)
+    assert anneal[1] == pytest.approx(0.2) and anneal[-1] < 0.01  # 2 warm-up steps, then cosine
+    longer = lrs("ramp", 3)
+    assert longer[19] == pytest.approx(0.2) and np.all(longer[20:] == pytest.approx(0.2))
