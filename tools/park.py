@@ -8,9 +8,9 @@ Run directories live in gitignored folders (``runs/``, ``sweeps/``) on a machine
 the session, so an 80-epoch run that a session cannot finish would be lost with it. ``save``
 packs the resume state of every run directory under DIR (everything but TensorBoard logs and
 every checkpoint except the newest whole one of each unfinished phase: about 1 MB a small run,
-small enough to commit); ``restore`` puts it back at the path it came from, and the same training or sweep
-command resumes from the last whole epoch (bitwise as if never interrupted: the seeded data
-order and the optimizer state are in the checkpoint). Both write atomically.
+small enough to commit); ``restore`` puts it back at the path it came from, and the same
+training or sweep command resumes from the last whole epoch (bitwise as if never interrupted:
+the seeded data order and the optimizer state are in the checkpoint). Both write atomically.
 """
 import datetime
 import io
