@@ -232,17 +232,16 @@ def _read_tables(results):
     """{model-l<level>: rows} of every table (CSV) under ``results``."""
     tables = {}
     for name in sorted(os.listdir(results)):
-        if name.endswith(".csv") and name != "summary.csv":
+        if name.endswith(".csv"):
             with open(os.path.join(results, name), newline="") as f:
                 tables[name[:-4]] = list(csv.DictReader(f))
     return tables
 
 
-def recipes_summary(tables, recipes, budget):
-    """summary.md of --study qat_recipes: each recipe's INT8 top-1 on every model and its
-    difference from ``finetune`` (today's default) at the same budget."""
-    models = sorted(tables)
-    top1 = {m: {r["variant"]: float(r["litert_top1"]) for r in rows} for m, rows in tables.items()}
+def recipes_summary(top1, recipes, budget):
+    """summary.md of --study qat_recipes from {model: {recipe: INT8 top-1}}: each recipe on
+    every model and its difference from ``finetune`` (today's default) at the same budget."""
+    models = sorted(top1)
     lines = [f"# QAT recipes at {budget} float-equivalent epochs: INT8 test top-1 (LiteRT)", "",
              "| recipe | " + " | ".join(f"{m} | vs finetune" for m in models) + " |",
              "| --- |" + " ---: | ---: |" * len(models)]
@@ -266,13 +265,11 @@ def recipes_report(results):
     tables = _read_tables(results)
     if not tables:
         return
-    measured = {row["variant"] for rows in tables.values() for row in rows}
-    recipes = [r for r in recipe_variants(FLAGS.budget_epochs) if r in measured]
-    fileio.write_text(os.path.join(results, "summary.md"), recipes_summary(tables, recipes,
-                                                                     FLAGS.budget_epochs))
-    plots.qat_recipes({m: {r["variant"]: float(r["litert_top1"]) for r in rows}
-                       for m, rows in tables.items()}, recipes,
-                      os.path.join(results, "qat_recipes.png"),
+    top1 = {m: {r["variant"]: float(r["litert_top1"]) for r in rows} for m, rows in tables.items()}
+    recipes = [r for r in recipe_variants(FLAGS.budget_epochs) if any(r in t for t in top1.values())]
+    fileio.write_text(os.path.join(results, "summary.md"),
+                      recipes_summary(top1, recipes, FLAGS.budget_epochs))
+    plots.qat_recipes(top1, recipes, os.path.join(results, "qat_recipes.png"),
                       f"QAT recipes at {FLAGS.budget_epochs} float-equivalent epochs "
                       "(one seed each)")
 

@@ -100,10 +100,11 @@ def write_front(out):
     """The zoo's Pareto plot and front table (``fnet_tf.analysis.zoo_front``) into ``out``."""
     from fnet_tf.analysis import zoo_front
 
-    written = zoo_front.write(out, table_rows())
+    rows = table_rows()
+    written = zoo_front.write(out, rows)
     if not written:
         raise UserError(f"no released models in {zoo_dir()}: nothing to plot")
-    print(f"wrote {out}/ ({', '.join(written)}) from {len(table_rows())} released models")
+    print(f"wrote {out}/ ({', '.join(written)}) from {len(rows)} released models")
     return written
 
 
