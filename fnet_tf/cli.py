@@ -42,6 +42,26 @@ def define_level(default=0, help_text=None):
                  "for every stage (0: the baseline) or one per stage, e.g. 0,3,7.")
 
 
+def parse_levels(text, top, model="the model"):
+    """'all', '0-7', '0,3,7', '0-2,7' -> sorted unique levels, each in 0..top."""
+    if text is None:
+        raise UserError("--levels is required, e.g. --levels 0-7 or --levels all")
+    if text.strip() == "all":
+        return list(range(top + 1))
+    levels = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            lo, hi = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            raise UserError(f"bad --levels part {part!r}: use e.g. 0-7 or 0,3,7") from None
+        if not 0 <= lo <= hi <= top:
+            raise UserError(f"--levels {part} is outside 0..{top} for {model}")
+        levels.update(range(lo, hi + 1))
+    return sorted(levels)
+
+
 class _WidthParser(flags.ArgumentParser):
     """``--width``: a multiplier (every stage) or one per stage (``0.5,1,1.25``)."""
 

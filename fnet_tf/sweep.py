@@ -74,26 +74,6 @@ flags.DEFINE_integer("calibration_images", 200, "--design_space: training images
                      "each untrained file.")
 
 
-def parse_levels(text, top, model="the model"):
-    """'all', '0-7', '0,3,7', '0-2,7' -> sorted unique levels, each in 0..top."""
-    if text is None:
-        raise UserError("--levels is required, e.g. --levels 0-7 or --levels all")
-    if text.strip() == "all":
-        return list(range(top + 1))
-    levels = set()
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            lo, _, hi = part.partition("-")
-            lo, hi = int(lo), int(hi) if hi else int(lo)
-        except ValueError:
-            raise UserError(f"bad --levels part {part!r}: use e.g. 0-7 or 0,3,7") from None
-        if not 0 <= lo <= hi <= top:
-            raise UserError(f"--levels {part} is outside 0..{top} for {model}")
-        levels.update(range(lo, hi + 1))
-    return sorted(levels)
-
-
 class Point:
     """One sweep point (level, seed, initializer) and its run directory."""
 
@@ -227,7 +207,7 @@ def main(argv):
 
             designs = design_space.read_front(FLAGS.out, FLAGS.levels)
         else:
-            designs = [(lvl, FLAGS.width) for lvl in parse_levels(FLAGS.levels, top, FLAGS.model)]
+            designs = [(lvl, FLAGS.width) for lvl in cli.parse_levels(FLAGS.levels, top, FLAGS.model)]
         levels = [lvl for lvl, _ in designs]
         data_lib.check_source(FLAGS.data)
         from fnet_tf import initializers

@@ -306,7 +306,7 @@ def test_targets_with_one_name_are_told_apart_by_their_folders(tmp_path):
     write their layer-wise outputs into one OUT/<name>/ folder."""
     from types import SimpleNamespace
 
-    from fnet_tf.analyze import _unique_names
+    from fnet_tf.analysis.output_names import unique_names
 
     def run(path):
         return SimpleNamespace(path=str(tmp_path / path), run=object(), name=os.path.basename(path),
@@ -316,7 +316,7 @@ def test_targets_with_one_name_are_told_apart_by_their_folders(tmp_path):
         return SimpleNamespace(path=str(tmp_path / path), run=None, tflite=str(tmp_path / path),
                                name=os.path.splitext(os.path.basename(path))[0])
 
-    targets = _unique_names([run("q/frostnet-l0/finetune"), run("p/factorizenet-l3/finetune"),
+    targets = unique_names([run("q/frostnet-l0/finetune"), run("p/factorizenet-l3/finetune"),
                              run("q/frostnet-l0/scratch"), file("models/a/model_int8.tflite"),
                              file("models/b/model_int8.tflite"), file("x.tflite")])
     assert [t.name for t in targets] == ["frostnet-l0-finetune", "factorizenet-l3-finetune",

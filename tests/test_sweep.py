@@ -99,17 +99,11 @@ def test_select_picks_the_most_accurate_level_under_the_budget(tmp_path):
         sweep_report.select_text(tmp_path, "flops<=3")
 
 
-def test_pareto_front_and_level_parsing():
+def test_pareto_front():
     points = [(38, 86), (9, 85), (6, 83), (5.8, 84), (5.7, 82), (20, 84)]
     from fnet_tf.analysis.pareto import pareto_front
 
     assert sorted(pareto_front(points)) == [0, 1, 3, 4]
-    from fnet_tf import sweep
-
-    assert sweep.parse_levels("0-2,7", 7) == [0, 1, 2, 7]
-    assert sweep.parse_levels("all", 3) == [0, 1, 2, 3]
-    with pytest.raises(UserError, match="outside"):
-        sweep.parse_levels("0-9", 7)
 
 
 @pytest.mark.parametrize("args,message", [
