@@ -9,9 +9,15 @@ from fnet_tf import fileio
 from fnet_tf.architectures import width_text
 
 
+# what each registered model is, in the card's first line (FactorizeNet unless named here)
+ARCHITECTURES = {
+    "resnet8": "the MLPerf Tiny ResNet-8 architecture",
+    "frostnet_cifar": "our 32x32 adaptation of FrostNet-Small (Kim, Yoo, Yang, arXiv 2006.09679)",
+}
+
+
 def description(m):
-    kind = ("the MLPerf Tiny ResNet-8 architecture" if m["model"] == "resnet8"
-            else "FactorizeNet")
+    kind = ARCHITECTURES.get(m["model"], "FactorizeNet")
     return (f"{m['model']} level {m['level']}: {kind}, trained with fnet_tf's pipeline and "
             f"recipe.")
 

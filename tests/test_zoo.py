@@ -102,6 +102,16 @@ def test_a_card_with_other_seeds_shows_their_mean_and_sample_std():
     assert model_card.seed_note({}).startswith("one training seed") and zoo.seed_suffix({}) == ""
 
 
+def test_every_registered_model_is_named_for_what_it_is_in_its_card():
+    from fnet_tf import model_card
+    from fnet_tf.architectures import list_models
+
+    for name in list_models():
+        line = model_card.description({"model": name, "level": 0})
+        assert line.startswith(f"{name} level 0: ")
+        assert ("FactorizeNet" in line) == (name == "factorizenet"), line
+
+
 def _card(name, model, accuracy, macs, ratio, size, **extra):
     return {"name": name, "model": model, "level": 0, "width": 1.0, "int8_accuracy": accuracy,
             "macs": macs, "latency_ratio_to_peer": ratio, "latency_p50_ms": 0.1 * ratio,
