@@ -187,8 +187,10 @@ def _recipes_markdown(rows, title):
              "| **INT8 top-1 (LiteRT)** | INT8/Keras agreement | p50 ms |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
+        # scratch has no float phase: its 'float' figure is the untrained model's
+        float_top1 = _percent(r["float_top1"]) if int(r["float_epochs"] or 0) else "-"
         lines.append(f"| {r['variant']} | {r['optimizer']} | {r['float_epochs'] or 0} + "
-                     f"{r['qat_epochs']} | {_percent(r['float_top1'])} | "
+                     f"{r['qat_epochs']} | {float_top1} | "
                      f"{_percent(r['keras_qat_top1'])} | **{_percent(r['litert_top1'])}** | "
                      f"{_percent(r['agreement'])} | {r['latency_p50_ms']:.3f} |")
     lines += ["", f"Every row: {rows[0]['num_images']:,} test images; the float top-1 is the "
