@@ -25,7 +25,8 @@ def family(m):
         width = m.get("width", 1.0)
         uniform = isinstance(m.get("level"), int) and width in (1, 1.0)
         return "FactorizeNet, one level" if uniform else "FactorizeNet, per-stage design"
-    return {"resnet8": "ResNet-8 (ours)"}.get(m["model"], m["model"])
+    return {"resnet8": "ResNet-8 (ours)", "frostnet_cifar": "FrostNet-Small, 32x32 (ours)"}.get(
+        m["model"], m["model"])
 
 
 def entries(rows):
