@@ -57,6 +57,12 @@ flags.DEFINE_integer("latency_probes", 0, "--design_space: time this many design
 flags.DEFINE_integer("latency_passes", 1, "--design_space: interleaved timing passes; the table "
                      "keeps median p50s and the median of the per-pass ratios to the peer.",
                      lower_bound=1)
+flags.DEFINE_bool("ptq_per_tensor", True, "Also export each run post-training quantized with "
+                  "one scale per tensor (the table's 'PTQ INT8 per-tensor': how much a model's "
+                  "channel ranges cost without per-channel scales).")
+flags.DEFINE_integer("sensitivity_images", 0, "Also measure each run's per-layer weight "
+                     "sensitivity (fnet_tf.analyze --sensitivity) on this many validation "
+                     "images; the table gives its 4-bit figures (0: skip).")
 flags.DEFINE_bool("report", False, "Only collect the finished runs in --out and re-plot.")
 flags.DEFINE_string("select", None, "Print the best level under constraints, e.g. "
                     "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
@@ -121,6 +127,7 @@ def run_point(point, index, total):
 
     prefix = f"level {point.level} ({index}/{total}) seed {point.seed} {point.init}"
     run = point.run()
+    cache_args = ["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []
     steps = [
         ("train", lambda: run.is_complete("float") and run.is_complete("qat"),
          lambda: run_streamed(train_args(point), f"{prefix}: train")),
@@ -130,10 +137,19 @@ def run_point(point, index, total):
         ("export PTQ int8", lambda: run.is_complete(f"export:{report.PTQ_FILE}"),
          lambda: run_streamed(export_args(point, "ptq", os.path.join(point.run_dir, report.PTQ_FILE)),
                          f"{prefix}: export PTQ")),
+        ("export PTQ per-tensor int8",
+         lambda: not FLAGS.ptq_per_tensor or run.is_complete(f"export:{report.PTQ_PER_TENSOR_FILE}"),
+         lambda: run_streamed(export_args(point, "ptq_per_tensor",
+                                          os.path.join(point.run_dir, report.PTQ_PER_TENSOR_FILE)),
+                              f"{prefix}: export PTQ per-tensor")),
+        ("sensitivity", lambda: not FLAGS.sensitivity_images or os.path.isfile(
+            os.path.join(point.run_dir, "analysis", "sensitivity.csv")),
+         lambda: run_streamed(["-m", "fnet_tf.analyze", point.run_dir, "--sensitivity",
+                               "--limit", str(FLAGS.sensitivity_images)] + cache_args,
+                              f"{prefix}: sensitivity")),
         ("analyze", lambda: report.analysis_complete(point.run_dir),
          lambda: run_streamed(["-m", "fnet_tf.analyze", point.run_dir, "--tool_check=false",
-                          "--latency_runs", "50", "--threads", "1"]
-                         + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []),
+                          "--latency_runs", "50", "--threads", "1"] + cache_args,
                          f"{prefix}: analyze")),
     ]
     for name, done, do in steps:
@@ -162,6 +178,8 @@ def _validate():
         (FLAGS.qat_epochs >= 1, f"--qat_epochs must be 1 or more, got {FLAGS.qat_epochs}"),
         (FLAGS.epochs >= 1 or FLAGS.float_from, f"--epochs must be 1 or more, got {FLAGS.epochs}"),
         (FLAGS.threads >= 0, f"--threads must be 0 (all cores) or more, got {FLAGS.threads}"),
+        (FLAGS.sensitivity_images >= 0, "--sensitivity_images must be 0 (skip) or more, got "
+         f"{FLAGS.sensitivity_images}"),
         (not FLAGS.float_from or (FLAGS.seeds == 1 and FLAGS.init == ["he_normal"]),
          "--float_from imports one float model per level: use it with --seeds 1 and the "
          "default --init"),

@@ -14,13 +14,15 @@ from fnet_tf.analysis import sweep_report
 from fnet_tf.errors import UserError
 
 FIELDS = ("level", "params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
-          "qat_int8_accuracy", "int8_drop", "latency_p50_ms", "min_sqnr_layer")
+          "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "int8_drop", "w4_val_accuracy",
+          "w4_worst_drop", "w4_worst_layer", "latency_p50_ms", "min_sqnr_layer")
 
 
 def _sweep_args(archive, out):
     return ["-m", "fnet_tf.sweep", "--levels", "0-1", "--width", "0.25", "--data", archive,
             "--out", str(out), "--epochs", "1", "--qat_epochs", "1", "--batch_size", "8",
-            "--val_split", "0", "--check_images", "20", "--latency_runs", "10"]
+            "--val_split", "20", "--check_images", "20", "--latency_runs", "10",
+            "--sensitivity_images", "10"]
 
 
 def test_sweep_resumes_after_kill_without_retraining(tiny_archive, tmp_path):
@@ -42,7 +44,8 @@ def test_sweep_resumes_after_kill_without_retraining(tiny_archive, tmp_path):
 
     result = run_module(_sweep_args(tiny_archive, out))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for step in ("train", "export QAT int8", "export PTQ int8", "analyze"):
+    for step in ("train", "export QAT int8", "export PTQ int8", "export PTQ per-tensor int8",
+                 "sensitivity", "analyze"):
         assert f"level 0 (1/2) seed 0 he_normal: {step} complete, reusing" in result.stdout
     assert "level 1 (2/2) seed 0 he_normal: analyze done" in result.stdout
     after = {name: (level0 / name).stat().st_mtime_ns for name in before}
@@ -56,7 +59,8 @@ def test_sweep_resumes_after_kill_without_retraining(tiny_archive, tmp_path):
     assert int(rows[1]["macs"]) < int(rows[0]["macs"])  # factorizing cuts MACs
     for png in ("pareto.png", "layers_across_levels.png"):
         assert (out / png).stat().st_size > 10_000
-    assert "QAT INT8" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "QAT INT8" in summary and "PTQ INT8 per-tensor" in summary and "4-bit weights" in summary
 
     # a finished sweep re-reports without training; --select reads its CSV
     again = run_module(["-m", "fnet_tf.sweep", "--out", str(out), "--report", "--latency_runs", "5"])
@@ -122,10 +126,42 @@ def test_init_ablation_plot(tmp_path):
     from fnet_tf.analysis import plots
 
     entries = [{"level": lvl, "init": init, "qat_int8_accuracy": 0.8 + 0.01 * lvl,
-                "qat_int8_accuracy_std": 0.002, "int8_drop": 0.002 * lvl, "int8_drop_std": 0.0}
+                "qat_int8_accuracy_std": 0.002, "int8_drop": 0.002 * lvl, "int8_drop_std": 0.0,
+                "ptq_per_tensor_int8_accuracy": 0.7, "w4_val_accuracy": float("nan")}
                for lvl in (0, 3, 7) for init in ("he_normal", "glorot_uniform")]
-    plots.init_ablation(entries, str(tmp_path / "a.png"), "t")
+    drawn = plots.init_ablation(entries, str(tmp_path / "a.png"), "t")
+    assert drawn == ["ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "int8_drop"]
     assert (tmp_path / "a.png").stat().st_size > 10_000
+
+
+def test_the_table_reads_each_runs_4_bit_sensitivity_and_old_csvs_without_it(tmp_path):
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    assert np.isnan(sweep_report.weight_sensitivity(str(run))["w4_val_accuracy"])
+    rows = "layer,bits,accuracy_all_quantized,drop_only_this\n"
+    for bits, all_q, drops in (("8", 0.80, (0.001, 0.0)), ("4", 0.62, (0.05, 0.21)),
+                               ("ternary", 0.2, (0.4, 0.5))):
+        rows += "".join(f"b{i}_conv,{bits},{all_q},{d}\n" for i, d in enumerate(drops))
+    (run / "analysis" / "sensitivity.csv").write_text(rows)
+    assert sweep_report.weight_sensitivity(str(run)) == {
+        "w4_val_accuracy": 0.62, "w4_worst_drop": 0.21, "w4_worst_layer": "b1_conv"}
+
+    old = tmp_path / "sweep.csv"  # a sweep.csv written before the per-tensor and 4-bit columns
+    old.write_text("model,level,seed,init,params,macs,size_bytes,float_accuracy,"
+                   "ptq_int8_accuracy,qat_int8_accuracy,qat_keras_accuracy,int8_drop,"
+                   "latency_p50_ms,min_sqnr_layer,min_sqnr_db,run\n"
+                   "factorizenet,7,0,he_normal,1,2,3,0.8,0.79,0.8,0.8,0,0.1,b1,20,r\n")
+    entries = sweep_report.aggregate(sweep_report.read_csv(str(old)))
+    assert np.isnan(entries[0]["ptq_per_tensor_int8_accuracy"])
+    text = sweep_report.summary_markdown(entries, None, "t")
+    assert "4-bit" not in text and "| 79.00 | - | 80.00 |" in text
+    seeds = [dict(entries[0], seed=seed, w4_val_accuracy=0.62, w4_worst_drop=drop,
+                  w4_worst_layer=layer) for seed, drop, layer in ((0, 0.21, "b1_conv"), (1, 0.19, "b0_conv"))]
+    (with_w4,) = sweep_report.aggregate(seeds)
+    assert with_w4["w4_worst_drop"] == pytest.approx(0.20) and with_w4["w4_worst_layer"] == "b1_conv"
+    text = sweep_report.summary_markdown([with_w4], None, "t")
+    assert "| 62.00 ± 0.00 | b1_conv (+20.00) |" in text
+    assert all(line.count("|") == 16 for line in text.splitlines() if line.startswith("|"))
 
 
 def test_sweep_refuses_a_missing_recipe_flagfile(tmp_path, tiny_archive):

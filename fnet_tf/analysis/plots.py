@@ -264,28 +264,48 @@ def layers_across_levels(by_level, path, title, legend="level {}"):
     _save(fig, path)
 
 
+# init_ablation's panels: (entry key, y label); a panel no entry measured is left out
+INIT_ABLATION_PANELS = (("float_accuracy", "float top-1 (%)"),
+                        ("ptq_int8_accuracy", "PTQ INT8 per-channel top-1 (%)"),
+                        ("ptq_per_tensor_int8_accuracy", "PTQ INT8 per-tensor top-1 (%)"),
+                        ("qat_int8_accuracy", "QAT INT8 top-1 (%)"),
+                        ("int8_drop", "INT8 drop, float - QAT INT8 (points)"),
+                        ("w4_val_accuracy", "4-bit weights, float activations:\nvalidation top-1 (%)"))
+
+
 def init_ablation(entries, path, title):
-    """QAT INT8 accuracy and INT8 drop per level, one bar group per initializer."""
+    """Each figure per level, one bar per initializer: the mean over seeds with the seeds'
+    sample std as the error bar (the spread a difference must beat). Returns the keys drawn."""
     inits = sorted({e["init"] for e in entries})
-    levels = sorted({e["level"] for e in entries})
+    levels = list(dict.fromkeys(e["level"] for e in entries))  # in the entries' level order
+    panels = [(key, label) for key, label in INIT_ABLATION_PANELS
+              if any(np.isfinite(e.get(key, np.nan)) for e in entries)]
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
     width = 0.8 / len(inits)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for j, init in enumerate(inits):
-        by_level = {e["level"]: e for e in entries if e["init"] == init}
-        xs = [i + j * width for i, lvl in enumerate(levels) if lvl in by_level]
-        for ax, key, scale in ((axes[0], "qat_int8_accuracy", 100), (axes[1], "int8_drop", 100)):
-            vals = [scale * by_level[lvl][key] for lvl in levels if lvl in by_level]
-            errs = [scale * by_level[lvl].get(key + "_std", 0) for lvl in levels if lvl in by_level]
-            ax.bar(xs, vals, width, yerr=errs, capsize=2, label=init)
-    for ax, label in ((axes[0], "QAT INT8 top-1 (%)"), (axes[1], "INT8 drop, float - QAT INT8 (points)")):
+    for ax, (key, label) in zip(axes.flat, panels):
+        for j, init in enumerate(inits):
+            by_level = {e["level"]: e for e in entries if e["init"] == init}
+            shown = [lvl for lvl in levels if lvl in by_level]
+            ax.bar([levels.index(lvl) + j * width for lvl in shown],
+                   [100 * by_level[lvl][key] for lvl in shown], width,
+                   yerr=[100 * by_level[lvl].get(key + "_std", 0) for lvl in shown],
+                   capsize=2, label=init)
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(levels))])
         ax.set_xticklabels([f"L{lvl}" for lvl in levels])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
+        values = [100 * e[key] for e in entries if np.isfinite(e.get(key, np.nan))]
+        if key != "int8_drop" and values:  # accuracies: zoom on where the bars differ
+            ax.set_ylim(max(0, min(values) - 5), min(100, max(values) + 2))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title + " (mean over seeds; bars: their sample std)")
     fig.tight_layout()
     _save(fig, path)
+    return [key for key, _ in panels]
 
 
 def val_curves(curves, path, title):

@@ -22,10 +22,16 @@ from fnet_tf.errors import UserError
 
 QAT_FILE = "model_int8.tflite"
 PTQ_FILE = "model_ptq_int8.tflite"
-PTQ_METRICS = "ptq_metrics.json"
-COLUMNS = ("model", "level", "seed", "init", "params", "macs", "size_bytes", "float_accuracy",
-           "ptq_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy", "int8_drop",
-           "latency_p50_ms", "min_sqnr_layer", "min_sqnr_db", "run")
+PTQ_PER_TENSOR_FILE = "model_ptq_per_tensor_int8.tflite"
+# the post-training-quantized files a sweep step may leave, and the cache of their test top-1
+PTQ_FILES = {"ptq_int8_accuracy": (PTQ_FILE, "ptq_metrics.json"),
+             "ptq_per_tensor_int8_accuracy": (PTQ_PER_TENSOR_FILE, "ptq_per_tensor_metrics.json")}
+SENSITIVITY_BITS = "4"  # the precision the sweep's table reports from analysis/sensitivity.csv
+NUMERIC = ("params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
+           "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy",
+           "int8_drop", "w4_val_accuracy", "w4_worst_drop", "latency_p50_ms")
+COLUMNS = ("model", "level", "seed", "init", *NUMERIC, "w4_worst_layer", "min_sqnr_layer",
+           "min_sqnr_db", "run")
 SELECT_KEYS = {"macs": "macs", "params": "params", "latency_ms": "latency_p50_ms",
                "size_bytes": "size_bytes", "accuracy": "qat_int8_accuracy"}
 
@@ -88,19 +94,40 @@ def lowest_sqnr_layer(run_dir):
     return worst["layer"], float(worst["sqnr_db"])
 
 
-def _ptq_accuracy(run_dir, dataset):
-    """PTQ INT8 top-1 of the run's post-training-quantized file, cached beside it."""
+def _ptq_accuracy(run_dir, dataset, key="ptq_int8_accuracy"):
+    """Test top-1 (LiteRT) of one of the run's post-training-quantized files (``PTQ_FILES``),
+    cached beside it; NaN where the sweep that made the run did not write that file."""
     from fnet_tf import benchmark
 
-    path = os.path.join(run_dir, PTQ_FILE)
+    name, cache = PTQ_FILES[key]
+    path = os.path.join(run_dir, name)
+    if not os.path.isfile(path):
+        return float("nan")
     digest = fileio.sha256_file(path)
-    cached = _read_json(os.path.join(run_dir, PTQ_METRICS), {})
+    cached = _read_json(os.path.join(run_dir, cache), {})
     if cached.get("sha256") == digest:
         return cached["accuracy_top1"]
     with open(path, "rb") as f:
         result = benchmark.evaluate_tflite(f.read(), dataset.test, progress=False)
-    fileio.write_json(os.path.join(run_dir, PTQ_METRICS), {"sha256": digest, **result})
+    fileio.write_json(os.path.join(run_dir, cache), {"sha256": digest, **result})
     return result["accuracy_top1"]
+
+
+def weight_sensitivity(run_dir, bits=SENSITIVITY_BITS):
+    """From the run's ``analysis/sensitivity.csv`` (``fnet_tf.analyze --sensitivity``): the
+    float model's validation top-1 with every layer's weights at ``bits`` bits, the layer
+    whose weights alone at ``bits`` cost the most, and that cost (NaNs and '' without one)."""
+    path = os.path.join(run_dir, "analysis", "sensitivity.csv")
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            rows = [r for r in csv.DictReader(f) if r.get("bits") == bits]
+    if not rows:
+        return {"w4_val_accuracy": float("nan"), "w4_worst_drop": float("nan"),
+                "w4_worst_layer": ""}
+    worst = max(rows, key=lambda r: float(r["drop_only_this"]))
+    return {"w4_val_accuracy": float(rows[0]["accuracy_all_quantized"]),
+            "w4_worst_drop": float(worst["drop_only_this"]), "w4_worst_layer": worst["layer"]}
 
 
 def collect_rows(out, dataset, latency_runs=200, peer=None):
@@ -121,10 +148,12 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
             "model": config["model"], "level": config["level"], "seed": config.get("seed", 0),
             "init": config.get("init", "he_normal"), "params": analysis["params"],
             "macs": analysis["macs"], "size_bytes": analysis["size_bytes"],
-            "float_accuracy": float_acc, "ptq_int8_accuracy": _ptq_accuracy(path, dataset),
+            "float_accuracy": float_acc,
+            **{key: _ptq_accuracy(path, dataset, key) for key in PTQ_FILES},
             "qat_int8_accuracy": qat_acc,
             "qat_keras_accuracy": metrics.get("qat", {}).get("test_accuracy", float("nan")),
-            "int8_drop": float_acc - qat_acc, "latency_p50_ms": float("nan"),
+            "int8_drop": float_acc - qat_acc, **weight_sensitivity(path),
+            "latency_p50_ms": float("nan"),
             "min_sqnr_layer": layer, "min_sqnr_db": sqnr, "run": os.path.relpath(path, out)})
         with open(os.path.join(path, QAT_FILE), "rb") as f:
             contents.append(f.read())
@@ -134,12 +163,11 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
             content = f.read()
         stats = benchmark.graph_stats(content)
         acc = benchmark.evaluate_tflite(content, dataset.test, progress=False)["accuracy_top1"]
-        peer_row = {"model": os.path.basename(peer), "level": "", "seed": "", "init": "",
+        peer_row = {**{key: float("nan") for key in NUMERIC},
+                    "model": os.path.basename(peer), "level": "", "seed": "", "init": "",
                     "params": stats["params"], "macs": stats["macs"], "size_bytes": len(content),
-                    "float_accuracy": float("nan"), "ptq_int8_accuracy": float("nan"),
-                    "qat_int8_accuracy": acc, "qat_keras_accuracy": float("nan"),
-                    "int8_drop": float("nan"), "latency_p50_ms": float("nan"),
-                    "min_sqnr_layer": "", "min_sqnr_db": float("nan"), "run": "peer"}
+                    "qat_int8_accuracy": acc, "w4_worst_layer": "", "min_sqnr_layer": "",
+                    "min_sqnr_db": float("nan"), "run": "peer"}
         contents.append(content)
     print(f"timing {len(contents)} INT8 models, interleaved, 1 thread", file=sys.stderr, flush=True)
     latencies = benchmark.latency(contents, threads=1, runs=latency_runs)
@@ -162,9 +190,10 @@ def read_csv(path):
         raise UserError(f"no {path}: run the sweep (or --report) first")
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    for row in rows:
-        for key in COLUMNS[4:-3] + ("min_sqnr_db",):
+    for row in rows:  # a sweep.csv from before a column existed reads NaN there
+        for key in NUMERIC + ("min_sqnr_db",):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
+        row.setdefault("w4_worst_layer", "")
     return [r for r in rows if r["run"] != "peer"]
 
 
@@ -194,11 +223,15 @@ def aggregate(rows):
     for (model, level, init), members in sorted(groups.items(),
                                                 key=lambda g: (level_key(g[0][1]), g[0][2])):
         entry = {"model": model, "level": level, "init": init, "seeds": len(members)}
-        for key in COLUMNS[4:-3]:
-            entry[key], entry[key + "_std"] = mean_and_std([m[key] for m in members])
+        for key in NUMERIC:
+            entry[key], entry[key + "_std"] = mean_and_std([m.get(key, math.nan) for m in members])
         worst = min(members, key=lambda m: m["min_sqnr_db"]
                     if not math.isnan(m["min_sqnr_db"]) else float("inf"))
         entry["min_sqnr_layer"], entry["min_sqnr_db"] = worst["min_sqnr_layer"], worst["min_sqnr_db"]
+        # the layer 4-bit weights hurt most, in the seed where it hurt most
+        measured = [m for m in members if not math.isnan(m.get("w4_worst_drop", math.nan))]
+        entry["w4_worst_layer"] = (max(measured, key=lambda m: m["w4_worst_drop"])["w4_worst_layer"]
+                                   if measured else "")
         result.append(entry)
     return result
 
@@ -211,26 +244,37 @@ def _pct(entry, key):
 
 
 def summary_markdown(entries, peer_row, title):
+    # the 4-bit sensitivity columns only where a run measured it (sweep --sensitivity_images)
+    w4 = any(not math.isnan(e.get("w4_val_accuracy", float("nan"))) for e in entries)
     lines = [f"# {title}", "",
              "| level | init | seeds | params | MACs (M) | size (KiB) | float top-1 % | "
-             "PTQ INT8 % | QAT INT8 % | INT8 drop (pts) | p50 ms | lowest-SQNR layer (dB) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "PTQ INT8 % | PTQ INT8 per-tensor % | QAT INT8 % | INT8 drop (pts) | "
+             + ("4-bit weights, val % | 4-bit: worst layer (drop, pts) | " if w4 else "")
+             + "p50 ms | lowest-SQNR layer (dB) |",
+             "|" + " --- |" * (15 if w4 else 13)]
     several_models = len({e["model"] for e in entries}) > 1
     for e in entries:
         drop = 100 * e["int8_drop"]
         level = f"{e['model']} l{e['level']}" if several_models else e["level"]
+        sensitivity = (f"{_pct(e, 'w4_val_accuracy')} | {e['w4_worst_layer'] or '-'} "
+                       f"({100 * e['w4_worst_drop']:+.2f}) | " if w4 else "")
         lines.append(
             f"| {level} | {e['init']} | {e['seeds']} | {e['params']:,.0f} | "
             f"{e['macs'] / 1e6:.2f} | {e['size_bytes'] / 1024:.1f} | {_pct(e, 'float_accuracy')} | "
-            f"{_pct(e, 'ptq_int8_accuracy')} | {_pct(e, 'qat_int8_accuracy')} | {drop:+.2f} | "
+            f"{_pct(e, 'ptq_int8_accuracy')} | {_pct(e, 'ptq_per_tensor_int8_accuracy')} | "
+            f"{_pct(e, 'qat_int8_accuracy')} | {drop:+.2f} | {sensitivity}"
             f"{e['latency_p50_ms']:.3f} | {e['min_sqnr_layer']} ({e['min_sqnr_db']:.1f}) |")
     if peer_row:
         lines.append(f"| peer: {peer_row['model']} | | | {peer_row['params']:,} | "
-                     f"{peer_row['macs'] / 1e6:.2f} | {peer_row['size_bytes'] / 1024:.1f} | - | - | "
-                     f"{100 * peer_row['qat_int8_accuracy']:.2f} | - | "
+                     f"{peer_row['macs'] / 1e6:.2f} | {peer_row['size_bytes'] / 1024:.1f} | - | - | - | "
+                     f"{100 * peer_row['qat_int8_accuracy']:.2f} | - | {'- | - | ' if w4 else ''}"
                      f"{peer_row['latency_p50_ms']:.3f} | - |")
     lines += ["", "INT8 accuracies are LiteRT's on the test split; latency: 1 thread, all models "
-              "timed in one interleaved pass; INT8 drop = float - QAT INT8."]
+              "timed in one interleaved pass; INT8 drop = float - QAT INT8."
+              + (" 4-bit weights: the float model with every layer's weights (BN folded, per "
+                 "filter) at 4 bits, activations float, on validation images; worst layer: the "
+                 "one whose weights alone at 4 bits cost the most (`fnet_tf.analyze "
+                 "--sensitivity`)." if w4 else "")]
     return "\n".join(lines) + "\n"
 
 
