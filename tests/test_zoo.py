@@ -130,7 +130,10 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
             _card("tie", "factorizenet", 0.8369, 5_000_000, 0.50, 50_000, level="0_3_7")]
     points = zoo_front.entries(rows)
     assert [p["family"] for p in points] == ["ResNet-8 (ours)", "FactorizeNet, one level",
-                                             "frostnet_cifar", "FactorizeNet, per-stage design"]
+                                             "FrostNet-Small, 32x32 (ours)",
+                                             "FactorizeNet, per-stage design"]
+    assert zoo_front.family(dict(rows[1], width=0.5)) == "FactorizeNet, one level, other width"
+    assert zoo_front.family(dict(rows[1], width="0.5,1,1")) == "FactorizeNet, per-stage design"
     base = points[0]
     assert zoo_front.beats(points[1], base) == []
     assert zoo_front.beats(points[2], base) == ["latency"]

@@ -23,8 +23,9 @@ def family(m):
         return f"{m['model']} ({scheme})"
     if m["model"] == "factorizenet":
         width = m.get("width", 1.0)
-        uniform = isinstance(m.get("level"), int) and width in (1, 1.0)
-        return "FactorizeNet, one level" if uniform else "FactorizeNet, per-stage design"
+        if not isinstance(m.get("level"), int) or isinstance(width, str):
+            return "FactorizeNet, per-stage design"
+        return "FactorizeNet, one level" + ("" if width in (1, 1.0) else ", other width")
     return {"resnet8": "ResNet-8 (ours)", "frostnet_cifar": "FrostNet-Small, 32x32 (ours)"}.get(
         m["model"], m["model"])
 
