@@ -59,6 +59,26 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
         bad = run_module(["tools/release.py", *args])
         assert bad.returncode == 2 and needle in last_line(bad.stderr), bad.stderr[-1000:]
 
+    # --add_seeds: another seed's run joins the released card (its own run need not exist)
+    seed1 = str(tmp_path / "seed1")
+    trained = run_module(["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3",
+                          "--width", "0.25", "--data", tiny_archive, "--epochs", "3",
+                          "--qat_epochs", "2", "--batch_size", "8", "--val_split", "0",
+                          "--seed", "1", "--run_dir", seed1, "--verbose", "0"])
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    exported = run_module(["export/to_tflite.py", seed1, "--check_images", "20"])
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    add = ["tools/release.py", "--add_seeds", "--data", tiny_archive, "--zoo", str(models)]
+    added = run_module(add + [f"tiny-l3={seed1}"])
+    assert added.returncode == 0, added.stderr[-2000:]
+    seeded = json.loads((folder / "metrics.json").read_text())
+    assert seeded["seed_list"] == [0, 1] and seeded["seeds"] == 2
+    assert seeded["int8_accuracy_seeds"][0] == metrics["int8_accuracy"]
+    assert seeded["sha256"] == metrics["sha256"]  # the released file is unchanged
+    assert "this file is seed 0" in (folder / "card.md").read_text()
+    again = run_module(add + [f"tiny-l3={seed1}"])
+    assert again.returncode == 2 and "seed 1 is already on the card" in last_line(again.stderr)
+
     monkeypatch.setenv("FNET_TF_ZOO", str(models))
     assert zoo.load("tiny-l3") == str(folder / "model_int8.tflite")
     assert zoo.names() == ["tiny-l3"] and "tiny-l3" in zoo.table_markdown()

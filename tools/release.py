@@ -7,7 +7,9 @@
 
 ``NAME=RUN_DIR,RUN_DIR_SEED1,...`` releases the first run's file and measures the others (the
 same recipe, other seeds: float and INT8 top-1 on the whole test split), so the card gives the
-mean and the sample std over seeds beside the released file's own figures.
+mean and the sample std over seeds beside the released file's own figures. Where the released
+run's directory is gone, ``--add_seeds --data D NAME=RUN_DIR_SEED1[,...]`` measures other seeds'
+runs (the card's recipe but for the seed) and adds them to the released card.
     python tools/release.py --retime --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite
 
 Every run must be complete (float, QAT, export, analysis). For each model this measures, once
@@ -46,6 +48,10 @@ flags.DEFINE_integer("passes", 3, "Interleaved timing passes: each card's latenc
                      lower_bound=1)
 flags.DEFINE_string("front_out", None, "Where the zoo's Pareto plot and front table go "
                     "(default: results/zoo for the repo's models/, else zoo-front beside --zoo).")
+flags.DEFINE_bool("add_seeds", False, "NAME=RUN_DIR[,...] adds other seeds to an already "
+                  "released model whose own run directory is gone: the runs must match its "
+                  "card's recipe but for the seed; their float and INT8 top-1 are measured and "
+                  "the card gives the mean and sample std (the released file is unchanged).")
 flags.DEFINE_bool("retime", False, "Only time all released models and the peer again, in one "
                   "pass (and each op alone), and render every card again.")
 
@@ -85,6 +91,59 @@ def _check_seeds(name, runs):
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{name}: the runs share a seed ({seeds}): pass one run per seed")
     return seeds
+
+
+def card_recipe(config, float_info):
+    """The recipe a card records, from a run's config and its float phase's metrics."""
+    keras3 = float_info.get("keras3_recipe") or {}
+    return {**{k: config.get(k) for k in (
+        "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing", "val_split",
+        "seed", "init", "qat_epochs", "qat_scheme", "qat_lr", "qat_options")},
+        **{k: v for k, v in keras3.items() if k != "epochs"},
+        "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
+
+
+def add_seeds(argv):
+    """``--add_seeds``: other seeds' figures merged into released cards (no re-release)."""
+    from fnet_tf import data as data_lib, fileio, model_card, zoo
+
+    pairs = _parse(argv)
+    if not FLAGS.data:
+        raise UserError("--add_seeds needs --data: the test split the other seeds are measured on")
+    data_lib.check_source(FLAGS.data)
+    if FLAGS.zoo:
+        os.environ["FNET_TF_ZOO"] = FLAGS.zoo
+    checked = []
+    for name, run_dirs in pairs:
+        card = zoo.metrics(name)  # a UserError naming the zoo when it is not released
+        runs = [_check_run(d, analysis=False) for d in run_dirs]
+        known = card.get("seed_list") or [card["recipe"].get("seed", 0)]
+        for run in runs:
+            config = run.config()
+            recipe = card_recipe(config, fileio.read_json(run.file("metrics.json"))["float"])
+            differing = [k for k in ("model", "level", "width") if config.get(k) != card[k]]
+            differing += [k for k in recipe if k != "seed" and recipe[k] != card["recipe"].get(k)]
+            if differing:
+                raise UserError(f"{name}: {run.path} differs from the released card's recipe in "
+                                f"{', '.join(differing)}: other seeds must be the same recipe")
+            if config.get("seed", 0) in known:
+                raise UserError(f"{name}: seed {config.get('seed', 0)} is already on the card "
+                                f"(seeds {known}): pass runs of other seeds")
+            known = known + [config.get("seed", 0)]
+        checked.append((name, card, runs, known))
+    dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir)
+    for name, card, runs, seeds in checked:
+        if card.get("data") != dataset.source:
+            raise UserError(f"{name}: released on {card.get('data')}, not {dataset.source}: "
+                            f"pass the --data it was measured on")
+        entry = dict(card, **_other_seeds(card, runs, dataset), seed_list=seeds)
+        folder = os.path.join(zoo.zoo_dir(), name)
+        fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
+        fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
+        print(f"{name}: INT8 over seeds {seeds}: {zoo.seed_suffix(entry).strip()}")
+    print(zoo.table_markdown())
+    _write_front()
+    return 0
 
 
 def _check_run(run_dir, analysis=True):
@@ -142,10 +201,13 @@ def _latency_fields(lat, peer):
 
 
 def _other_seeds(entry, other_runs, dataset):
-    """Float and INT8 (LiteRT, whole test split) top-1 of the other seeds, with the released."""
+    """The card's seed fields: float and INT8 (LiteRT, whole test split) top-1 of the other
+    seeds' runs after those already on ``entry`` (the released file's own, and any seeds
+    added before)."""
     from fnet_tf import benchmark, fileio
 
-    float_top1, int8_top1 = [entry["float_accuracy"]], [entry["int8_accuracy"]]
+    float_top1 = list(entry.get("float_accuracy_seeds", [entry["float_accuracy"]]))
+    int8_top1 = list(entry.get("int8_accuracy_seeds", [entry["int8_accuracy"]]))
     for run in other_runs:
         with open(run.file("model_int8.tflite"), "rb") as f:
             int8_top1.append(benchmark.evaluate_tflite(f.read(), dataset.test,
@@ -207,6 +269,8 @@ def retime(argv):
 
 
 def main(argv):
+    if FLAGS.add_seeds:
+        return add_seeds(argv)
     if FLAGS.retime:
         if not FLAGS.peer or not os.path.isfile(FLAGS.peer):
             raise UserError("--retime needs --peer, an existing reference .tflite")
@@ -242,7 +306,6 @@ def main(argv):
         analysis = fileio.read_json(os.path.join(run_dir, "analysis", "metrics.json"))
         accuracy = benchmark.evaluate_tflite(content, dataset.test, progress=False)
         float_info = run_metrics["float"]
-        keras3 = float_info.get("keras3_recipe") or {}
         layer, sqnr = lowest_sqnr_layer(run_dir)
         entries.append({
             "name": name, "model": config["model"], "level": config["level"],
@@ -256,12 +319,7 @@ def main(argv):
             "num_test_images": len(dataset.test), "data": dataset.source,
             "classes": list(dataset.classes), "min_sqnr_layer": layer, "min_sqnr_db": sqnr,
             "float_trained_in": float_info.get("trained_in"),
-            "recipe": {**{k: config.get(k) for k in (
-                "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing",
-                "val_split", "seed", "init", "qat_epochs", "qat_scheme", "qat_lr",
-                "qat_options")},
-                **{k: v for k, v in keras3.items() if k != "epochs"},
-                "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))},
+            "recipe": card_recipe(config, float_info),
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
             **peer_fields,
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
