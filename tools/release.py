@@ -105,7 +105,7 @@ def card_recipe(config, float_info):
 
 def add_seeds(argv):
     """``--add_seeds``: other seeds' figures merged into released cards (no re-release)."""
-    from fnet_tf import data as data_lib, fileio, model_card, zoo
+    from fnet_tf import data as data_lib, fileio, zoo
 
     pairs = _parse(argv)
     if not FLAGS.data:
@@ -137,9 +137,7 @@ def add_seeds(argv):
             raise UserError(f"{name}: released on {card.get('data')}, not {dataset.source}: "
                             f"pass the --data it was measured on")
         entry = dict(card, **_other_seeds(card, runs, dataset), seed_list=seeds)
-        folder = os.path.join(zoo.zoo_dir(), name)
-        fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
-        fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
+        _write_card(os.path.join(zoo.zoo_dir(), name), entry)
         print(f"{name}: INT8 over seeds {seeds}: {zoo.seed_suffix(entry).strip()}")
     print(zoo.table_markdown())
     _write_front()
@@ -227,6 +225,14 @@ def _peer_fields(peer):
     return {"peer_macs": benchmark.graph_stats(peer)["macs"], "peer_size_bytes": len(peer)}
 
 
+def _write_card(folder, entry):
+    """A released model's metrics.json and the card rendered from it (each atomically)."""
+    from fnet_tf import fileio, model_card, zoo
+
+    fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
+    fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
+
+
 def _write_front():
     """The zoo's Pareto plot and front table, from every released card (``fnet-zoo pareto``)."""
     from fnet_tf import zoo
@@ -238,7 +244,7 @@ def _write_front():
 
 def retime(argv):
     """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
-    from fnet_tf import benchmark, fileio, model_card, zoo
+    from fnet_tf import benchmark, zoo
     from fnet_tf.analysis import op_latency
     from fnet_tf.analysis.bit_budget import bit_budget
 
@@ -260,8 +266,7 @@ def retime(argv):
                      efficiency=benchmark.efficiency(zoo.metrics(name)["macs"], lat, peak),
                      **_latency_fields(lat, latencies[-1]), **peer_fields,
                      machine=machine, latency_by_op=op_latency.summary(timed))
-        fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
-        fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
+        _write_card(folder, entry)
         print(f"{name}: p50 {lat['p50']:.3f} ms ({entry['latency_ratio_to_peer']:.2f}x the peer)")
     print(zoo.table_markdown())
     _write_front()
