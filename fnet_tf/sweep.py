@@ -1,7 +1,8 @@
 """The progressive depth-factorization sweep: ``python -m fnet_tf.sweep --levels 0-7 ...``.
 
-For every level (x seed x initializer) it trains float, QAT, exports the INT8 file (and a
-post-training-quantized one for comparison) and analyzes it, each step in the point's own run
+For every level (x seed x initializer) it trains float, QAT, exports the INT8 file (and
+post-training-quantized ones, per channel and per tensor, for comparison), optionally measures
+the float model's per-layer weight sensitivity (``--sensitivity_images``) and analyzes it, each step in the point's own run
 directory ``OUT/runs/<model>-l<level>-s<seed>-<init>/``, skipping steps already complete there.
 An interrupted sweep therefore resumes where it stopped; a finished one re-reports in seconds.
 At the end all INT8 files are timed in one interleaved pass and ``OUT`` gets ``sweep.csv``,
