@@ -26,7 +26,7 @@ PTQ_PER_TENSOR_FILE = "model_ptq_per_tensor_int8.tflite"
 # the post-training-quantized files a sweep step may leave, and the cache of their test top-1
 PTQ_FILES = {"ptq_int8_accuracy": (PTQ_FILE, "ptq_metrics.json"),
              "ptq_per_tensor_int8_accuracy": (PTQ_PER_TENSOR_FILE, "ptq_per_tensor_metrics.json")}
-SENSITIVITY_BITS = "4"  # the precision the sweep's table reports from analysis/sensitivity.csv
+SENSITIVITY_BITS = "4"  # the precision of the table's w4_* columns, from analysis/sensitivity.csv
 NUMERIC = ("params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
            "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy",
            "int8_drop", "w4_val_accuracy", "w4_worst_drop", "latency_p50_ms")
@@ -113,15 +113,15 @@ def _ptq_accuracy(run_dir, dataset, key="ptq_int8_accuracy"):
     return result["accuracy_top1"]
 
 
-def weight_sensitivity(run_dir, bits=SENSITIVITY_BITS):
+def weight_sensitivity(run_dir):
     """From the run's ``analysis/sensitivity.csv`` (``fnet_tf.analyze --sensitivity``): the
-    float model's validation top-1 with every layer's weights at ``bits`` bits, the layer
-    whose weights alone at ``bits`` cost the most, and that cost (NaNs and '' without one)."""
+    float model's validation top-1 with every layer's weights at 4 bits, the layer whose
+    weights alone at 4 bits cost the most, and that cost (NaNs and '' without one)."""
     path = os.path.join(run_dir, "analysis", "sensitivity.csv")
     rows = []
     if os.path.isfile(path):
         with open(path) as f:
-            rows = [r for r in csv.DictReader(f) if r.get("bits") == bits]
+            rows = [r for r in csv.DictReader(f) if r.get("bits") == SENSITIVITY_BITS]
     if not rows:
         return {"w4_val_accuracy": float("nan"), "w4_worst_drop": float("nan"),
                 "w4_worst_layer": ""}
