@@ -11,9 +11,10 @@ class Recipe:
     batch_size: int = 128
     optimizer: str = "sgd"       # sgd (Nesterov momentum) or adamw; *_gradboost: with GradBoost
     lr: float = 0.1              # peak learning rate, reached after the warm-up
-    schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up; "ramp":
-                                 # the warm-up alone, not capped (StatAssist as the reference)
-    warmup_epochs: float = 2.0   # capped at 20% of the phase (but for "ramp")
+    schedule: str = "cosine"     # cosine decay to 0, or constant, after the warm-up
+    warmup_epochs: float = 2.0   # linear warm-up, capped at 20% of the phase (but for "ramp")
+    warmup: str = "capped"       # "ramp": the phase is the start of a longer warm-up, neither
+                                 # capped nor annealed (StatAssist's float epochs, as the reference)
     weight_decay: float = 5e-3   # decoupled (Keras): each step w -= lr * wd * w
     momentum: float = 0.9
     label_smoothing: float = 0.0

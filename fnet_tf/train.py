@@ -187,8 +187,9 @@ def recipe_from_flags():
         gradboost_clip=FLAGS.gradboost_clip, gradboost_decay=FLAGS.gradboost_decay,
         kd_alpha=FLAGS.kd_alpha if FLAGS.teacher else 0.0, kd_temperature=FLAGS.kd_temperature,
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"],
-        schedule=("ramp" if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_warmup == "ramp"
-                  else FLAGS.schedule),
+        schedule=FLAGS.schedule,
+        warmup=("ramp" if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_warmup == "ramp"
+                else "capped"),
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
                       else defaults["weight_decay"]),
@@ -200,9 +201,9 @@ def qat_recipe(recipe):
     from scratch: the float recipe's peak LR and warm-up, restarted."""
     if FLAGS.qat_recipe != "finetune":
         lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr
-        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, schedule=FLAGS.schedule)
+        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup="capped")
     lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
-    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0)
+    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0, warmup="capped")
 
 
 def main(argv):

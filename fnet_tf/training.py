@@ -53,8 +53,9 @@ def lr_schedule(recipe, steps_per_epoch):
     then cosine to 0 or constant."""
     total = max(recipe.epochs * steps_per_epoch, 1)
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
-    if recipe.schedule != "ramp":
-        warmup = min(warmup, total // 5)
+    if recipe.warmup == "ramp":
+        return WarmupCosine(recipe.lr, warmup, total, cosine=False)
+    warmup = min(warmup, total // 5)
     return WarmupCosine(recipe.lr, warmup, total, cosine=recipe.schedule == "cosine")
 
 

@@ -278,13 +278,13 @@ def test_the_ramp_warm_up_is_a_slice_of_the_longer_linear_warm_up():
     from fnet_tf.recipe import Recipe
     from fnet_tf.training import lr_schedule
 
-    def lrs(schedule, epochs, steps=10):
-        lr = lr_schedule(Recipe(epochs=epochs, lr=0.2, warmup_epochs=2.0, schedule=schedule), steps)
+    def lrs(warmup, epochs, steps=10):
+        lr = lr_schedule(Recipe(epochs=epochs, lr=0.2, warmup_epochs=2.0, warmup=warmup), steps)
         return np.array([float(lr(step)) for step in range(epochs * steps)])
 
     ramp = lrs("ramp", 1)
     np.testing.assert_allclose(ramp, 0.2 * np.arange(1, 11) / 20, rtol=1e-6)  # up to half the peak
-    anneal = lrs("cosine", 1)
+    anneal = lrs("capped", 1)
     assert anneal[1] == pytest.approx(0.2) and anneal[-1] < 0.01  # 2 warm-up steps, then cosine
     longer = lrs("ramp", 3)
     assert longer[19] == pytest.approx(0.2) and np.all(longer[20:] == pytest.approx(0.2))
