@@ -63,6 +63,17 @@ def table_rows():
     return sorted(rows, key=lambda m: (m["macs"], m["name"]))
 
 
+# Recipe fields that cards released before the field was recorded lack, with the value every
+# such release had (int8 QAT has no scheme options).
+RECIPE_FIELD_DEFAULTS = {"qat_options": {}}
+
+
+def recipe_differences(card_recipe, run_recipe):
+    """The recipe fields (but the seed) in which a run differs from a released card's."""
+    return [k for k in run_recipe if k != "seed" and run_recipe[k] != card_recipe.get(
+        k, RECIPE_FIELD_DEFAULTS.get(k))]
+
+
 def recipe_summary(recipe):
     """The recipe settings that differ between released models, in a few words."""
     return f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"

@@ -88,6 +88,15 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     assert listing.returncode == 0 and "tiny-l3" in listing.stdout
 
 
+def test_other_seeds_must_match_the_cards_recipe_but_for_the_seed():
+    card = {"lr": 0.2, "qat_scheme": "int8", "seed": 0}  # released before qat_options existed
+    assert zoo.recipe_differences(card, {"lr": 0.2, "qat_scheme": "int8", "seed": 1,
+                                         "qat_options": {}}) == []
+    assert zoo.recipe_differences(card, {"lr": 0.1, "qat_scheme": "int8", "seed": 1,
+                                         "qat_options": {"fraction": 0.6}}) == ["lr", "qat_options"]
+    assert zoo.recipe_differences(card, {"lr": 0.2, "cutout": 8}) == ["cutout"]
+
+
 def test_release_refuses_an_unfinished_run(tmp_path):
     result = run_module(["tools/release.py", "--data", "d", "--peer", PEER, f"x={tmp_path}"])
     assert result.returncode == 2 and "no complete float step" in last_line(result.stderr)
@@ -145,7 +154,7 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
     rows = [_card("resnet8", "resnet8", 0.8369, 12_500_000, 1.02, 95_571,
                   peer_macs=12_501_632, peer_size_bytes=96_000),
             _card("better", "factorizenet", 0.85, 10_000_000, 0.95, 90_000,
-                  seeds=2, int8_accuracy_seed_std=0.004),
+                  seeds=2, int8_accuracy_mean=0.848, int8_accuracy_seed_std=0.004),
             _card("slower", "frostnet_cifar", 0.86, 11_000_000, 1.30, 80_000),
             _card("tie", "factorizenet", 0.8369, 5_000_000, 0.50, 50_000, level="0_3_7")]
     points = zoo_front.entries(rows)
@@ -158,12 +167,19 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
     assert zoo_front.beats(points[1], base) == []
     assert zoo_front.beats(points[2], base) == ["latency"]
     assert zoo_front.beats(points[3], base) == ["accuracy"]  # equal is not better
+    # where both have several seeds, the file's win must hold for the seeds' means too
+    seeded_base = dict(base, seeds=2, accuracy_mean=0.845)
+    assert zoo_front.beats(points[1], seeded_base) == []
+    assert zoo_front.beats(points[1], dict(seeded_base, accuracy_mean=0.848)) == [
+        "accuracy (seed means)"]
+    assert zoo_front.beats(dict(points[1], seeds=1), dict(seeded_base, accuracy_mean=0.9)) == []
     assert zoo_front.peer_entry(rows) == {"name": "peer.tflite", "accuracy": 0.75,
                                           "latency_ratio": 1.0, "macs": 12_501_632,
                                           "size_bytes": 96_000}
     assert zoo_front.write(str(tmp_path), rows) == ["pareto.png", "front.md"]
     assert (tmp_path / "pareto.png").read_bytes().startswith(b"\x89PNG")
     table = (tmp_path / "front.md").read_text()
-    assert "| better | FactorizeNet, one level | 85.00% ± 0.40 | 10.00 | 0.95x |" in table
+    assert ("| better | FactorizeNet, one level | 85.00% (mean 84.80 ± 0.40, 2 seeds) | 10.00 "
+            "| 0.95x |") in table
     assert "**nothing: better on every axis**" in table.split("| better |")[1].splitlines()[0]
     assert "| peer: peer.tflite | MLPerf Tiny | 75.00% | 12.50 | 1.00x | 93.8 |" in table

@@ -122,7 +122,7 @@ def add_seeds(argv):
             config = run.config()
             recipe = card_recipe(config, fileio.read_json(run.file("metrics.json"))["float"])
             differing = [k for k in ("model", "level", "width") if config.get(k) != card[k]]
-            differing += [k for k in recipe if k != "seed" and recipe[k] != card["recipe"].get(k)]
+            differing += zoo.recipe_differences(card["recipe"], recipe)
             if differing:
                 raise UserError(f"{name}: {run.path} differs from the released card's recipe in "
                                 f"{', '.join(differing)}: other seeds must be the same recipe")
