@@ -97,8 +97,9 @@ def front_markdown(points, peer=None):
         lines.append(f"| peer: {peer['name']} | MLPerf Tiny | {100 * peer['accuracy']:.2f}% | "
                      f"{macs} | 1.00x | {size} | - | - |")
     lines += ["", "INT8 top-1: the released file's, LiteRT on the whole test split (with the "
-              "mean and sample std over seeds where a card has more than one); latency: each model's median ratio to the peer timed "
-              "in the same interleaved passes (`tools/release.py`). A model beats "
+              "mean and sample std over seeds where a card has more than one); latency: each "
+              "model's median ratio to the peer timed in the same interleaved passes "
+              "(`tools/release.py`). A model beats "
               f"{BASELINE} when it is more accurate (its file, and its seeds' mean where both have "
               "several) with no more MACs, no slower and no larger."]
     return "\n".join(lines) + "\n"
