@@ -2,8 +2,9 @@
 
 For every level (x seed x initializer) it trains float, QAT, exports the INT8 file (and
 post-training-quantized ones, per channel and per tensor, for comparison), optionally measures
-the float model's per-layer weight sensitivity (``--sensitivity_images``) and analyzes it, each step in the point's own run
-directory ``OUT/runs/<model>-l<level>-s<seed>-<init>/``, skipping steps already complete there.
+the float model's per-layer weight sensitivity (``--sensitivity_images``) and analyzes it, each
+step in the point's own run directory ``OUT/runs/<model>-l<level>-s<seed>-<init>/``, skipping
+steps already complete there.
 An interrupted sweep therefore resumes where it stopped; a finished one re-reports in seconds.
 At the end all INT8 files are timed in one interleaved pass and ``OUT`` gets ``sweep.csv``,
 ``summary.md`` and the plots (``fnet_tf.analysis.sweep_report``).

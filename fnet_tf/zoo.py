@@ -64,8 +64,9 @@ def table_rows():
 
 
 # Recipe fields that cards released before the field was recorded lack, with the value every
-# such release had (int8 QAT has no scheme options).
-RECIPE_FIELD_DEFAULTS = {"qat_options": {}}
+# such release had (int8 QAT has no scheme options; SGD, and QAT finetuned after float
+# training, were all there was or all that was released).
+RECIPE_FIELD_DEFAULTS = {"qat_options": {}, "optimizer": "sgd", "qat_recipe": "finetune"}
 
 
 def recipe_differences(card_recipe, run_recipe):

@@ -95,6 +95,10 @@ def test_other_seeds_must_match_the_cards_recipe_but_for_the_seed():
     assert zoo.recipe_differences(card, {"lr": 0.1, "qat_scheme": "int8", "seed": 1,
                                          "qat_options": {"fraction": 0.6}}) == ["lr", "qat_options"]
     assert zoo.recipe_differences(card, {"lr": 0.2, "cutout": 8}) == ["cutout"]
+    # cards from before the optimizer and the QAT recipe were recorded: SGD, finetune
+    assert zoo.recipe_differences(card, {"optimizer": "sgd", "qat_recipe": "finetune"}) == []
+    assert zoo.recipe_differences(card, {"optimizer": "adamw", "qat_recipe": "statassist"}) == [
+        "optimizer", "qat_recipe"]
 
 
 def test_release_refuses_an_unfinished_run(tmp_path):

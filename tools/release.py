@@ -34,7 +34,7 @@ sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli  # noqa: E402
+from fnet_tf import cli, fileio, zoo  # noqa: E402
 from fnet_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -75,15 +75,26 @@ def _parse(argv):
     return pairs
 
 
-SAME_SPEC = ("model", "level", "width", "init", "epochs", "qat_epochs", "qat_recipe",
-             "qat_scheme", "qat_options", "lr", "batch_size", "optimizer")
+SPEC_FIELDS = ("model", "level", "width")  # with the recipe: what other seeds must share
+
+
+def _spec_differences(config, recipe, reference, reference_recipe):
+    """What a run (its config and card recipe) does not share with a reference run or card:
+    the architecture and the recipe but for the seed."""
+    return ([k for k in SPEC_FIELDS if config.get(k) != reference.get(k)]
+            + zoo.recipe_differences(reference_recipe, recipe))
+
+
+def _run_recipe(run):
+    return card_recipe(run.config(), fileio.read_json(run.file("metrics.json"))["float"])
 
 
 def _check_seeds(name, runs):
     """The runs of one release differ in their seed only (what the card's spread is over)."""
     configs = [run.config() for run in runs]
+    first_recipe = _run_recipe(runs[0])
     for run, config in zip(runs[1:], configs[1:]):
-        differing = [k for k in SAME_SPEC if config.get(k) != configs[0].get(k)]
+        differing = _spec_differences(config, _run_recipe(run), configs[0], first_recipe)
         if differing:
             raise UserError(f"{name}: {run.path} differs from {runs[0].path} in "
                             f"{', '.join(differing)}: other seeds must be the same recipe")
@@ -98,14 +109,15 @@ def card_recipe(config, float_info):
     keras3 = float_info.get("keras3_recipe") or {}
     return {**{k: config.get(k) for k in (
         "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing", "val_split",
-        "seed", "init", "qat_epochs", "qat_scheme", "qat_lr", "qat_options")},
+        "seed", "init", "optimizer", "qat_recipe", "qat_epochs", "qat_scheme", "qat_lr",
+        "qat_options")},
         **{k: v for k, v in keras3.items() if k != "epochs"},
         "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
 
 
 def add_seeds(argv):
     """``--add_seeds``: other seeds' figures merged into released cards (no re-release)."""
-    from fnet_tf import data as data_lib, fileio, zoo
+    from fnet_tf import data as data_lib
 
     pairs = _parse(argv)
     if not FLAGS.data:
@@ -120,9 +132,7 @@ def add_seeds(argv):
         known = card.get("seed_list") or [card["recipe"].get("seed", 0)]
         for run in runs:
             config = run.config()
-            recipe = card_recipe(config, fileio.read_json(run.file("metrics.json"))["float"])
-            differing = [k for k in ("model", "level", "width") if config.get(k) != card[k]]
-            differing += zoo.recipe_differences(card["recipe"], recipe)
+            differing = _spec_differences(config, _run_recipe(run), card, card["recipe"])
             if differing:
                 raise UserError(f"{name}: {run.path} differs from the released card's recipe in "
                                 f"{', '.join(differing)}: other seeds must be the same recipe")
@@ -202,7 +212,7 @@ def _other_seeds(entry, other_runs, dataset):
     """The card's seed fields: float and INT8 (LiteRT, whole test split) top-1 of the other
     seeds' runs after those already on ``entry`` (the released file's own, and any seeds
     added before)."""
-    from fnet_tf import benchmark, fileio
+    from fnet_tf import benchmark
 
     float_top1 = list(entry.get("float_accuracy_seeds", [entry["float_accuracy"]]))
     int8_top1 = list(entry.get("int8_accuracy_seeds", [entry["int8_accuracy"]]))
@@ -227,7 +237,7 @@ def _peer_fields(peer):
 
 def _write_card(folder, entry):
     """A released model's metrics.json and the card rendered from it (each atomically)."""
-    from fnet_tf import fileio, model_card, zoo
+    from fnet_tf import model_card
 
     fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
     fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
@@ -235,8 +245,6 @@ def _write_card(folder, entry):
 
 def _write_front():
     """The zoo's Pareto plot and front table, from every released card (``fnet-zoo pareto``)."""
-    from fnet_tf import zoo
-
     default = (os.path.join(os.path.dirname(os.path.abspath(FLAGS.zoo.rstrip("/"))), "zoo-front")
                if FLAGS.zoo else os.path.join(REPO, "results", "zoo"))
     zoo.write_front(FLAGS.front_out or default)
@@ -244,7 +252,7 @@ def _write_front():
 
 def retime(argv):
     """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
-    from fnet_tf import benchmark, zoo
+    from fnet_tf import benchmark
     from fnet_tf.analysis import op_latency
     from fnet_tf.analysis.bit_budget import bit_budget
 
@@ -289,7 +297,7 @@ def main(argv):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
     runs = [(name, dirs[0], [_check_run(d, analysis=d == dirs[0]) for d in dirs]) for name, dirs in pairs]
     seeds = {name: _check_seeds(name, seed_runs) for name, _, seed_runs in runs}
-    from fnet_tf import benchmark, data as data_lib, fileio, model_card, zoo
+    from fnet_tf import benchmark, data as data_lib, model_card
     from fnet_tf.analysis.bit_budget import bit_budget
     from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
 
