@@ -89,6 +89,39 @@ def qat_note(recipe):
     return f"`{recipe.get('qat_scheme')}`" + (f" ({shown})" if shown else "")
 
 
+def recipe_text(recipe):
+    """The float recipe in words, from the fields the card recorded (a field an older card
+    lacks reads as the value every release then had: ``zoo.RECIPE_FIELD_DEFAULTS``)."""
+    from fnet_tf.zoo import RECIPE_FIELD_DEFAULTS
+
+    def get(key):
+        return recipe.get(key, RECIPE_FIELD_DEFAULTS.get(key))
+
+    base, _, extra = get("optimizer").partition("_")
+    optimizer = (f"SGD Nesterov (momentum {get('momentum'):g})" if base == "sgd" else
+                 "AdamW" if base == "adamw" else base)
+    optimizer += " + GradBoost" if extra == "gradboost" else ""
+    schedule = "cosine to 0" if get("schedule") == "cosine" else get("schedule")
+    warmup = (f"linear warm-up {get('warmup_epochs')} epochs (capped at 20% of the phase) then "
+              f"{schedule}" if get("warmup") == "capped" else
+              f"the first part of a {get('warmup_epochs')}-epoch linear ramp (no decay)")
+    augment = "pad-4 crop + flip" + (f" + cutout {get('cutout')} px" if get("cutout") else "")
+    text = (f"{optimizer}, lr {recipe.get('lr')}, {warmup}, decoupled weight decay "
+            f"{recipe.get('weight_decay')}, batch {recipe.get('batch_size')}, {augment}, label "
+            f"smoothing {recipe.get('label_smoothing')}, {recipe.get('val_split')} training "
+            f"images held out for validation")
+    if get("teacher") and get("kd_alpha"):
+        text += (f", distilled from `{get('teacher')}` (alpha {get('kd_alpha'):g}, temperature "
+                 f"{get('kd_temperature'):g})")
+    return text
+
+
+def qat_recipe_note(recipe):
+    """'' for QAT fine-tuned after float training (every card before the field existed)."""
+    name = recipe.get("qat_recipe") or "finetune"
+    return "" if name == "finetune" else f" (recipe `{name}`, `fnet_tf.train --qat_recipe`)"
+
+
 def efficiency_line(e):
     if not e:
         return "not measured (`python tools/release.py --retime`)"
@@ -139,11 +172,8 @@ def card_text(m):
 scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
 {100 * m['peer_accuracy']:.2f}% here against 88.5% published).
 
-**Recipe**: {float_note}: SGD Nesterov lr {recipe.get('lr')}, warm-up {recipe.get('warmup_epochs')}
-epochs then cosine, decoupled weight decay {recipe.get('weight_decay')}, batch
-{recipe.get('batch_size')}, pad-4 crop + flip, label smoothing {recipe.get('label_smoothing')},
-{recipe.get('val_split')} training images held out for validation, seed {recipe.get('seed')}.
-QAT: {recipe.get('qat_epochs')} epochs, scheme {qat_note(recipe)}, peak lr
+**Recipe**: {float_note}: {recipe_text(recipe)}, seed {recipe.get('seed')}.
+QAT: {recipe.get('qat_epochs')} epochs{qat_recipe_note(recipe)}, scheme {qat_note(recipe)}, peak lr
 {recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
 
 **Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,

@@ -64,20 +64,44 @@ def table_rows():
 
 
 # Recipe fields that cards released before the field was recorded lack, with the value every
-# such release had (int8 QAT has no scheme options; SGD, and QAT finetuned after float
-# training, were all there was or all that was released).
-RECIPE_FIELD_DEFAULTS = {"qat_options": {}, "optimizer": "sgd", "qat_recipe": "finetune"}
+# such release had (int8 QAT has no scheme options; SGD with Nesterov momentum 0.9, a capped
+# warm-up then cosine, no cutout, no teacher, and QAT finetuned after float training, were all
+# there was or all that was released).
+RECIPE_FIELD_DEFAULTS = {"qat_options": {}, "optimizer": "sgd", "qat_recipe": "finetune",
+                         "momentum": 0.9, "schedule": "cosine", "warmup": "capped", "cutout": 0,
+                         "teacher": None, "kd_alpha": 0.0, "kd_temperature": 4.0}
 
 
-def recipe_differences(card_recipe, run_recipe):
+def card_recipe(config, float_info):
+    """The recipe a card records, from a run's config and its float phase's metrics: every
+    field the card's recipe sentence (``model_card.recipe_text``) and the same-recipe check of
+    other seeds read. A teacher is named by its folder or file, not this machine's path."""
+    keras3 = float_info.get("keras3_recipe") or {}
+    recipe = {**{k: config.get(k) for k in (
+        "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing", "val_split",
+        "seed", "init", "optimizer", "momentum", "schedule", "warmup", "cutout", "teacher",
+        "kd_alpha", "kd_temperature", "qat_recipe", "qat_epochs", "qat_scheme", "qat_lr",
+        "qat_options") if k in config},
+        **{k: v for k, v in keras3.items() if k != "epochs"},
+        "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
+    if recipe.get("teacher"):
+        recipe["teacher"] = os.path.basename(os.path.normpath(recipe["teacher"]))
+    return recipe
+
+
+def recipe_differences(card, run_recipe):
     """The recipe fields (but the seed) in which a run differs from a released card's."""
-    return [k for k in run_recipe if k != "seed" and run_recipe[k] != card_recipe.get(
+    return [k for k in run_recipe if k != "seed" and run_recipe[k] != card.get(
         k, RECIPE_FIELD_DEFAULTS.get(k))]
 
 
 def recipe_summary(recipe):
     """The recipe settings that differ between released models, in a few words."""
-    return f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
+    text = f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
+    text += f", cutout {recipe['cutout']}" if recipe.get("cutout") else ""
+    if recipe.get("teacher") and recipe.get("kd_alpha"):
+        text += f", distilled from {recipe['teacher']}"
+    return text
 
 
 def seed_suffix(m):

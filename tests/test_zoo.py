@@ -187,3 +187,33 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
             "| 0.95x |") in table
     assert "**nothing: better on every axis**" in table.split("| better |")[1].splitlines()[0]
     assert "| peer: peer.tflite | MLPerf Tiny | 75.00% | 12.50 | 1.00x | 93.8 |" in table
+
+
+def test_the_cards_recipe_sentence_says_what_the_recorded_recipe_did():
+    from fnet_tf import model_card
+
+    old = {"lr": 0.2, "warmup_epochs": 2.0, "weight_decay": 0.005, "batch_size": 128,
+           "label_smoothing": 0.0, "val_split": 5000}  # a card from before these were recorded
+    text = model_card.recipe_text(old)
+    assert text.startswith("SGD Nesterov (momentum 0.9), lr 0.2, linear warm-up 2.0 epochs "
+                           "(capped at 20% of the phase) then cosine to 0, ")
+    assert "pad-4 crop + flip, label smoothing 0.0" in text and "cutout" not in text
+    assert "distilled" not in text
+    new = dict(old, optimizer="adamw_gradboost", schedule="constant", cutout=8,
+               teacher="frostnet_cifar-e80", kd_alpha=0.5, kd_temperature=4.0)
+    text = model_card.recipe_text(new)
+    assert text.startswith("AdamW + GradBoost, lr 0.2, linear warm-up 2.0 epochs (capped at "
+                           "20% of the phase) then constant, ")
+    assert "pad-4 crop + flip + cutout 8 px" in text
+    assert text.endswith(", distilled from `frostnet_cifar-e80` (alpha 0.5, temperature 4)")
+    ramp = model_card.recipe_text(dict(old, warmup="ramp", warmup_epochs=5.0))
+    assert "the first part of a 5.0-epoch linear ramp (no decay)" in ramp
+    # the card's recipe names the teacher, not the releasing machine's path
+    recipe = zoo.card_recipe({"lr": 0.1, "teacher": "/home/x/sweeps/teachers/runs/t-e80/",
+                                  "kd_alpha": 0.5}, {"epochs": 5})
+    assert recipe["teacher"] == "t-e80" and recipe["float_epochs"] == 5
+    assert zoo.recipe_summary(dict(recipe, float_epochs=200, cutout=8)) == (
+        "lr 0.1, 200 epochs, cutout 8, distilled from t-e80")
+    assert zoo.recipe_summary({"lr": 0.2, "float_epochs": 80}) == "lr 0.2, 80 epochs"
+    assert model_card.qat_recipe_note({}) == ""
+    assert "`statassist`" in model_card.qat_recipe_note({"qat_recipe": "statassist"})

@@ -52,6 +52,8 @@ flags.DEFINE_bool("add_seeds", False, "NAME=RUN_DIR[,...] adds other seeds to an
                   "released model whose own run directory is gone: the runs must match its "
                   "card's recipe but for the seed; their float and INT8 top-1 are measured and "
                   "the card gives the mean and sample std (the released file is unchanged).")
+flags.DEFINE_bool("render_cards", False, "Only render every released card again from its "
+                  "metrics.json (after the card's template changed; nothing is measured).")
 flags.DEFINE_bool("retime", False, "Only time all released models and the peer again, in one "
                   "pass (and each op alone), and render every card again.")
 
@@ -86,7 +88,7 @@ def _spec_differences(config, recipe, reference, reference_recipe):
 
 
 def _run_recipe(run):
-    return card_recipe(run.config(), fileio.read_json(run.file("metrics.json"))["float"])
+    return zoo.card_recipe(run.config(), fileio.read_json(run.file("metrics.json"))["float"])
 
 
 def _check_seeds(name, runs):
@@ -102,17 +104,6 @@ def _check_seeds(name, runs):
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{name}: the runs share a seed ({seeds}): pass one run per seed")
     return seeds
-
-
-def card_recipe(config, float_info):
-    """The recipe a card records, from a run's config and its float phase's metrics."""
-    keras3 = float_info.get("keras3_recipe") or {}
-    return {**{k: config.get(k) for k in (
-        "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing", "val_split",
-        "seed", "init", "optimizer", "qat_recipe", "qat_epochs", "qat_scheme", "qat_lr",
-        "qat_options")},
-        **{k: v for k, v in keras3.items() if k != "epochs"},
-        "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
 
 
 def add_seeds(argv):
@@ -281,9 +272,25 @@ def retime(argv):
     return 0
 
 
+def render_cards(argv):
+    """Every released card rendered again from its metrics.json, which is left as it is."""
+    from fnet_tf import model_card
+
+    if len(argv) > 1:
+        raise UserError("--render_cards takes no NAME=RUN_DIR: it renders every released card")
+    for name in zoo.names():
+        fileio.write_text(os.path.join(zoo.zoo_dir(), name, zoo.CARD),
+                          model_card.card_text(zoo.metrics(name)))
+    print(f"rendered {len(zoo.names())} cards in {zoo.zoo_dir()}")
+
+
 def main(argv):
     if FLAGS.add_seeds:
         return add_seeds(argv)
+    if FLAGS.render_cards:
+        if FLAGS.zoo:
+            os.environ["FNET_TF_ZOO"] = FLAGS.zoo
+        return render_cards(argv)
     if FLAGS.retime:
         if not FLAGS.peer or not os.path.isfile(FLAGS.peer):
             raise UserError("--retime needs --peer, an existing reference .tflite")
@@ -332,7 +339,7 @@ def main(argv):
             "num_test_images": len(dataset.test), "data": dataset.source,
             "classes": list(dataset.classes), "min_sqnr_layer": layer, "min_sqnr_db": sqnr,
             "float_trained_in": float_info.get("trained_in"),
-            "recipe": card_recipe(config, float_info),
+            "recipe": zoo.card_recipe(config, float_info),
             "peer": os.path.basename(FLAGS.peer), "peer_accuracy": peer_accuracy,
             **peer_fields,
             "sha256": fileio.sha256_file(os.path.join(run_dir, "model_int8.tflite")),
