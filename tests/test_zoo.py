@@ -210,7 +210,7 @@ def test_the_cards_recipe_sentence_says_what_the_recorded_recipe_did():
     assert "the first part of a 5.0-epoch linear ramp (no decay)" in ramp
     # the card's recipe names the teacher, not the releasing machine's path
     recipe = zoo.card_recipe({"lr": 0.1, "teacher": "/home/x/sweeps/teachers/runs/t-e80/",
-                                  "kd_alpha": 0.5}, {"epochs": 5})
+                              "kd_alpha": 0.5}, {"epochs": 5})
     assert recipe["teacher"] == "t-e80" and recipe["float_epochs"] == 5
     assert zoo.recipe_summary(dict(recipe, float_epochs=200, cutout=8)) == (
         "lr 0.1, 200 epochs, cutout 8, distilled from t-e80")
