@@ -92,7 +92,7 @@ def qat_note(recipe):
 def recipe_text(recipe):
     """The float recipe in words, from the fields the card recorded (a field an older card
     lacks reads as the value every release then had: ``zoo.RECIPE_FIELD_DEFAULTS``)."""
-    from fnet_tf.zoo import RECIPE_FIELD_DEFAULTS
+    from fnet_tf.zoo import RECIPE_FIELD_DEFAULTS, distilled_from
 
     def get(key):
         return recipe.get(key, RECIPE_FIELD_DEFAULTS.get(key))
@@ -110,9 +110,9 @@ def recipe_text(recipe):
             f"{recipe.get('weight_decay')}, batch {recipe.get('batch_size')}, {augment}, label "
             f"smoothing {recipe.get('label_smoothing')}, {recipe.get('val_split')} training "
             f"images held out for validation")
-    if get("teacher") and get("kd_alpha"):
-        text += (f", distilled from `{get('teacher')}` (alpha {get('kd_alpha'):g}, temperature "
-                 f"{get('kd_temperature'):g})")
+    if distilled_from(recipe):
+        text += (f", distilled from `{distilled_from(recipe)}` (alpha {get('kd_alpha'):g}, "
+                 f"temperature {get('kd_temperature'):g})")
     return text
 
 

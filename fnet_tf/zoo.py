@@ -95,13 +95,17 @@ def recipe_differences(card, run_recipe):
         k, RECIPE_FIELD_DEFAULTS.get(k))]
 
 
+def distilled_from(recipe):
+    """The teacher a recipe distilled from, or None (a teacher at alpha 0 taught nothing)."""
+    return recipe.get("teacher") if recipe.get("kd_alpha") else None
+
+
 def recipe_summary(recipe):
     """The recipe settings that differ between released models, in a few words."""
     text = f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
     text += f", cutout {recipe['cutout']}" if recipe.get("cutout") else ""
-    if recipe.get("teacher") and recipe.get("kd_alpha"):
-        text += f", distilled from {recipe['teacher']}"
-    return text
+    teacher = distilled_from(recipe)
+    return text + (f", distilled from {teacher}" if teacher else "")
 
 
 def seed_suffix(m):

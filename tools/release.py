@@ -114,8 +114,6 @@ def add_seeds(argv):
     if not FLAGS.data:
         raise UserError("--add_seeds needs --data: the test split the other seeds are measured on")
     data_lib.check_source(FLAGS.data)
-    if FLAGS.zoo:
-        os.environ["FNET_TF_ZOO"] = FLAGS.zoo
     checked = []
     for name, run_dirs in pairs:
         card = zoo.metrics(name)  # a UserError naming the zoo when it is not released
@@ -278,24 +276,23 @@ def render_cards(argv):
 
     if len(argv) > 1:
         raise UserError("--render_cards takes no NAME=RUN_DIR: it renders every released card")
-    for name in zoo.names():
+    names = zoo.names()
+    for name in names:
         fileio.write_text(os.path.join(zoo.zoo_dir(), name, zoo.CARD),
                           model_card.card_text(zoo.metrics(name)))
-    print(f"rendered {len(zoo.names())} cards in {zoo.zoo_dir()}")
+    print(f"rendered {len(names)} cards in {zoo.zoo_dir()}")
 
 
 def main(argv):
+    if FLAGS.zoo:  # every mode reads or writes this zoo (zoo.zoo_dir)
+        os.environ["FNET_TF_ZOO"] = FLAGS.zoo
     if FLAGS.add_seeds:
         return add_seeds(argv)
     if FLAGS.render_cards:
-        if FLAGS.zoo:
-            os.environ["FNET_TF_ZOO"] = FLAGS.zoo
         return render_cards(argv)
     if FLAGS.retime:
         if not FLAGS.peer or not os.path.isfile(FLAGS.peer):
             raise UserError("--retime needs --peer, an existing reference .tflite")
-        if FLAGS.zoo:
-            os.environ["FNET_TF_ZOO"] = FLAGS.zoo
         return retime(argv)
     pairs = _parse(argv)
     if not FLAGS.data or not FLAGS.peer:
@@ -309,8 +306,6 @@ def main(argv):
     from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
 
     data_lib.check_source(FLAGS.data)
-    if FLAGS.zoo:
-        os.environ["FNET_TF_ZOO"] = FLAGS.zoo
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir)
     with open(FLAGS.peer, "rb") as f:
         peer = f.read()
