@@ -21,10 +21,12 @@ def is_noise(line):
 
 
 def run_streamed(args, prefix):
-    """Run ``python args`` from the repo root, echoing its output lines after ``prefix``;
-    a failure raises UserError with the child's last line."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.PIPE,
+    """Run ``python args`` in the caller's directory (so relative paths in ``args`` mean what
+    the user typed), with this checkout's ``fnet_tf`` importable, echoing its output lines
+    after ``prefix``; a failure raises UserError with the child's last line."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     last = ""
     for line in proc.stdout:

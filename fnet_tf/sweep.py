@@ -130,9 +130,7 @@ def run_point(point, index, total):
     prefix = f"level {point.level} ({index}/{total}) seed {point.seed} {point.init}"
     run = point.run()
     cache_args = ["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []
-    steps = [
-        ("train", lambda: run.is_complete("float") and run.is_complete("qat"),
-         lambda: run_streamed(train_args(point), f"{prefix}: train")),
+    after_training = [
         ("export QAT int8", lambda: run.is_complete(f"export:{report.QAT_FILE}"),
          lambda: run_streamed(export_args(point, "auto", os.path.join(point.run_dir, report.QAT_FILE)),
                          f"{prefix}: export")),
@@ -154,6 +152,11 @@ def run_point(point, index, total):
                           "--latency_runs", "50", "--threads", "1"] + cache_args,
                          f"{prefix}: analyze")),
     ]
+    # Training is done when its models are, or when every step that reads them is (a finished
+    # run parked by tools/park.py travels without its Keras models).
+    steps = [("train", lambda: (run.is_complete("float") and run.is_complete("qat"))
+              or all(done() for _, done, _ in after_training),
+              lambda: run_streamed(train_args(point), f"{prefix}: train"))] + after_training
     for name, done, do in steps:
         if done():
             print(f"{prefix}: {name} complete, reusing {point.run_dir}", flush=True)

@@ -89,3 +89,45 @@ def test_restore_refuses_to_overwrite_and_bad_archives_are_one_line(tmp_path):
 
     moved = run_module([PARK, "restore", "a.tar.gz", "--to", "elsewhere"], cwd=tmp_path)
     assert moved.returncode == 0 and (tmp_path / "elsewhere" / "runs" / "r" / "config.json").exists()
+
+
+def test_a_finished_sweep_run_travels_as_its_results_and_is_not_retrained(tiny_archive, tmp_path):
+    sweep = ["-m", "fnet_tf.sweep", "--levels", "1", "--width", "0.25", "--data", tiny_archive,
+             "--out", "sweep", "--epochs", "1", "--qat_epochs", "1", "--batch_size", "8",
+             "--val_split", "20", "--check_images", "20", "--latency_runs", "5",
+             "--sensitivity_images", "10"]
+    first = run_module(sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "sweep" / "runs" / "factorizenet-l1-s0-he_normal"
+    timed = ("model_int8.tflite", "analysis/metrics.json")
+    mtimes = {name: (run / name).stat().st_mtime for name in timed}
+
+    kept = run_module([PARK, "save", "sweep", "--out", "kept.tar.gz", "--keep_finished_models"],
+                      cwd=tmp_path)
+    saved = run_module([PARK, "save", "sweep", "--out", "done.tar.gz"], cwd=tmp_path)
+    assert kept.returncode == 0 and saved.returncode == 0, saved.stderr[-2000:]
+    assert "results only" in saved.stdout and "results only" not in kept.stdout
+    with tarfile.open(tmp_path / "kept.tar.gz") as tar:
+        assert any(n.endswith("model_float.keras") for n in tar.getnames())
+    with tarfile.open(tmp_path / "done.tar.gz") as tar:
+        names = tar.getnames()
+    assert not any(n.endswith(("model_float.keras", "model_qat.weights.h5")) or "checkpoints/" in n
+                   for n in names), names
+    for needed in ("model_int8.tflite", "model_ptq_int8.tflite", "analysis/metrics.json",
+                   "analysis/sensitivity.csv", "run.json", "metrics.json", "history.csv"):
+        assert any(n.endswith("factorizenet-l1-s0-he_normal/" + needed) for n in names), needed
+
+    shutil.rmtree(tmp_path / "sweep")
+    restored = run_module([PARK, "restore", "done.tar.gz"], cwd=tmp_path)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert not (run / "model_float.keras").exists()
+    for name, mtime in mtimes.items():  # the analysis stays newer than the file it describes
+        assert abs((run / name).stat().st_mtime - mtime) < 1e-3, name
+
+    again = run_module(sweep, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for step in ("train", "export QAT int8", "export PTQ int8", "sensitivity", "analyze"):
+        assert f"level 1 (1/1) seed 0 he_normal: {step} complete, reusing" in again.stdout, step
+    with open(tmp_path / "sweep" / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["qat_int8_accuracy"]) >= 0, rows

@@ -8,9 +8,18 @@ Run directories live in gitignored folders (``runs/``, ``sweeps/``) on a machine
 the session, so an 80-epoch run that a session cannot finish would be lost with it. ``save``
 packs the resume state of every run directory under DIR (everything but TensorBoard logs and
 every checkpoint except the newest whole one of each unfinished phase: about 1 MB a small run,
-small enough to commit); ``restore`` puts it back at the path it came from, and the same
-training or sweep command resumes from the last whole epoch (bitwise as if never interrupted:
-the seeded data order and the optimizer state are in the checkpoint). Both write atomically.
+small enough to commit); ``restore`` puts it back at the path it came from, with each file's
+modification time, and the same training or sweep command resumes from the last whole epoch
+(bitwise as if never interrupted: the seeded data order and the optimizer state are in the
+checkpoint). Both write atomically.
+
+A *finished* run (every export it recorded verified, and the analyzer's output newer than its
+int8 file: all a sweep does with a run) travels as its results only: exports, analysis,
+metrics, history, config and run.json, without the Keras models the exports were made from
+(``model_float.keras``, ``model_qat.weights.h5``: megabytes each, and nothing reads them once
+the run is analyzed). The sweep reuses such a run without retraining it; a tool that needs its
+Keras model (re-exporting, ``analyze`` of a re-exported file) says the model is missing. Pass
+``--keep_finished_models`` to carry them anyway.
 """
 import datetime
 import io
@@ -31,6 +40,9 @@ from fnet_tf.errors import UserError  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "save: the archive (default results/in-progress/<DIR name>.tar.gz).")
 flags.DEFINE_string("to", None, "restore: where to put the directory (default: where it was).")
+flags.DEFINE_bool("keep_finished_models", False,
+                  "save: also carry a finished run's Keras models (by default a finished run "
+                  "travels as its results only).")
 
 MANIFEST = "PARKED.json"
 ROOT = "parked"  # the archive's top folder; the manifest says where it came from
@@ -41,6 +53,35 @@ _SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # entries
 
 def _run_dirs(directory):
     return sorted(root for root, _, files in os.walk(directory) if "config.json" in files)
+
+
+def is_finished(run_dir):
+    """Every export the run recorded is verified and the analyzer has described its int8 file:
+    the sweep needs nothing more from the run's Keras models."""
+    from fnet_tf.analysis import sweep_report
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(run_dir)
+    exports = [step for step in run.manifest()["steps"] if step.startswith("export:")]
+    return (bool(exports) and all(run.is_complete(step) for step in exports)
+            and sweep_report.analysis_complete(run_dir))
+
+
+def _finished_models(directory):
+    """The training artifacts (models of the non-export steps) of every finished run under
+    ``directory``: left behind unless --keep_finished_models."""
+    from fnet_tf.rundir import RunDir
+
+    dropped = set()
+    if FLAGS.keep_finished_models:
+        return dropped
+    for run_dir in _run_dirs(directory):
+        if is_finished(run_dir):
+            for step, entry in RunDir(run_dir).manifest()["steps"].items():
+                if not step.startswith("export:"):
+                    dropped.update(os.path.abspath(os.path.join(run_dir, rel))
+                                   for rel in entry["artifacts"])
+    return dropped
 
 
 def _kept_checkpoints(directory):
@@ -65,13 +106,16 @@ def _kept_checkpoints(directory):
 
 def _files_to_park(directory):
     kept_checkpoints = _kept_checkpoints(directory)
+    dropped_models = _finished_models(directory)
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".tmp")
                          and not (_EPOCH_DIR.match(d)
                                   and os.path.abspath(os.path.join(root, d)) not in kept_checkpoints))
         for name in sorted(files):
-            if not (name.startswith(".") and ".tmp" in name):  # a half-written atomic file
-                yield os.path.join(root, name)
+            path = os.path.join(root, name)
+            if (not (name.startswith(".") and ".tmp" in name)  # a half-written atomic file
+                    and os.path.abspath(path) not in dropped_models):
+                yield path
 
 
 def _run_summary(run_dir, directory):
@@ -84,6 +128,7 @@ def _run_summary(run_dir, directory):
         epochs[row.get("phase", "float")] = int(row["epoch"])
     return {"run": os.path.relpath(run_dir, directory),
             "completed_steps": sorted(run.manifest()["steps"]),
+            "results_only": not FLAGS.keep_finished_models and is_finished(run_dir),
             "epochs_done": epochs,
             "epochs_planned": {"float": config.get("epochs"), "qat": config.get("qat_epochs")}}
 
@@ -112,7 +157,9 @@ def save(directory):
     for run in manifest["runs"]:
         done = ", ".join(f"{phase} epoch {n} of {run['epochs_planned'].get(phase)}"
                          for phase, n in run["epochs_done"].items()) or "no epoch yet"
-        print(f"{run['run']}: {done}; steps done: {', '.join(run['completed_steps']) or 'none'}")
+        trimmed = " (finished: results only, without its Keras models)" if run["results_only"] else ""
+        print(f"{run['run']}: {done}; steps done: {', '.join(run['completed_steps']) or 'none'}"
+              f"{trimmed}")
     print(f"parked {len(runs)} run(s) of {directory} in {out} ({os.path.getsize(out) / 1e6:.1f} MB); "
           f"restore with: python tools/park.py restore {out}")
     return 0
@@ -154,6 +201,8 @@ def restore(archive):
             for m in members:
                 if m.name != MANIFEST:
                     tar.extract(m, unpack, set_attrs=False, **_SAFE)
+                    if m.isfile():  # the sweep compares the analysis's time with its model's
+                        os.utime(os.path.join(unpack, m.name), (m.mtime, m.mtime))
             for entry in os.listdir(os.path.join(unpack, ROOT)):
                 os.replace(os.path.join(unpack, ROOT, entry), os.path.join(tmp, entry))
     for run in manifest["runs"]:
