@@ -201,7 +201,9 @@ def restore(archive):
             for m in members:
                 if m.name != MANIFEST:
                     tar.extract(m, unpack, set_attrs=False, **_SAFE)
-                    if m.isfile():  # the sweep compares the analysis's time with its model's
+                    # the sweep compares the analysis's time with its model's (a bounded mtime:
+                    # the archive is a file from elsewhere)
+                    if m.isfile() and isinstance(m.mtime, (int, float)) and 0 <= m.mtime < 2**33:
                         os.utime(os.path.join(unpack, m.name), (m.mtime, m.mtime))
             for entry in os.listdir(os.path.join(unpack, ROOT)):
                 os.replace(os.path.join(unpack, ROOT, entry), os.path.join(tmp, entry))
