@@ -230,10 +230,11 @@ def _members(path):
             t.members.clear()  # keep memory flat however many members it lists
 
 
-def check_archive(path, cache_dir):
+def check_archive(path, cache_dir, what="dataset archive"):
     """Refuse, before anything is extracted, an archive whose listing declares more than the
-    cache's free space or ``MAX_EXPANSION`` times its own size, more than
-    ``MAX_ARCHIVE_MEMBERS`` entries, a link, a special file or a path outside its folder."""
+    free space in ``cache_dir`` or ``MAX_EXPANSION`` times its own size, more than
+    ``MAX_ARCHIVE_MEMBERS`` entries, a link, a special file or a path outside its folder.
+    ``what`` names the archive in the messages (``tools/park.py`` checks its archives too)."""
     size = os.path.getsize(path)
     free = _free_bytes(cache_dir) - FREE_SPACE_RESERVE
     limits = [(free, f"the {max(free, 0) / 2**30:.1f} GiB free in the cache {cache_dir} "
@@ -246,16 +247,17 @@ def check_archive(path, cache_dir):
         count += 1
         total += member_size
         if kind not in ("file", "dir"):
-            raise UserError(f"dataset archive {path!r} holds a {kind} ({name!r}): an image "
-                            f"archive holds only files and folders; refusing to extract it")
+            raise UserError(f"{what} {path!r} holds a {kind} ({name!r}): a {what} holds only "
+                            f"files and folders; refusing to extract it")
         if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-            raise UserError(f"dataset archive {path!r} holds an unsafe path {name!r}")
+            raise UserError(f"{what} {path!r} holds an unsafe entry {name!r} (a path outside "
+                            f"its folder): refusing to extract it")
         if total > limit:
-            raise UserError(f"dataset archive {path!r} declares over {total / 2**30:.2f} GiB "
+            raise UserError(f"{what} {path!r} declares over {total / 2**30:.2f} GiB "
                             f"of files, more than {why}: refusing to extract it")
         if count > MAX_ARCHIVE_MEMBERS:
-            raise UserError(f"dataset archive {path!r} holds over {MAX_ARCHIVE_MEMBERS:,} "
-                            f"entries, the limit for a dataset: refusing to extract it")
+            raise UserError(f"{what} {path!r} holds over {MAX_ARCHIVE_MEMBERS:,} entries, "
+                            f"the limit for a {what}: refusing to extract it")
     return total, count
 
 

@@ -81,8 +81,18 @@ def test_restore_refuses_to_overwrite_and_bad_archives_are_one_line(tmp_path):
         tar.add(tmp_path / "a.tar.gz", arcname="parked/../../escape")
     cases.append(run_module([PARK, "restore", "evil.tar.gz", "--to", "x"], cwd=tmp_path))
     cases.append(run_module([PARK, "save", "nothing-here"], cwd=tmp_path))
+    (tmp_path / "zeros").write_bytes(bytes(50 << 20))  # 50 MB that packs into ~50 KB
+    with tarfile.open(tmp_path / "bomb.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "manifest.json", arcname="PARKED.json")
+        tar.add(tmp_path / "zeros", arcname="parked/zeros")
+    cases.append(run_module([PARK, "restore", "bomb.tar.gz", "--to", "x"], cwd=tmp_path))
+    (tmp_path / "big.json").write_text(json.dumps({"path": "x", "pad": os.urandom(700_000).hex()}))
+    with tarfile.open(tmp_path / "big.tar.gz", "w:gz") as tar:  # a manifest over its bound
+        tar.add(tmp_path / "big.json", arcname="PARKED.json")
+    cases.append(run_module([PARK, "restore", "big.tar.gz", "--to", "x"], cwd=tmp_path))
     for result, needle in zip(cases, ["already exists", "not a whole parked archive",
-                                      "unsafe entry", "not a directory"]):
+                                      "unsafe entry", "not a directory", "decompression bomb",
+                                      "over the 1 MB limit"]):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-1500:]
         assert needle in last_line(result.stderr), last_line(result.stderr)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()

@@ -45,6 +45,7 @@ flags.DEFINE_bool("keep_finished_models", False,
                   "travels as its results only).")
 
 MANIFEST = "PARKED.json"
+MAX_MANIFEST_BYTES = 1 << 20  # a run's summary is a few hundred bytes
 ROOT = "parked"  # the archive's top folder; the manifest says where it came from
 _EPOCH_DIR = re.compile(r"^epoch-\d{4,}$")
 _SKIPPED_DIRS = ("tensorboard", "__pycache__")
@@ -67,21 +68,21 @@ def is_finished(run_dir):
             and sweep_report.analysis_complete(run_dir))
 
 
-def _finished_models(directory):
-    """The training artifacts (models of the non-export steps) of every finished run under
-    ``directory``: left behind unless --keep_finished_models."""
+def _results_only_runs(runs):
+    """The finished runs of ``runs``, which travel without their Keras models (none with
+    --keep_finished_models)."""
+    return set() if FLAGS.keep_finished_models else {r for r in runs if is_finished(r)}
+
+
+def _training_artifacts(run_dirs):
+    """The models of the non-export steps (``model_float.keras``, ``model_qat.weights.h5``)."""
     from fnet_tf.rundir import RunDir
 
-    dropped = set()
-    if FLAGS.keep_finished_models:
-        return dropped
-    for run_dir in _run_dirs(directory):
-        if is_finished(run_dir):
-            for step, entry in RunDir(run_dir).manifest()["steps"].items():
-                if not step.startswith("export:"):
-                    dropped.update(os.path.abspath(os.path.join(run_dir, rel))
-                                   for rel in entry["artifacts"])
-    return dropped
+    return {os.path.abspath(os.path.join(run_dir, rel))
+            for run_dir in run_dirs
+            for step, entry in RunDir(run_dir).manifest()["steps"].items()
+            if not step.startswith("export:")
+            for rel in entry["artifacts"]}
 
 
 def _kept_checkpoints(directory):
@@ -104,9 +105,9 @@ def _kept_checkpoints(directory):
     return kept
 
 
-def _files_to_park(directory):
+def _files_to_park(directory, results_only):
     kept_checkpoints = _kept_checkpoints(directory)
-    dropped_models = _finished_models(directory)
+    dropped_models = _training_artifacts(results_only)
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".tmp")
                          and not (_EPOCH_DIR.match(d)
@@ -118,7 +119,7 @@ def _files_to_park(directory):
                 yield path
 
 
-def _run_summary(run_dir, directory):
+def _run_summary(run_dir, directory, results_only):
     from fnet_tf.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -128,7 +129,7 @@ def _run_summary(run_dir, directory):
         epochs[row.get("phase", "float")] = int(row["epoch"])
     return {"run": os.path.relpath(run_dir, directory),
             "completed_steps": sorted(run.manifest()["steps"]),
-            "results_only": not FLAGS.keep_finished_models and is_finished(run_dir),
+            "results_only": results_only,
             "epochs_done": epochs,
             "epochs_planned": {"float": config.get("epochs"), "qat": config.get("qat_epochs")}}
 
@@ -141,17 +142,18 @@ def save(directory):
     runs = _run_dirs(directory)
     if not runs:
         raise UserError(f"no run directory (with a config.json) under {directory!r}: nothing to park")
+    results_only = _results_only_runs(runs)
     name = os.path.basename(os.path.abspath(directory))
     out = FLAGS.out or os.path.join("results", "in-progress", f"{name}.tar.gz")
     manifest = {"path": os.path.relpath(os.path.abspath(directory)),
                 "parked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "runs": [_run_summary(r, directory) for r in runs]}
+                "runs": [_run_summary(r, directory, r in results_only) for r in runs]}
     with fileio.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
         data = (json.dumps(manifest, indent=2) + "\n").encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-        for path in _files_to_park(directory):
+        for path in _files_to_park(directory, results_only):
             tar.add(path, arcname=os.path.join(ROOT, os.path.relpath(path, directory)),
                     recursive=False)
     for run in manifest["runs"]:
@@ -166,12 +168,23 @@ def save(directory):
 
 
 def _open_archive(path):
+    """The archive's members and manifest, after its listing passed the dataset loader's
+    bounds (``data.check_archive``: declared size, entry count, links, paths) and with the
+    manifest read up to ``MAX_MANIFEST_BYTES``: the archive may come from elsewhere."""
+    from fnet_tf import data as data_lib
+
     if not os.path.isfile(path):
         raise UserError(f"{path!r} does not exist: pass an archive written by tools/park.py save")
     try:
+        data_lib.check_archive(path, FLAGS.to or ".", what="parked archive")
         tar = tarfile.open(path, "r:gz")
         members = tar.getmembers()
-        manifest = json.load(tar.extractfile(MANIFEST))
+        manifest_file = tar.extractfile(MANIFEST)
+        text = manifest_file.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise UserError(f"{path!r}: its {MANIFEST} is over the {MAX_MANIFEST_BYTES >> 20} MB "
+                            f"limit; not written by tools/park.py, refusing to unpack it")
+        manifest = json.loads(text)
     except (tarfile.TarError, OSError, EOFError, KeyError, ValueError, TypeError) as e:
         raise UserError(f"{path!r} is not a whole parked archive ({type(e).__name__}): take it "
                         f"again from git, or save the run again") from None
