@@ -110,8 +110,9 @@ def recipe_text(recipe):
             f"{recipe.get('weight_decay')}, batch {recipe.get('batch_size')}, {augment}, label "
             f"smoothing {recipe.get('label_smoothing')}, {recipe.get('val_split')} training "
             f"images held out for validation")
-    if distilled_from(recipe):
-        text += (f", distilled from `{distilled_from(recipe)}` (alpha {get('kd_alpha'):g}, "
+    teacher = distilled_from(recipe)
+    if teacher:
+        text += (f", distilled from `{teacher}` (alpha {get('kd_alpha'):g}, "
                  f"temperature {get('kd_temperature'):g})")
     return text
 
