@@ -40,7 +40,10 @@ flags.DEFINE_integer("qat_epochs", 3, "QAT epochs per point.")
 flags.DEFINE_string("qat_scheme", "int8", "QAT scheme.")
 flags.DEFINE_string("recipe_flags", None, "An absl flagfile of recipe settings passed to every "
                     "point's training, e.g. the tuner's chosen.flags (python -m fnet_tf.tune).")
-flags.DEFINE_integer("seeds", 1, "Seeds per level (0 .. seeds-1); the table shows mean ± std.")
+flags.DEFINE_integer("seeds", 1, "Seeds per level (first_seed .. first_seed+seeds-1); the table "
+                     "shows mean ± std over every seed in --out.")
+flags.DEFINE_integer("first_seed", 0, "First seed: add seeds to a finished sweep (--first_seed 2 "
+                     "--seeds 1 trains seed 2) or split one sweep's seeds across processes.")
 flags.DEFINE_list("init", ["he_normal"], "Kernel initializers to compare (a sweep dimension).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("val_split", 5000, "Training images held out for validation.")
@@ -98,6 +101,12 @@ class Point:
         from fnet_tf.rundir import RunDir
 
         return RunDir(self.run_dir)
+
+
+def plan_points(out, model, designs, inits, seeds):
+    """Every (design, init, seed) point, in the order the sweep trains them."""
+    return [Point(out, model, lvl, seed, init, width)
+            for lvl, width in designs for init in inits for seed in seeds]
 
 
 def train_args(point):
@@ -180,12 +189,14 @@ def _validate():
     checks = [
         (FLAGS.data, "--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)"),
         (FLAGS.seeds >= 1, f"--seeds must be 1 or more, got {FLAGS.seeds}"),
+        (FLAGS.first_seed >= 0, f"--first_seed must be 0 or more, got {FLAGS.first_seed}"),
         (FLAGS.qat_epochs >= 1, f"--qat_epochs must be 1 or more, got {FLAGS.qat_epochs}"),
         (FLAGS.epochs >= 1 or FLAGS.float_from, f"--epochs must be 1 or more, got {FLAGS.epochs}"),
         (FLAGS.threads >= 0, f"--threads must be 0 (all cores) or more, got {FLAGS.threads}"),
         (FLAGS.sensitivity_images >= 0, "--sensitivity_images must be 0 (skip) or more, got "
          f"{FLAGS.sensitivity_images}"),
-        (not FLAGS.float_from or (FLAGS.seeds == 1 and FLAGS.init == ["he_normal"]),
+        (not FLAGS.float_from or (FLAGS.seeds == 1 and FLAGS.first_seed == 0
+                                  and FLAGS.init == ["he_normal"]),
          "--float_from imports one float model per level: use it with --seeds 1 and the "
          "default --init"),
     ]
@@ -245,8 +256,8 @@ def main(argv):
             if missing:
                 raise UserError(f"--float_from {FLAGS.float_from} has no {FLAGS.model}-l"
                                 f"{missing[0]}/: train it there or drop that level")
-        points = [Point(FLAGS.out, FLAGS.model, lvl, seed, init, width)
-                  for lvl, width in designs for init in FLAGS.init for seed in range(FLAGS.seeds)]
+        points = plan_points(FLAGS.out, FLAGS.model, designs, FLAGS.init,
+                             range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
         for i, point in enumerate(points, 1):
             run_point(point, i, len(points))
     report.write_report(FLAGS.out, data=FLAGS.data, peer=FLAGS.peer,

@@ -115,11 +115,23 @@ def test_pareto_front():
     (["--levels", "0-12", "--out", "x", "--data", "d"], "outside 0..7"),
     (["--levels", "0-1", "--out", "x", "--data", "nowhere.tar.gz"], "nowhere.tar.gz"),
     (["--levels", "0-1", "--out", "x", "--data", "d", "--seeds", "0"], "--seeds"),
+    (["--levels", "0-1", "--out", "x", "--data", "d", "--first_seed", "-1"], "--first_seed"),
     (["--out", "nowhere", "--select", "macs<=1"], "no nowhere/sweep.csv"),
 ])
 def test_bad_sweep_input_is_one_line(args, message):
     result = run_module(["-m", "fnet_tf.sweep", *args])
     assert result.returncode == 2 and message in last_line(result.stderr), result.stderr[-500:]
+
+
+def test_first_seed_adds_seeds_after_the_ones_a_sweep_already_has():
+    # in a child: a Point names itself against the parsed --width
+    code = ("from absl import flags; from fnet_tf import sweep; flags.FLAGS(['sweep']); "
+            "points = sweep.plan_points('out', 'factorizenet', [(0, 1.0), (7, 1.0)], "
+            "['he_normal'], range(2, 4)); "
+            "print([(p.level, p.seed) for p in points], len({p.run_dir for p in points}))")
+    result = run_module(["-c", code])
+    assert result.returncode == 0, result.stderr[-500:]
+    assert last_line(result.stdout) == "[(0, 2), (0, 3), (7, 2), (7, 3)] 4"
 
 
 def test_init_ablation_plot(tmp_path):
