@@ -314,3 +314,27 @@ def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
     assert by_init[7]["normal_std0.01"]["b1 1x1"]["channel_range_ratio"] == "40"  # seed 0's
     plots.layers_across_levels(by_init[7], str(tmp_path / "l7.png"), "t", legend="{}")
     assert (tmp_path / "l7.png").stat().st_size > 10_000
+
+
+def test_layer_table_by_init_gives_each_layers_mean_and_std_over_seeds(tmp_path):
+    from fnet_tf.analysis import sweep_report
+
+    runs = []
+    for init, raw in (("he_normal", 0.2), ("normal_std1.0", 1.0)):
+        for seed, folded_ratio in ((0, 4.0), (1, 8.0)):
+            path = tmp_path / f"{init}-s{seed}"
+            (path / "analysis").mkdir(parents=True)
+            (path / "analysis" / "layers.csv").write_text(
+                "weight_layer,raw_weight_std,weight_std,raw_channel_range_ratio,"
+                "channel_range_ratio,weight_sqnr_db_per_tensor,sqnr_db\n"
+                f"b1_dw,{raw + seed},0.5,3,{folded_ratio},40,30\n"
+                ",,,,,,31\n")  # an activation-only row: not a weight layer
+            runs.append(({"level": 7, "init": init, "seed": seed}, str(path)))
+    table = {(r["layer"], r["init"]): r for r in sweep_report.layer_table_by_init(runs)}
+    assert sorted(table) == [("b1_dw", "he_normal"), ("b1_dw", "normal_std1.0")]
+    wide = table[("b1_dw", "normal_std1.0")]
+    assert wide["seeds"] == 2 and wide["raw_weight_std"] == pytest.approx(1.5)
+    assert wide["raw_weight_std_std"] == pytest.approx(0.5 ** 0.5)  # sample std of 1.0, 2.0
+    assert wide["channel_range_ratio"] == pytest.approx(6.0)
+    text = sweep_report.layer_table_csv(list(table.values()))
+    assert text.splitlines()[0].startswith("level,layer,init,seeds,raw_weight_std,raw_weight_std_std")

@@ -5,7 +5,8 @@ INT8 files), so it works on any merged set of runs. Writes ``sweep.csv`` (one ro
 ``summary.md`` (one row per level and initializer: mean ± std over seeds), ``pareto.png``,
 ``layers_across_levels.png`` and, with several initializers, ``init_ablation.png`` and one
 ``layers_by_init_l<level>.png`` per level (each layer's ranges and INT8 error, one line per
-initializer).
+initializer) with ``layers_by_init.csv`` (each layer's raw and BN-folded weight figures, mean and
+std over seeds).
 """
 import csv
 import io
@@ -357,6 +358,46 @@ def layers_by_init(runs):
                              lambda config: config.get("init", "he_normal")) for level in levels}
 
 
+LAYER_FIGURES = ("raw_weight_std", "weight_std", "raw_channel_range_ratio", "channel_range_ratio",
+                 "weight_sqnr_db_per_tensor", "sqnr_db")
+
+
+def layer_table_by_init(runs):
+    """One row per (level, weight layer, initializer): each of ``LAYER_FIGURES`` from the runs'
+    ``layers.csv`` as mean and sample std over every seed. The raw (as trained) weight figures
+    beside the BN-folded ones show whether batch norm erases what the initializer left."""
+    grouped = {}
+    for config, path in runs:
+        with open(os.path.join(path, "analysis", "layers.csv")) as f:
+            for row in csv.DictReader(f):
+                if not row.get("weight_layer"):
+                    continue
+                key = (config["level"], row["weight_layer"], config.get("init", "he_normal"))
+                values = grouped.setdefault(key, {name: [] for name in LAYER_FIGURES})
+                for name in LAYER_FIGURES:
+                    values[name].append(float(row.get(name) or "nan"))
+    table = []
+    for (level, layer, init), values in grouped.items():
+        row = {"level": level, "layer": layer, "init": init,
+               "seeds": len(values[LAYER_FIGURES[0]])}
+        for name in LAYER_FIGURES:
+            row[name], row[f"{name}_std"] = mean_and_std(values[name])
+        table.append(row)
+    return table
+
+
+def layer_table_csv(table):
+    text = io.StringIO()
+    names = ["level", "layer", "init", "seeds"]
+    for name in LAYER_FIGURES:
+        names += [name, f"{name}_std"]
+    writer = csv.DictWriter(text, fieldnames=names)
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return text.getvalue()
+
+
 def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
     from fnet_tf import data as data_lib
     from fnet_tf.analysis import plots
@@ -386,6 +427,9 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
         plots.init_ablation(entries, os.path.join(out, "init_ablation.png"),
                             f"{model}: weight initializer vs INT8 accuracy")
         written.append("init_ablation.png")
+        fileio.write_text(os.path.join(out, "layers_by_init.csv"),
+                          layer_table_csv(layer_table_by_init(runs)))
+        written.append("layers_by_init.csv")
         for level, by_init in layers_by_init(runs).items():
             name = f"layers_by_init_l{level}.png"
             plots.layers_across_levels(
