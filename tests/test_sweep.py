@@ -338,3 +338,29 @@ def test_layer_table_by_init_gives_each_layers_mean_and_std_over_seeds(tmp_path)
     assert wide["channel_range_ratio"] == pytest.approx(6.0)
     text = sweep_report.layer_table_csv(list(table.values()))
     assert text.splitlines()[0].startswith("level,layer,init,seeds,raw_weight_std,raw_weight_std_std")
+
+
+def test_rank_correlation_is_spearmans_rho_with_tied_ranks():
+    from fnet_tf.analysis.plots import rank_correlation
+
+    assert rank_correlation([1, 10, 100, 1000], [0.9, 0.8, 0.5, 0.2]) == pytest.approx(-1.0)
+    # ranks x: 1, 2.5, 2.5, 4 against y: 1, 2, 3, 4 -> rho = 4.5 / sqrt(4.5 * 5)
+    assert rank_correlation([1, 5, 5, 9], [1, 2, 3, 4]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+
+
+def test_per_tensor_plot_and_widest_channel_ratio_from_layers_csv(tmp_path):
+    from fnet_tf.analysis import plots
+
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "layers.csv").write_text(
+        "weight_layer,channel_range_ratio\nb0_conv,7\nb1_dw,212\nb1_pw,3\n,\n")
+    assert sweep_report.widest_channel_ratio(str(tmp_path)) == ("b1_dw", 212.0)
+    assert sweep_report.widest_channel_ratio(str(tmp_path / "nowhere"))[0] == ""
+    rows = [{"init": init, "level": 7, "max_channel_ratio": ratio,
+             "ptq_per_tensor_int8_accuracy": acc}
+            for init, ratio, acc in (("he_normal", 12, 0.81), ("he_normal", 55, 0.79),
+                                     ("normal_std1.0", 212, 0.73), ("normal_std1.0", 1605, 0.26))]
+    rho = plots.per_tensor_vs_channel_ratio(rows, str(tmp_path / "p.png"), "t")
+    assert rho == pytest.approx(-1.0) and (tmp_path / "p.png").stat().st_size > 10_000
+    assert plots.per_tensor_vs_channel_ratio(rows[:2], str(tmp_path / "q.png"), "t") is None
+    assert not (tmp_path / "q.png").exists()

@@ -308,6 +308,52 @@ def init_ablation(entries, path, title):
     return [key for key, _ in panels]
 
 
+def rank_correlation(x, y):
+    """Spearman's rho of two equal-length sequences (ties take their mean rank)."""
+    def ranks(values):
+        values = np.asarray(values, dtype=float)
+        order = values.argsort()
+        rank = np.empty(len(values))
+        rank[order] = np.arange(len(values), dtype=float)
+        for value in np.unique(values):  # ties share their mean rank
+            rank[values == value] = rank[values == value].mean()
+        return rank
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+def per_tensor_vs_channel_ratio(rows, path, title):
+    """One marker per run: PTQ per-tensor INT8 top-1 against the widest BN-folded channel-range
+    ratio of any layer (log scale), colour by initializer, marker by level; the title gives
+    Spearman's rho over the runs. Returns rho, or None (nothing drawn) with under 3 runs."""
+    runs = [r for r in rows if np.isfinite(r.get("ptq_per_tensor_int8_accuracy", np.nan))
+            and np.isfinite(r.get("max_channel_ratio", np.nan))]
+    if len(runs) < 3:
+        return None
+    rho = rank_correlation([r["max_channel_ratio"] for r in runs],
+                           [r["ptq_per_tensor_int8_accuracy"] for r in runs])
+    inits = sorted({r["init"] for r in runs})
+    levels = list(dict.fromkeys(str(r["level"]) for r in runs))
+    markers = "osD^v<>P*X"
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for i, init in enumerate(inits):
+        for j, level in enumerate(levels):
+            mine = [r for r in runs if r["init"] == init and str(r["level"]) == level]
+            if mine:
+                ax.scatter([r["max_channel_ratio"] for r in mine],
+                           [100 * r["ptq_per_tensor_int8_accuracy"] for r in mine],
+                           color=f"C{i}", marker=markers[j % len(markers)],
+                           label=f"{init} L{level}")
+    ax.set_xscale("log")
+    ax.set_xlabel("widest channel-range ratio of any layer (BN folded, max/min filter range)")
+    ax.set_ylabel("PTQ per-tensor INT8 top-1 (%)")
+    ax.set_title(f"{title}\nSpearman rho = {rho:.2f} over {len(runs)} runs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+    return rho
+
+
 def val_curves(curves, path, title):
     """Validation accuracy per epoch, one line per tuning trial ({trial: [(epoch, acc)]})."""
     fig, ax = plt.subplots(figsize=(8, 4.8))

@@ -30,9 +30,10 @@ PTQ_FILES = {"ptq_int8_accuracy": (PTQ_FILE, "ptq_metrics.json"),
 SENSITIVITY_BITS = "4"  # the precision of the table's w4_* columns, from analysis/sensitivity.csv
 NUMERIC = ("params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
            "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy",
-           "int8_drop", "w4_val_accuracy", "w4_worst_drop", "latency_p50_ms")
+           "int8_drop", "w4_val_accuracy", "w4_worst_drop", "latency_p50_ms",
+           "max_channel_ratio")
 COLUMNS = ("model", "level", "seed", "init", *NUMERIC, "w4_worst_layer", "min_sqnr_layer",
-           "min_sqnr_db", "run")
+           "min_sqnr_db", "max_channel_ratio_layer", "run")
 SELECT_KEYS = {"macs": "macs", "params": "params", "latency_ms": "latency_p50_ms",
                "size_bytes": "size_bytes", "accuracy": "qat_int8_accuracy"}
 
@@ -95,6 +96,21 @@ def lowest_sqnr_layer(run_dir):
     return worst["layer"], float(worst["sqnr_db"])
 
 
+def widest_channel_ratio(run_dir):
+    """(layer, ratio) of the weight layer whose BN-folded filters' ranges differ most (largest
+    over smallest channel range): what a per-tensor weight scale has to cover."""
+    path = os.path.join(run_dir, "analysis", "layers.csv")
+    if not os.path.isfile(path):
+        return "", float("nan")
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f)
+                if r.get("weight_layer") and r.get("channel_range_ratio") not in (None, "", "nan")]
+    if not rows:
+        return "", float("nan")
+    widest = max(rows, key=lambda r: float(r["channel_range_ratio"]))
+    return widest["weight_layer"], float(widest["channel_range_ratio"])
+
+
 def _ptq_accuracy(run_dir, dataset, key="ptq_int8_accuracy"):
     """Test top-1 (LiteRT) of one of the run's post-training-quantized files (``PTQ_FILES``),
     cached beside it; NaN where the sweep that made the run did not write that file."""
@@ -143,6 +159,7 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
         metrics = _read_json(os.path.join(path, "metrics.json"), {})
         analysis = _read_json(os.path.join(path, "analysis", "metrics.json"), {})
         layer, sqnr = lowest_sqnr_layer(path)
+        ratio_layer, ratio = widest_channel_ratio(path)
         float_acc = metrics.get("float", {}).get("test_accuracy", float("nan"))
         qat_acc = analysis["accuracy_top1"]
         rows.append({
@@ -155,7 +172,8 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
             "qat_keras_accuracy": metrics.get("qat", {}).get("test_accuracy", float("nan")),
             "int8_drop": float_acc - qat_acc, **weight_sensitivity(path),
             "latency_p50_ms": float("nan"),
-            "min_sqnr_layer": layer, "min_sqnr_db": sqnr, "run": os.path.relpath(path, out)})
+            "min_sqnr_layer": layer, "min_sqnr_db": sqnr, "max_channel_ratio": ratio,
+            "max_channel_ratio_layer": ratio_layer, "run": os.path.relpath(path, out)})
         with open(os.path.join(path, QAT_FILE), "rb") as f:
             contents.append(f.read())
     peer_row = None
@@ -168,6 +186,7 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
                     "model": os.path.basename(peer), "level": "", "seed": "", "init": "",
                     "params": stats["params"], "macs": stats["macs"], "size_bytes": len(content),
                     "qat_int8_accuracy": acc, "w4_worst_layer": "", "min_sqnr_layer": "",
+                    "max_channel_ratio_layer": "",
                     "min_sqnr_db": float("nan"), "run": "peer"}
         contents.append(content)
     print(f"timing {len(contents)} INT8 models, interleaved, 1 thread", file=sys.stderr, flush=True)
@@ -195,6 +214,7 @@ def read_csv(path):
         for key in NUMERIC + ("min_sqnr_db",):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
         row.setdefault("w4_worst_layer", "")
+        row.setdefault("max_channel_ratio_layer", "")
     return [r for r in rows if r["run"] != "peer"]
 
 
@@ -427,6 +447,9 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
         plots.init_ablation(entries, os.path.join(out, "init_ablation.png"),
                             f"{model}: weight initializer vs INT8 accuracy")
         written.append("init_ablation.png")
+        if plots.per_tensor_vs_channel_ratio(rows, os.path.join(out, "per_tensor_vs_channel_ratio.png"),
+                                             f"{model}: PTQ per-tensor INT8 vs widest channel ratio"):
+            written.append("per_tensor_vs_channel_ratio.png")
         fileio.write_text(os.path.join(out, "layers_by_init.csv"),
                           layer_table_csv(layer_table_by_init(runs)))
         written.append("layers_by_init.csv")
