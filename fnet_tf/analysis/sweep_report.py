@@ -447,8 +447,10 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
         plots.init_ablation(entries, os.path.join(out, "init_ablation.png"),
                             f"{model}: weight initializer vs INT8 accuracy")
         written.append("init_ablation.png")
-        if plots.per_tensor_vs_channel_ratio(rows, os.path.join(out, "per_tensor_vs_channel_ratio.png"),
-                                             f"{model}: PTQ per-tensor INT8 vs widest channel ratio"):
+        rho = plots.per_tensor_vs_channel_ratio(
+            rows, os.path.join(out, "per_tensor_vs_channel_ratio.png"),
+            f"{model}: PTQ per-tensor INT8 vs widest channel ratio")
+        if rho is not None:  # drawn (3 runs or more)
             written.append("per_tensor_vs_channel_ratio.png")
         fileio.write_text(os.path.join(out, "layers_by_init.csv"),
                           layer_table_csv(layer_table_by_init(runs)))
