@@ -90,9 +90,14 @@ def test_restore_refuses_to_overwrite_and_bad_archives_are_one_line(tmp_path):
     with tarfile.open(tmp_path / "big.tar.gz", "w:gz") as tar:  # a manifest over its bound
         tar.add(tmp_path / "big.json", arcname="PARKED.json")
     cases.append(run_module([PARK, "restore", "big.tar.gz", "--to", "x"], cwd=tmp_path))
+    with tarfile.open(tmp_path / "folder.tar.gz", "w:gz") as tar:  # the manifest is a folder
+        folder = tarfile.TarInfo("PARKED.json")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    cases.append(run_module([PARK, "restore", "folder.tar.gz", "--to", "x"], cwd=tmp_path))
     for result, needle in zip(cases, ["already exists", "not a whole parked archive",
                                       "unsafe entry", "not a directory", "decompression bomb",
-                                      "over the 1 MB limit"]):
+                                      "over the 1 MB limit", "not a whole parked archive"]):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-1500:]
         assert needle in last_line(result.stderr), last_line(result.stderr)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "x").exists()

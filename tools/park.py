@@ -180,6 +180,8 @@ def _open_archive(path):
         tar = tarfile.open(path, "r:gz")
         members = tar.getmembers()
         manifest_file = tar.extractfile(MANIFEST)
+        if manifest_file is None:  # a folder or link by that name
+            raise KeyError(MANIFEST)
         text = manifest_file.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
             raise UserError(f"{path!r}: its {MANIFEST} is over the {MAX_MANIFEST_BYTES >> 20} MB "

@@ -83,13 +83,18 @@ def finished_runs(out):
                                        r[0].get("seed", 0)))
 
 
-def lowest_sqnr_layer(run_dir):
-    """(layer, SQNR dB) of the op with the lowest INT8 output SQNR in the run's layers.csv."""
+def _layer_rows(run_dir):
+    """The rows of the run's ``analysis/layers.csv`` (none where the analyzer has not run)."""
     path = os.path.join(run_dir, "analysis", "layers.csv")
     if not os.path.isfile(path):
-        return "", float("nan")
+        return []
     with open(path) as f:
-        rows = [r for r in csv.DictReader(f) if r.get("sqnr_db") not in (None, "", "nan")]
+        return list(csv.DictReader(f))
+
+
+def lowest_sqnr_layer(run_dir):
+    """(layer, SQNR dB) of the op with the lowest INT8 output SQNR in the run's layers.csv."""
+    rows = [r for r in _layer_rows(run_dir) if r.get("sqnr_db") not in (None, "", "nan")]
     if not rows:
         return "", float("nan")
     worst = min(rows, key=lambda r: float(r["sqnr_db"]))
@@ -99,12 +104,8 @@ def lowest_sqnr_layer(run_dir):
 def widest_channel_ratio(run_dir):
     """(layer, ratio) of the weight layer whose BN-folded filters' ranges differ most (largest
     over smallest channel range): what a per-tensor weight scale has to cover."""
-    path = os.path.join(run_dir, "analysis", "layers.csv")
-    if not os.path.isfile(path):
-        return "", float("nan")
-    with open(path) as f:
-        rows = [r for r in csv.DictReader(f)
-                if r.get("weight_layer") and r.get("channel_range_ratio") not in (None, "", "nan")]
+    rows = [r for r in _layer_rows(run_dir)
+            if r.get("weight_layer") and r.get("channel_range_ratio") not in (None, "", "nan")]
     if not rows:
         return "", float("nan")
     widest = max(rows, key=lambda r: float(r["channel_range_ratio"]))
@@ -196,9 +197,9 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
     return rows, peer_row
 
 
-def _csv_text(rows):
+def _csv_text(rows, columns=COLUMNS):
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer = csv.DictWriter(text, fieldnames=columns)
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -388,14 +389,13 @@ def layer_table_by_init(runs):
     beside the BN-folded ones show whether batch norm erases what the initializer left."""
     grouped = {}
     for config, path in runs:
-        with open(os.path.join(path, "analysis", "layers.csv")) as f:
-            for row in csv.DictReader(f):
-                if not row.get("weight_layer"):
-                    continue
-                key = (config["level"], row["weight_layer"], config.get("init", "he_normal"))
-                values = grouped.setdefault(key, {name: [] for name in LAYER_FIGURES})
-                for name in LAYER_FIGURES:
-                    values[name].append(float(row.get(name) or "nan"))
+        for row in _layer_rows(path):
+            if not row.get("weight_layer"):
+                continue
+            key = (config["level"], row["weight_layer"], config.get("init", "he_normal"))
+            values = grouped.setdefault(key, {name: [] for name in LAYER_FIGURES})
+            for name in LAYER_FIGURES:
+                values[name].append(float(row.get(name) or "nan"))
     table = []
     for (level, layer, init), values in grouped.items():
         row = {"level": level, "layer": layer, "init": init,
@@ -407,15 +407,10 @@ def layer_table_by_init(runs):
 
 
 def layer_table_csv(table):
-    text = io.StringIO()
-    names = ["level", "layer", "init", "seeds"]
+    columns = ["level", "layer", "init", "seeds"]
     for name in LAYER_FIGURES:
-        names += [name, f"{name}_std"]
-    writer = csv.DictWriter(text, fieldnames=names)
-    writer.writeheader()
-    for row in table:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return text.getvalue()
+        columns += [name, f"{name}_std"]
+    return _csv_text(table, columns)
 
 
 def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
