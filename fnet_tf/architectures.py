@@ -207,7 +207,8 @@ def model_spec(name, level=0, width=1.0):
                         f"already): pass --level 0")
     if len(per_stage) != stages:
         raise UserError(f"--level {level} gives {len(per_stage)} levels but {name} has {stages} "
-                        f"stages: pass one level, or {stages} separated by commas")
+                        f"stages: pass one level, or {stages} separated by commas (by dots in a "
+                        f"sweep's --levels, e.g. 0.0.7)")
     if not all(0 <= lvl <= top for lvl in per_stage):
         raise UserError(f"unknown level {level!r} for {name}: choose a level from 0 to {top}"
                         + ("" if isinstance(level, int) else " for every stage"))

@@ -43,23 +43,38 @@ def define_level(default=0, help_text=None):
 
 
 def parse_levels(text, top, model="the model"):
-    """'all', '0-7', '0,3,7', '0-2,7' -> sorted unique levels, each in 0..top."""
+    """'all', '0-7', '0,3,7', '0-2,7' -> sorted unique levels, each in 0..top. A part with dots
+    is one design with a level per stage ('0.0.7'); those follow the levels, in the given order,
+    as ``architectures.parse_level`` strings."""
     if text is None:
         raise UserError("--levels is required, e.g. --levels 0-7 or --levels all")
     if text.strip() == "all":
         return list(range(top + 1))
-    levels = set()
+    levels, per_stage = set(), []
     for part in text.split(","):
         part = part.strip()
+        if "." in part:
+            values = part.split(".")
+            if not all(v.isdigit() for v in values):
+                raise UserError(f"bad --levels part {part!r}: a per-stage design is one level "
+                                f"per stage joined by dots, e.g. 0.0.7")
+            if not all(0 <= int(v) <= top for v in values):
+                raise UserError(f"--levels {part}: every stage's level must be in 0..{top} "
+                                f"for {model}")
+            design = ".".join(str(int(v)) for v in values)
+            if design not in per_stage:
+                per_stage.append(design)
+            continue
         try:
             lo, _, hi = part.partition("-")
             lo, hi = int(lo), int(hi) if hi else int(lo)
         except ValueError:
-            raise UserError(f"bad --levels part {part!r}: use e.g. 0-7 or 0,3,7") from None
+            raise UserError(f"bad --levels part {part!r}: use e.g. 0-7, 0,3,7 or a per-stage "
+                            f"design 0.0.7") from None
         if not 0 <= lo <= hi <= top:
             raise UserError(f"--levels {part} is outside 0..{top} for {model}")
         levels.update(range(lo, hi + 1))
-    return sorted(levels)
+    return sorted(levels) + per_stage
 
 
 class _WidthParser(flags.ArgumentParser):

@@ -16,8 +16,13 @@ def test_parse_levels():
     assert parse_levels("0-2,7", 7) == [0, 1, 2, 7]
     assert parse_levels(" 3 , 1 ", 7) == [1, 3]
     assert parse_levels("all", 3) == [0, 1, 2, 3]
+    # a part with dots is one per-stage design; it follows the levels, duplicates dropped
+    assert parse_levels("0.0.7, 3, 0.0.7, 5.03.7", 7) == [3, "0.0.7", "5.3.7"]
     for text, message in [("0-9", "outside 0..7"), ("a", "bad --levels part"),
-                          (None, "--levels is required"), ("3-1", "outside")]:
+                          (None, "--levels is required"), ("3-1", "outside"),
+                          ("0.9.7", "every stage's level must be in 0..7"),
+                          ("0.x.7", "one level per stage joined by dots"),
+                          ("0..7", "one level per stage joined by dots")]:
         with pytest.raises(UserError, match=message):
             parse_levels(text, 7)
 

@@ -115,6 +115,7 @@ def test_pareto_front():
     (["--levels", "0-12", "--out", "x", "--data", "d"], "outside 0..7"),
     (["--levels", "0-1", "--out", "x", "--data", "nowhere.tar.gz"], "nowhere.tar.gz"),
     (["--levels", "0-1", "--out", "x", "--data", "d", "--seeds", "0"], "--seeds"),
+    (["--levels", "0.7", "--out", "x", "--data", "d"], "gives 2 levels but factorizenet has 3"),
     (["--levels", "0-1", "--out", "x", "--data", "d", "--first_seed", "-1"], "--first_seed"),
     (["--out", "nowhere", "--select", "macs<=1"], "no nowhere/sweep.csv"),
 ])
@@ -224,6 +225,33 @@ def test_the_summary_gives_mean_and_sample_std_over_seeds_on_a_hand_made_csv(tmp
     assert he7["min_sqnr_layer"] == "b0" and he7["min_sqnr_db"] == 20.0  # the worst seed's
     assert entries[(7, "glorot_uniform")]["qat_int8_accuracy_std"] == 0.0  # one seed
     assert "±" in report.summary_markdown(list(entries.values()), None, "t")
+
+
+def test_designs_that_differ_only_in_width_are_separate_rows_of_the_summary(tmp_path):
+    """A capacity-front sweep trains one level at several widths: never averaged together."""
+    import csv
+
+    from fnet_tf.analysis import sweep_report as report
+
+    rows = [{"model": "factorizenet", "level": "0.0.7", "width": width, "seed": seed,
+             "init": "he_normal", "params": 1, "macs": 2, "size_bytes": 3,
+             "qat_int8_accuracy": acc, "float_accuracy": acc, "int8_drop": 0.0,
+             "latency_p50_ms": 0.1, "min_sqnr_layer": "b1", "min_sqnr_db": 20.0, "run": "r"}
+            for width, seed, acc in [("0.5,0.5,1", 0, 0.80), ("0.5,0.5,1", 1, 0.82),
+                                     ("0.5,0.75,0.75", 0, 0.90)]]
+    path = tmp_path / "sweep.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(report.COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    entries = {e["width"]: e for e in report.aggregate(report.read_csv(str(path)))}
+    assert entries["0.5,0.5,1"]["seeds"] == 2
+    assert entries["0.5,0.5,1"]["qat_int8_accuracy"] == pytest.approx(0.81)
+    assert entries["0.5,0.75,0.75"]["qat_int8_accuracy"] == pytest.approx(0.90)
+    text = report.summary_markdown(list(entries.values()), None, "t")
+    assert "| 0.0.7 w0.5,0.5,1 | he_normal | 2 |" in text
+    assert "| 0.0.7 w0.5,0.75,0.75 | he_normal | 1 |" in text
+    assert "level 0.0.7 w0.5,0.75,0.75 " in report.select_text(tmp_path, "macs<=3")
 
 
 def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_archive, tmp_path):

@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from fnet_tf import fileio
+from fnet_tf.architectures import width_text
 from fnet_tf.errors import UserError
 
 QAT_FILE = "model_int8.tflite"
@@ -32,7 +33,7 @@ NUMERIC = ("params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy"
            "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "qat_keras_accuracy",
            "int8_drop", "w4_val_accuracy", "w4_worst_drop", "latency_p50_ms",
            "max_channel_ratio")
-COLUMNS = ("model", "level", "seed", "init", *NUMERIC, "w4_worst_layer", "min_sqnr_layer",
+COLUMNS = ("model", "level", "width", "seed", "init", *NUMERIC, "w4_worst_layer", "min_sqnr_layer",
            "min_sqnr_db", "max_channel_ratio_layer", "run")
 SELECT_KEYS = {"macs": "macs", "params": "params", "latency_ms": "latency_p50_ms",
                "size_bytes": "size_bytes", "accuracy": "qat_int8_accuracy"}
@@ -164,7 +165,8 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
         float_acc = metrics.get("float", {}).get("test_accuracy", float("nan"))
         qat_acc = analysis["accuracy_top1"]
         rows.append({
-            "model": config["model"], "level": config["level"], "seed": config.get("seed", 0),
+            "model": config["model"], "level": config["level"],
+            "width": width_text(config.get("width", 1.0)), "seed": config.get("seed", 0),
             "init": config.get("init", "he_normal"), "params": analysis["params"],
             "macs": analysis["macs"], "size_bytes": analysis["size_bytes"],
             "float_accuracy": float_acc,
@@ -215,6 +217,7 @@ def read_csv(path):
         for key in NUMERIC + ("min_sqnr_db",):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
         row.setdefault("w4_worst_layer", "")
+        row["width"] = row.get("width") or "1"  # sweeps before the width column ran width 1
         row.setdefault("max_channel_ratio_layer", "")
     return [r for r in rows if r["run"] != "peer"]
 
@@ -236,15 +239,17 @@ def seed_spread(figures):
 
 
 def aggregate(rows):
-    """Rows grouped by (model, level, init): means, and the sample standard deviation over
-    seeds (``ddof=1``: with two seeds, the gap between them / sqrt 2; 0 for one seed)."""
+    """Rows grouped by (model, level, width, init): means, and the sample standard deviation
+    over seeds (``ddof=1``: with two seeds, the gap between them / sqrt 2; 0 for one seed)."""
     groups = {}
     for row in rows:
-        groups.setdefault((row["model"], level_value(row["level"]), row["init"]), []).append(row)
+        key = (row["model"], level_value(row["level"]), str(row.get("width") or "1"), row["init"])
+        groups.setdefault(key, []).append(row)
     result = []
-    for (model, level, init), members in sorted(groups.items(),
-                                                key=lambda g: (level_key(g[0][1]), g[0][2])):
-        entry = {"model": model, "level": level, "init": init, "seeds": len(members)}
+    for (model, level, width, init), members in sorted(
+            groups.items(), key=lambda g: (level_key(g[0][1]), g[0][2], g[0][3])):
+        entry = {"model": model, "level": level, "width": width, "init": init,
+                 "seeds": len(members)}
         for key in NUMERIC:
             entry[key], entry[key + "_std"] = mean_and_std([m.get(key, math.nan) for m in members])
         worst = min(members, key=lambda m: m["min_sqnr_db"]
@@ -256,6 +261,12 @@ def aggregate(rows):
                                    if measured else "")
         result.append(entry)
     return result
+
+
+def _width_label(entry):
+    """' w0.5,0.75,1' beside a level whose width is not 1; nothing at width 1."""
+    width = str(entry.get("width") or "1")
+    return "" if width == "1" else f" w{width}"
 
 
 def _pct(entry, key):
@@ -277,7 +288,7 @@ def summary_markdown(entries, peer_row, title):
     several_models = len({e["model"] for e in entries}) > 1
     for e in entries:
         drop = 100 * e["int8_drop"]
-        level = f"{e['model']} l{e['level']}" if several_models else e["level"]
+        level = (f"{e['model']} l{e['level']}" if several_models else f"{e['level']}") + _width_label(e)
         sensitivity = (f"{_pct(e, 'w4_val_accuracy')} | {e['w4_worst_layer'] or '-'} "
                        f"({100 * e['w4_worst_drop']:+.2f}) | " if w4 else "")
         lines.append(
@@ -335,7 +346,7 @@ def select_text(out, text):
     best = select(entries, constraints)
     if best is None:
         return f"no level of {out} meets {text}"
-    return (f"best under {text}: level {best['level']} ({best['init']}): QAT INT8 "
+    return (f"best under {text}: level {best['level']}{_width_label(best)} ({best['init']}): QAT INT8 "
             f"{100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
             f"{best['params']:,.0f} params, {best['size_bytes'] / 1024:.1f} KiB, p50 "
             f"{best['latency_p50_ms']:.3f} ms")
