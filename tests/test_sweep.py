@@ -344,6 +344,24 @@ def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
     assert (tmp_path / "l7.png").stat().st_size > 10_000
 
 
+def test_layers_across_levels_takes_per_stage_designs_and_widths_apart(tmp_path):
+    """A capacity-front sweep mixes uniform levels and per-stage designs at several widths."""
+    from fnet_tf.analysis import plots, sweep_report
+
+    runs = []
+    for level, width in ((0, 0.5), ("0.0.7", "0.5,0.75,0.75"), ("0.0.7", "0.5,0.5,1"), (7, 1.0)):
+        path = tmp_path / f"l{level}-w{width}"
+        (path / "analysis").mkdir(parents=True)
+        (path / "analysis" / "layers.csv").write_text(
+            "weight_layer,channel_range_max,channel_range_ratio,sqnr_db\n"
+            "b0_conv,0.1,2,30\nb1_dw,0.2,3,25\n")
+        runs.append(({"level": level, "width": width, "init": "he_normal", "seed": 0}, str(path)))
+    by_level = sweep_report.layers_by_level(runs)
+    assert list(by_level) == ["0 w0.5", "0.0.7 w0.5,0.75,0.75", "0.0.7 w0.5,0.5,1", "7"]
+    plots.layers_across_levels(by_level, str(tmp_path / "levels.png"), "t")
+    assert (tmp_path / "levels.png").stat().st_size > 10_000
+
+
 def test_layer_table_by_init_gives_each_layers_mean_and_std_over_seeds(tmp_path):
     from fnet_tf.analysis import sweep_report
 

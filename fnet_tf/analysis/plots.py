@@ -225,8 +225,8 @@ def zoo_pareto(points, peer, axes_spec, path, title):
 
 
 def layers_across_levels(by_level, path, title, legend="level {}"):
-    """Per layer position (x) and level (one line each; or any other grouping, named by
-    ``legend``): the widest weight channel range, the widest/narrowest channel range ratio
+    """Per layer position (x) and level (one line each, in ``by_level``'s order; or any other
+    grouping, named by ``legend``): the widest weight channel range, the widest/narrowest channel range ratio
     (BN folded; and before folding, where layers.csv has it: what training left, against what
     BN's scales make of it) and the INT8 output SQNR."""
     import re
@@ -246,7 +246,7 @@ def layers_across_levels(by_level, path, title, legend="level {}"):
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.6 * len(keys) + 3),
                                                       3.3 * len(panels)), sharex=True)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(by_level), 1)))
-    for color, level in zip(colors, sorted(by_level)):
+    for color, level in zip(colors, by_level):  # in the caller's order (levels may mix types)
         rows = by_level[level]
         for ax, (column, label, log) in zip(axes, panels):
             xs = [i for i, k in enumerate(keys) if k in rows and rows[k].get(column) not in ("", None)]

@@ -376,9 +376,15 @@ def layers_by(runs, group):
     return result
 
 
+def design_label(config):
+    """A run's level, with its width where that is not 1: '7', '0.0.7 w0.5,0.75,0.75'."""
+    return f"{config['level']}" + _width_label({"width": width_text(config.get("width", 1.0))})
+
+
 def layers_by_level(runs):
-    """{level: {layer key: layers.csv row}} from the first seed/initializer of each level."""
-    return layers_by(runs, lambda config: config["level"])
+    """{design label: {layer key: layers.csv row}} from the first seed/initializer of each
+    level and width, in the runs' (level) order."""
+    return layers_by(runs, design_label)
 
 
 def layers_by_init(runs):
