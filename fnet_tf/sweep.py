@@ -31,8 +31,9 @@ from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
-flags.DEFINE_string("levels", None, "Levels: 'all', '0-7', '0,3,7' or a mix ('0-2,7'); a part "
-                    "with dots is one design with a level per stage ('0.0.7', with --width 0.5,0.75,1).")
+flags.DEFINE_string("levels", None, "Levels: 'all', '0-7', '0,3,7' or a mix ('0-2,7'); a "
+                    "part with dots is one design with a level per stage ('0.0.7', with "
+                    "--width 0.5,0.75,1).")
 cli.define_width()
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Sweep directory (runs/, sweep.csv, summary.md, plots).")

@@ -226,9 +226,9 @@ def zoo_pareto(points, peer, axes_spec, path, title):
 
 def layers_across_levels(by_level, path, title, legend="level {}"):
     """Per layer position (x) and level (one line each, in ``by_level``'s order; or any other
-    grouping, named by ``legend``): the widest weight channel range, the widest/narrowest channel range ratio
-    (BN folded; and before folding, where layers.csv has it: what training left, against what
-    BN's scales make of it) and the INT8 output SQNR."""
+    grouping, named by ``legend``): the widest weight channel range, the widest/narrowest
+    channel range ratio (BN folded; and before folding, where layers.csv has it: what training
+    left, against what BN's scales make of it) and the INT8 output SQNR."""
     import re
 
     def position(key):  # network order: by block numbers, the kxk before its 1x1, dense last

@@ -288,7 +288,8 @@ def summary_markdown(entries, peer_row, title):
     several_models = len({e["model"] for e in entries}) > 1
     for e in entries:
         drop = 100 * e["int8_drop"]
-        level = (f"{e['model']} l{e['level']}" if several_models else f"{e['level']}") + _width_label(e)
+        level = (f"{e['model']} l{e['level']}" if several_models else f"{e['level']}")
+        level += _width_label(e)
         sensitivity = (f"{_pct(e, 'w4_val_accuracy')} | {e['w4_worst_layer'] or '-'} "
                        f"({100 * e['w4_worst_drop']:+.2f}) | " if w4 else "")
         lines.append(
@@ -346,8 +347,8 @@ def select_text(out, text):
     best = select(entries, constraints)
     if best is None:
         return f"no level of {out} meets {text}"
-    return (f"best under {text}: level {best['level']}{_width_label(best)} ({best['init']}): QAT INT8 "
-            f"{100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
+    return (f"best under {text}: level {best['level']}{_width_label(best)} ({best['init']}): "
+            f"QAT INT8 {100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
             f"{best['params']:,.0f} params, {best['size_bytes'] / 1024:.1f} KiB, p50 "
             f"{best['latency_p50_ms']:.3f} ms")
 
