@@ -54,14 +54,16 @@ def parse_levels(text, top, model="the model"):
     for part in text.split(","):
         part = part.strip()
         if "." in part:
-            values = part.split(".")
-            if not all(v.isdigit() for v in values):
+            from fnet_tf.architectures import level_tuple, parse_level
+
+            try:
+                design = parse_level(part)
+            except ValueError:
                 raise UserError(f"bad --levels part {part!r}: a per-stage design is one level "
-                                f"per stage joined by dots, e.g. 0.0.7")
-            if not all(0 <= int(v) <= top for v in values):
+                                f"per stage joined by dots, e.g. 0.0.7") from None
+            if not all(0 <= v <= top for v in level_tuple(design, stages=None)):
                 raise UserError(f"--levels {part}: every stage's level must be in 0..{top} "
                                 f"for {model}")
-            design = ".".join(str(int(v)) for v in values)
             if design not in per_stage:
                 per_stage.append(design)
             continue

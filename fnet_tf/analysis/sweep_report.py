@@ -263,10 +263,10 @@ def aggregate(rows):
     return result
 
 
-def _width_label(entry):
-    """' w0.5,0.75,1' beside a level whose width is not 1; nothing at width 1."""
-    width = str(entry.get("width") or "1")
-    return "" if width == "1" else f" w{width}"
+def _width_label(width):
+    """' w0.5,0.75,1' beside a level whose width (as ``width_text`` writes it) is not 1;
+    nothing at width 1."""
+    return "" if str(width or "1") == "1" else f" w{width}"
 
 
 def _pct(entry, key):
@@ -289,7 +289,7 @@ def summary_markdown(entries, peer_row, title):
     for e in entries:
         drop = 100 * e["int8_drop"]
         level = (f"{e['model']} l{e['level']}" if several_models else f"{e['level']}")
-        level += _width_label(e)
+        level += _width_label(e.get("width"))
         sensitivity = (f"{_pct(e, 'w4_val_accuracy')} | {e['w4_worst_layer'] or '-'} "
                        f"({100 * e['w4_worst_drop']:+.2f}) | " if w4 else "")
         lines.append(
@@ -347,7 +347,7 @@ def select_text(out, text):
     best = select(entries, constraints)
     if best is None:
         return f"no level of {out} meets {text}"
-    return (f"best under {text}: level {best['level']}{_width_label(best)} ({best['init']}): "
+    return (f"best under {text}: level {best['level']}{_width_label(best.get('width'))} ({best['init']}): "
             f"QAT INT8 {100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
             f"{best['params']:,.0f} params, {best['size_bytes'] / 1024:.1f} KiB, p50 "
             f"{best['latency_p50_ms']:.3f} ms")
@@ -379,7 +379,7 @@ def layers_by(runs, group):
 
 def design_label(config):
     """A run's level, with its width where that is not 1: '7', '0.0.7 w0.5,0.75,0.75'."""
-    return f"{config['level']}" + _width_label({"width": width_text(config.get("width", 1.0))})
+    return f"{config['level']}" + _width_label(width_text(config.get("width", 1.0)))
 
 
 def layers_by_level(runs):
