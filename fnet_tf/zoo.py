@@ -108,6 +108,15 @@ def recipe_summary(recipe):
     return text + (f", distilled from {teacher}" if teacher else "")
 
 
+def training_regime(recipe):
+    """What a fair comparison must share: the float epochs, the regularizers and the teacher
+    (a per-model tuned lr, the initializer and the seed may differ). Distilling from a teacher
+    or training longer lifts any model, so a model trained that way is compared with a ResNet-8
+    trained the same way."""
+    return (recipe.get("float_epochs"), recipe.get("cutout") or 0,
+            recipe.get("label_smoothing") or 0.0, distilled_from(recipe))
+
+
 def seed_suffix(m):
     """' (mean 84.1 ± 0.3, 2 seeds)' where a model was released with other seeds' runs."""
     if m.get("seeds", 1) > 1 and m.get("int8_accuracy_seed_std") is not None:

@@ -189,6 +189,34 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
     assert "| peer: peer.tflite | MLPerf Tiny | 75.00% | 12.50 | 1.00x | 93.8 |" in table
 
 
+def test_a_distilled_model_is_judged_against_the_resnet8_distilled_from_the_same_teacher():
+    from fnet_tf.analysis import zoo_front
+
+    plain = {"qat_scheme": "int8", "float_epochs": 80}
+    taught = dict(plain, teacher="big", kd_alpha=0.5)
+    rows = [_card("resnet8", "resnet8", 0.84, 12_500_000, 1.0, 95_000, recipe=plain),
+            _card("student", "factorizenet", 0.85, 10_000_000, 0.7, 85_000, recipe=taught),
+            _card("resnet8-kd", "resnet8", 0.86, 12_500_000, 1.0, 95_000, recipe=taught),
+            _card("other-teacher", "factorizenet", 0.87, 10_000_000, 0.7, 85_000,
+                  recipe=dict(taught, teacher="other"))]
+    points = zoo_front.entries(rows)
+    # better than the plain resnet8, but not than the one that had the same teacher
+    assert zoo_front.beats(points[1], points[0]) == []
+    assert zoo_front.baseline_for(points[1], points) is points[2]
+    assert zoo_front.verdict(points[1], points) == "accuracy (vs resnet8-kd)"
+    assert zoo_front.verdict(points[2], points) == "-"
+    assert zoo_front.verdict(points[3], points) == (
+        "not compared: no ResNet-8 released with its training (80 epochs, distilled from other)")
+    # a teacher at alpha 0 taught nothing: judged against the plain resnet8
+    untaught = zoo_front.entries([dict(rows[1], recipe=dict(taught, kd_alpha=0.0))])[0]
+    assert zoo_front.baseline_for(untaught, points) is points[0]
+    assert zoo_front.verdict(untaught, points) == "**nothing: better on every axis**"
+    # so is one trained longer, with no ResNet-8 trained as long
+    longer = zoo_front.entries([dict(rows[1], recipe=dict(plain, float_epochs=200))])[0]
+    assert zoo_front.verdict(longer, points).startswith("not compared: no ResNet-8 released "
+                                                        "with its training (200 epochs)")
+
+
 def test_the_cards_recipe_sentence_says_what_the_recorded_recipe_did():
     from fnet_tf import model_card
 
