@@ -211,7 +211,7 @@ def test_a_distilled_model_is_judged_against_the_resnet8_distilled_from_the_same
     untaught = zoo_front.entries([dict(rows[1], recipe=dict(taught, kd_alpha=0.0))])[0]
     assert zoo_front.baseline_for(untaught, points) is points[0]
     assert zoo_front.verdict(untaught, points) == "**nothing: better on every axis**"
-    # so is one trained longer, with no ResNet-8 trained as long
+    # one trained longer has no ResNet-8 trained as long to meet
     longer = zoo_front.entries([dict(rows[1], recipe=dict(plain, float_epochs=200))])[0]
     assert zoo_front.verdict(longer, points).startswith("not compared: no ResNet-8 released "
                                                         "with its training (200 epochs)")

@@ -114,7 +114,8 @@ def front_markdown(points, peer=None):
         on = [short for key, _, _, short in AXES if p["name"] in fronts[key]]
         lines.append(f"| {p['name']} | {p['family']} | {accuracy_text(p)} | "
                      f"{p['macs'] / 1e6:.2f} | {p['latency_ratio']:.2f}x | "
-                     f"{p['size_bytes'] / 1024:.1f} | {', '.join(on) or '-'} | {verdict(p, points)} |")
+                     f"{p['size_bytes'] / 1024:.1f} | {', '.join(on) or '-'} | "
+                     f"{verdict(p, points)} |")
     if peer:
         macs = f"{peer['macs'] / 1e6:.2f}" if "macs" in peer else "-"
         size = f"{peer['size_bytes'] / 1024:.1f}" if "size_bytes" in peer else "-"
@@ -123,9 +124,9 @@ def front_markdown(points, peer=None):
     lines += ["", "INT8 top-1: the released file's, LiteRT on the whole test split (with the "
               "mean and sample std over seeds where a card has more than one); latency: each "
               "model's median ratio to the peer timed in the same interleaved passes "
-              "(`tools/release.py`). A model beats our ResNet-8 when it is more accurate (its file, "
-              "and its seeds' mean where both have several) with no more MACs, no slower and no "
-              "larger, against the ResNet-8 trained the same way (the same float epochs, "
+              "(`tools/release.py`). A model beats our ResNet-8 when it is more accurate (its "
+              "file, and its seeds' mean where both have several) with no more MACs, no slower "
+              "and no larger, against the ResNet-8 trained the same way (the same float epochs, "
               "regularizers and distillation teacher; the lr may be tuned per model)."]
     return "\n".join(lines) + "\n"
 
