@@ -2,11 +2,14 @@
 
 Kept free of flags and TensorFlow (``fnet_tf.tune`` is the CLI around it).
 """
+import os
+
 from fnet_tf.errors import UserError
 
 # The recipe settings a trial may change, with the type of their value.
 TUNABLE = {"lr": float, "weight_decay": float, "label_smoothing": float, "cutout": int,
-           "warmup_epochs": float, "batch_size": int, "optimizer": str, "schedule": str}
+           "warmup_epochs": float, "batch_size": int, "optimizer": str, "schedule": str,
+           "teacher": str, "kd_alpha": float, "kd_temperature": float}  # distillation too
 BASE = "base"
 
 
@@ -40,7 +43,8 @@ def plan_trials(base_items, vary_items):
         for value in values:
             if base.get(name) == value:
                 continue  # that is the base trial
-            trial = f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+            shown = os.path.basename(os.path.normpath(value)) if name == "teacher" else value
+            trial = f"{name}={shown:g}" if isinstance(value, float) else f"{name}={shown}"
             if trial not in [t[0] for t in trials]:
                 trials.append((trial, name, value, {**base, name: value}))
     return trials

@@ -20,6 +20,18 @@ def test_plan_is_the_base_then_one_change_at_a_time():
     assert trials[4][3] == {"weight_decay": 5e-3, "cutout": 8} and isinstance(trials[4][2], int)
 
 
+def test_a_distilled_base_recipe_is_tuned_like_any_other():
+    from fnet_tf.recipe_grid import plan_trials
+
+    trials = plan_trials(["teacher=runs/big", "kd_alpha=0.5", "kd_temperature=4"],
+                         ["cutout=8", "kd_alpha=0", "teacher=runs/other/"])
+    assert trials[0][3] == {"teacher": "runs/big", "kd_alpha": 0.5, "kd_temperature": 4.0}
+    assert trials[1][3]["cutout"] == 8 and trials[1][3]["teacher"] == "runs/big"
+    assert trials[2][3]["kd_alpha"] == 0.0  # the same recipe, taught nothing
+    assert trials[3][0] == "teacher=other"  # a trial's folder name, not a path
+    assert trials[3][3]["teacher"] == "runs/other/"
+
+
 @pytest.mark.parametrize("vary, message", [
     ("momentum=0.8", "not a tunable setting"),
     ("lr", "use SETTING=VALUE"),
