@@ -347,8 +347,9 @@ def select_text(out, text):
     best = select(entries, constraints)
     if best is None:
         return f"no level of {out} meets {text}"
-    return (f"best under {text}: level {best['level']}{_width_label(best.get('width'))} ({best['init']}): "
-            f"QAT INT8 {100 * best['qat_int8_accuracy']:.2f}%, {best['macs'] / 1e6:.2f} M MACs, "
+    return (f"best under {text}: level {best['level']}{_width_label(best.get('width'))} "
+            f"({best['init']}): QAT INT8 {100 * best['qat_int8_accuracy']:.2f}%, "
+            f"{best['macs'] / 1e6:.2f} M MACs, "
             f"{best['params']:,.0f} params, {best['size_bytes'] / 1024:.1f} KiB, p50 "
             f"{best['latency_p50_ms']:.3f} ms")
 
