@@ -11,6 +11,12 @@ travel with the labels: the training stream yields ``[one-hot | teacher logits]`
 so the model, its checkpoints and resume are those of plain training; validation targets are
 plain one-hot and score plain cross-entropy. ``alpha = 0`` is plain cross-entropy.
 """
+import os
+
+
+def teacher_name(path):
+    """How cards and tuning trials name a teacher: its folder or file, not this machine's path."""
+    return os.path.basename(os.path.normpath(path))
 
 
 def kd_loss(targets, logits, alpha, temperature, num_classes, ops, label_smoothing=0.0):
@@ -70,8 +76,6 @@ def loss_and_accuracy(keras, num_classes, alpha, temperature, ops, label_smoothi
 def load_teacher(path, num_classes, trust_code=False):
     """The teacher as a tf_keras model: a run directory (its float model), a ``.keras`` file,
     or a Keras 3 ``--out`` directory (its float_weights.npz into the spec it names)."""
-    import os
-
     from fnet_tf import artifacts, fileio
     from fnet_tf.errors import UserError
     from fnet_tf.portable_weights import RESULT, WEIGHTS, load_weights_by_layer, read_weights

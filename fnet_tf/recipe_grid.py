@@ -2,8 +2,8 @@
 
 Kept free of flags and TensorFlow (``fnet_tf.tune`` is the CLI around it).
 """
-import os
 
+from fnet_tf.distill import teacher_name
 from fnet_tf.errors import UserError
 
 # The recipe settings a trial may change, with the type of their value.
@@ -43,7 +43,7 @@ def plan_trials(base_items, vary_items):
         for value in values:
             if base.get(name) == value:
                 continue  # that is the base trial
-            shown = os.path.basename(os.path.normpath(value)) if name == "teacher" else value
+            shown = teacher_name(value) if name == "teacher" else value
             trial = f"{name}={shown:g}" if isinstance(value, float) else f"{name}={shown}"
             if trial not in [t[0] for t in trials]:
                 trials.append((trial, name, value, {**base, name: value}))

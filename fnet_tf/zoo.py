@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from fnet_tf import cli
+from fnet_tf import cli, distill
 from fnet_tf.errors import UserError
 
 MODEL_FILE = "model_int8.tflite"
@@ -85,7 +85,7 @@ def card_recipe(config, float_info):
         **{k: v for k, v in keras3.items() if k != "epochs"},
         "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
     if recipe.get("teacher"):
-        recipe["teacher"] = os.path.basename(os.path.normpath(recipe["teacher"]))
+        recipe["teacher"] = distill.teacher_name(recipe["teacher"])
     return recipe
 
 
