@@ -100,8 +100,6 @@ class Target:
         if self.run is None:
             return None, ("no Keras model or float .tflite beside a bare .tflite (give a run "
                           "directory, or put x_float32.tflite beside x_int8.tflite)")
-        from fnet_tf.quantization import get_scheme
-
         if self.run.verified("qat") and not self.is_ptq():
             trust = FLAGS.trust_model_code
             model, _ = artifacts.qat_model(self.run, trust)

@@ -19,7 +19,6 @@ Float training only, no resume: a run that is cut off leaves no ``float_weights.
 """
 import csv
 import io
-import json
 import os
 import platform
 import sys

@@ -146,10 +146,10 @@ class Residual:
                 t = conv.build(t, ctx, f"{name}_c{j}")
             return t
 
-        shortcut = None
-        if self.shortcut is not None:
-            def shortcut(t):
-                return self.shortcut.build(t, ctx, f"{name}_sc")
+        def projection(t):
+            return self.shortcut.build(t, ctx, f"{name}_sc")
+
+        shortcut = projection if self.shortcut is not None else None
         return layers.residual(x, body, shortcut, name=name, keras=ctx.keras)
 
 

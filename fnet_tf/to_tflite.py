@@ -139,7 +139,7 @@ def main(argv):
 
     model, scheme, run, default_out, data_source = _resolve(target)
     if not data_source:
-        raise UserError(f"no calibration data: pass --data (the run's config names none)")
+        raise UserError("no calibration data: pass --data (the run's config names none)")
     dataset = data_lib.load(data_source, cache_dir=FLAGS.cache_dir)
     out = FLAGS.out or default_out
     representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)

@@ -101,7 +101,7 @@ def report(out, trials):
     lines = [f"# Recipe tuning: {FLAGS.model} level {FLAGS.level}, {epochs} epochs per "
              f"trial, validation split ({FLAGS.val_split} held-out training images), seed "
              f"{FLAGS.seed}", "",
-             f"Base recipe: fnet_tf.train's defaults"
+             "Base recipe: fnet_tf.train's defaults"
              + (f" with {', '.join(f'{k}={v}' for k, v in trials[0][3].items())}"
                 if trials[0][3] else "") + "; each other trial changes one setting.", "",
              "| rank | trial | val top-1 (last epoch) | vs base | best val (epoch) | s/epoch |",

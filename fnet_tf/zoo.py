@@ -101,11 +101,9 @@ def distilled_from(recipe):
 
 
 def recipe_summary(recipe):
-    """The recipe settings that differ between released models, in a few words."""
-    text = f"lr {recipe.get('lr'):g}, {recipe.get('float_epochs')} epochs"
-    text += f", cutout {recipe['cutout']}" if recipe.get("cutout") else ""
-    teacher = distilled_from(recipe)
-    return text + (f", distilled from {teacher}" if teacher else "")
+    """The recipe settings that differ between released models, in a few words: the lr, then
+    the training regime (``regime_text``)."""
+    return f"lr {recipe.get('lr'):g}, " + regime_text(training_regime(recipe))
 
 
 def training_regime(recipe):
@@ -115,6 +113,15 @@ def training_regime(recipe):
     trained the same way."""
     return (recipe.get("float_epochs"), recipe.get("cutout") or 0,
             recipe.get("label_smoothing") or 0.0, distilled_from(recipe))
+
+
+def regime_text(regime):
+    """A ``training_regime`` in words: '80 epochs, cutout 8, distilled from X'."""
+    epochs, cutout, smoothing, teacher = regime
+    parts = [f"{epochs} epochs"] + ([f"cutout {cutout}"] if cutout else []) + (
+        [f"label smoothing {smoothing:g}"] if smoothing else []) + (
+        [f"distilled from {teacher}"] if teacher else [])
+    return ", ".join(parts)
 
 
 def seed_suffix(m):

@@ -6,7 +6,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from conftest import CLASSES, SHARED_ARCHIVE, make_archive, make_image_tree
+from conftest import CLASSES, SHARED_ARCHIVE, make_image_tree
 from fnet_tf import data
 from fnet_tf.errors import UserError
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED_ARCHIVE, last_line, run_module
+from conftest import REPO, last_line, run_module
 from fnet_tf import export
 
 TO_TFLITE = os.path.join(REPO, "export", "to_tflite.py")

@@ -19,7 +19,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import CLASSES, REPO, last_line, make_archive, make_image_tree, run_module
+from conftest import CLASSES, REPO, make_archive, make_image_tree, run_module
 
 TRAIN = ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3", "--width", "0.25",
          "--batch_size", "8", "--val_split", "0", "--verbose", "0"]

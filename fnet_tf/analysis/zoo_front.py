@@ -49,22 +49,14 @@ def baseline_for(candidate, points):
     return min(same, key=lambda p: (p["name"] != BASELINE, p["name"]), default=None)
 
 
-def regime_text(regime):
-    """'80 epochs, distilled from X' for a verdict that found no ResNet-8 trained that way."""
-    epochs, cutout, smoothing, teacher = regime
-    parts = [f"{epochs} epochs"] + ([f"cutout {cutout}"] if cutout else []) + (
-        [f"label smoothing {smoothing:g}"] if smoothing else []) + (
-        [f"distilled from {teacher}"] if teacher else [])
-    return ", ".join(parts)
-
-
 def verdict(p, points):
     """The front table's last cell: how ``p`` fares against the ResNet-8 trained its way."""
     if p["model"] == BASELINE:
         return "-"
     base = baseline_for(p, points)
     if base is None:
-        return f"not compared: no ResNet-8 released with its training ({regime_text(p['regime'])})"
+        regime = zoo.regime_text(p["regime"])
+        return f"not compared: no ResNet-8 released with its training ({regime})"
     missed = ", ".join(beats(p, base)) or "**nothing: better on every axis**"
     return missed if base["name"] == BASELINE else f"{missed} (vs {base['name']})"
 

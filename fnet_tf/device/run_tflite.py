@@ -21,7 +21,6 @@ Class names come from the ``labels.txt`` that fnet_tf's exporter appends to the 
 after the flatbuffer), from ``--labels FILE``, or are shown as indices.
 """
 import argparse
-import io
 import os
 import sys
 import time

@@ -16,7 +16,6 @@ folding, and BN folding scales a whole output channel, so the deployed int8 filt
 import math
 
 from fnet_tf.quantization import register_scheme
-from fnet_tf.quantization.base import Scheme
 from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
 
 WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
