@@ -42,10 +42,14 @@ def test_resume_after_sigkill_mid_training(tiny_archive, tmp_path):
     done_before = max(_float_epochs(run_dir))
     assert done_before >= 2
 
-    result = run_module(_train_args(tiny_archive, run_dir, epochs))
+    result = run_module(_train_args(tiny_archive, run_dir, epochs, "--verbose", "2"))
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = [line for line in result.stdout.splitlines() if "resuming after epoch" in line]
     assert resumed and int(resumed[0].split("resuming after epoch ")[1].split()[0]) >= 2
+    # Keras' bar counts the phase's epochs, though each epoch is a fit of its own
+    after = int(resumed[0].split("resuming after epoch ")[1].split()[0])
+    assert f"Epoch {after + 1}/{epochs}" in result.stdout and f"Epoch {epochs}/{epochs}" in (
+        result.stdout)
     assert _float_epochs(run_dir) == list(range(1, epochs + 1))  # no epoch lost or repeated
     manifest = json.loads((run_dir / "run.json").read_text())
     digest = manifest["steps"]["float"]["artifacts"]["model_float.keras"]
@@ -119,3 +123,28 @@ def test_mirrored_strategy_trains(tiny_archive, tmp_path):
     result = run_module(_train_args(tiny_archive, run_dir, 1, "--distribute", "mirrored"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert _float_epochs(run_dir) == [1] and (run_dir / "model_float.keras").exists()
+
+
+def test_epoch_dataset_is_the_epochs_batches_with_the_teachers_logits():
+    """The in-memory epoch dataset (no Python inside tf.data) yields exactly the batches of
+    ``data.epoch_batches``, the short last one included, with the teacher's logits on them."""
+    import numpy as np
+
+    from fnet_tf import data, training
+    from fnet_tf.backend import keras
+
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8),
+                       rng.integers(0, 10, 70).astype(np.int32))
+    recipe = training.Recipe(batch_size=32, seed=3, cutout=4)
+    teacher = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                                keras.layers.Dense(10)])
+    expected = list(data.epoch_batches(split, 32, seed=3, epoch=5, cutout=4))
+    got = list(training.epoch_dataset(split, recipe, 5, 10, teacher).as_numpy_iterator())
+    assert [len(y) for _, y in got] == [32, 32, 6]
+    for (images, labels), (x, y) in zip(expected, got):
+        np.testing.assert_array_equal(x, images.astype(np.float32))
+        np.testing.assert_array_equal(y[:, :10].argmax(axis=1), labels)
+        np.testing.assert_allclose(y[:, 10:], teacher(x).numpy(), rtol=1e-5, atol=1e-5)
+    other = next(training.epoch_dataset(split, recipe, 6, 10).as_numpy_iterator())
+    assert other[1].shape == (32, 10) and not np.array_equal(other[0], got[0][0])
