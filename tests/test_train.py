@@ -45,11 +45,12 @@ def test_resume_after_sigkill_mid_training(tiny_archive, tmp_path):
     result = run_module(_train_args(tiny_archive, run_dir, epochs, "--verbose", "2"))
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = [line for line in result.stdout.splitlines() if "resuming after epoch" in line]
-    assert resumed and int(resumed[0].split("resuming after epoch ")[1].split()[0]) >= 2
-    # Keras' bar counts the phase's epochs, though each epoch is a fit of its own
+    assert resumed
     after = int(resumed[0].split("resuming after epoch ")[1].split()[0])
-    assert f"Epoch {after + 1}/{epochs}" in result.stdout and f"Epoch {epochs}/{epochs}" in (
-        result.stdout)
+    assert after >= 2
+    # Keras' bar counts the phase's epochs, though each epoch is a fit of its own
+    assert f"Epoch {after + 1}/{epochs}" in result.stdout
+    assert f"Epoch {epochs}/{epochs}" in result.stdout
     assert _float_epochs(run_dir) == list(range(1, epochs + 1))  # no epoch lost or repeated
     manifest = json.loads((run_dir / "run.json").read_text())
     digest = manifest["steps"]["float"]["artifacts"]["model_float.keras"]
