@@ -4,6 +4,7 @@ Resuming is exact up to floating-point reduction order: the data order and augme
 epoch ``e`` depend only on (seed, e), and the checkpoint holds the weights, the optimizer's
 slots and its step counter, which drives the LR schedule.
 """
+import concurrent.futures
 import math
 import os
 import signal
@@ -107,23 +108,65 @@ def _as_tensors(num_classes):
     return convert
 
 
-def epoch_dataset(split, recipe, epoch, num_classes, teacher=None):
-    """The batches of training epoch ``epoch`` (``data.epoch_batches``: its order and
-    augmentation are a function of the seed and the epoch, so a resumed run sees what an
-    uninterrupted one would), as a tf.data dataset over in-memory arrays.
+def epoch_arrays(split, recipe, epoch):
+    """The augmented (images uint8, labels int32) arrays of training epoch ``epoch``, in batch
+    order: the batches of ``data.epoch_batches``, whose order and augmentation are a function
+    of the seed and the epoch, so a resumed run sees what an uninterrupted one would."""
+    batches = list(data_lib.epoch_batches(split, recipe.batch_size, seed=recipe.seed,
+                                          epoch=epoch, cutout=recipe.cutout))
+    return (np.concatenate([b[0] for b in batches]),
+            np.concatenate([b[1] for b in batches]).astype(np.int32))
+
+
+def epoch_dataset(split, recipe, epoch, num_classes, teacher=None, arrays=None):
+    """Training epoch ``epoch`` as a tf.data dataset over in-memory arrays (``arrays``: its
+    ``epoch_arrays``, when already built).
 
     No Python runs inside the dataset: a ``from_generator`` stream stalled for up to ~40 s
     with the CPU idle at every few epoch ends (TensorFlow's iterator teardown waiting on the
     generator's thread), about a quarter of a 200-epoch run's wall time."""
-    batches = list(data_lib.epoch_batches(split, recipe.batch_size, seed=recipe.seed,
-                                          epoch=epoch, cutout=recipe.cutout))
-    images = np.concatenate([b[0] for b in batches])
-    labels = np.concatenate([b[1] for b in batches]).astype(np.int32)
+    images, labels = arrays if arrays is not None else epoch_arrays(split, recipe, epoch)
     ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(recipe.batch_size)
           .map(_as_tensors(num_classes)))
     if teacher is not None:  # the teacher sees the same augmented batch as the student
         ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x, training=False)], axis=-1)))
     return ds.prefetch(2)
+
+
+class EpochArraysAhead:
+    """``epoch_arrays`` built one epoch ahead on a background thread, so that augmenting
+    epoch k+1 (seconds of numpy on this CPU) overlaps training epoch k instead of idling the
+    trainer between epochs. ``take(epoch)`` returns that epoch's arrays (waiting if it is
+    still being built) and starts the next one, up to ``epochs - 1``. Use it as a context
+    manager: leaving waits for a build in flight (at most one epoch's augmentation)."""
+
+    def __init__(self, split, recipe, epochs):
+        self.split, self.recipe, self.epochs = split, recipe, epochs
+        self._builder = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="epoch-arrays")
+        self._pending = {}
+
+    def _start(self, epoch):
+        if epoch < self.epochs and epoch not in self._pending:
+            self._pending[epoch] = self._builder.submit(epoch_arrays, self.split,
+                                                        self.recipe, epoch)
+
+    def take(self, epoch):
+        self._start(epoch)
+        arrays = self._pending.pop(epoch).result()
+        for stale in [e for e in self._pending if e != epoch + 1]:
+            self._pending.pop(stale).cancel()
+        self._start(epoch + 1)
+        return arrays
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for future in self._pending.values():
+            future.cancel()
+        self._builder.shutdown(wait=True)
+        return False
 
 
 def eval_dataset(split, num_classes, batch_size=500):
@@ -222,13 +265,15 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
     validation = eval_dataset(dataset.val, num_classes) if dataset.val is not None else None
     end = _EpochEnd(phase, run, checkpoints, recipe.epochs)
     progbar = _PhaseProgbar(recipe.epochs)
-    for epoch in range(start, recipe.epochs):  # one fit per epoch, each over its own batches
-        train = epoch_dataset(dataset.train, recipe, epoch, num_classes,
-                              teacher if distilling else None)
-        model.fit(train, epochs=epoch + 1, initial_epoch=epoch, validation_data=validation,
-                  verbose=verbose, callbacks=[progbar, end, *callbacks])
-        if end.interrupted:
-            break
+    with EpochArraysAhead(dataset.train, recipe, recipe.epochs) as ahead:
+        for epoch in range(start, recipe.epochs):  # one fit per epoch, over its own batches
+            train = epoch_dataset(dataset.train, recipe, epoch, num_classes,
+                                  teacher if distilling else None, arrays=ahead.take(epoch))
+            model.fit(train, epochs=epoch + 1, initial_epoch=epoch,
+                      validation_data=validation, verbose=verbose,
+                      callbacks=[progbar, end, *callbacks])
+            if end.interrupted:
+                break
     return not end.interrupted
 
 

@@ -149,3 +149,26 @@ def test_epoch_dataset_is_the_epochs_batches_with_the_teachers_logits():
         np.testing.assert_allclose(y[:, 10:], teacher(x).numpy(), rtol=1e-5, atol=1e-5)
     other = next(training.epoch_dataset(split, recipe, 6, 10).as_numpy_iterator())
     assert other[1].shape == (32, 10) and not np.array_equal(other[0], got[0][0])
+
+
+def test_epoch_arrays_built_ahead_are_the_epochs_own_arrays():
+    """The background builder hands each epoch exactly ``epoch_arrays`` (also after a resume
+    mid-run and a jump), has the next epoch under way when it hands one over, and builds
+    nothing past the last epoch."""
+    import numpy as np
+
+    from fnet_tf import data, training
+
+    rng = np.random.default_rng(1)
+    split = data.Split(rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),
+                       rng.integers(0, 10, 50).astype(np.int32))
+    recipe = training.Recipe(batch_size=16, seed=2, cutout=4)
+    with training.EpochArraysAhead(split, recipe, epochs=5) as ahead:
+        for epoch in (2, 3, 4, 0):
+            images, labels = ahead.take(epoch)
+            want_images, want_labels = training.epoch_arrays(split, recipe, epoch)
+            np.testing.assert_array_equal(images, want_images)
+            np.testing.assert_array_equal(labels, want_labels)
+            assert sorted(ahead._pending) == ([epoch + 1] if epoch < 4 else [])
+    assert not np.array_equal(training.epoch_arrays(split, recipe, 1)[0],
+                              training.epoch_arrays(split, recipe, 2)[0])
