@@ -130,7 +130,7 @@ def epoch_dataset(split, recipe, epoch, num_classes, teacher=None, arrays=None):
           .map(_as_tensors(num_classes)))
     if teacher is not None:  # the teacher sees the same augmented batch as the student
         ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x, training=False)], axis=-1)))
-    return ds.prefetch(2)
+    return _without_autotune(ds.prefetch(2))
 
 
 class EpochArraysAhead:
@@ -170,8 +170,17 @@ class EpochArraysAhead:
 
 
 def eval_dataset(split, num_classes, batch_size=500):
-    return (tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-            .batch(batch_size).map(_as_tensors(num_classes)).prefetch(2))
+    return _without_autotune(tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+                             .batch(batch_size).map(_as_tensors(num_classes)).prefetch(2))
+
+
+def _without_autotune(ds):
+    """``ds`` with tf.data's autotuning off. These pipelines (in-memory arrays, a fixed
+    prefetch) have nothing to tune, and the autotuner's thread is what Keras' teardown of an
+    epoch's iterator waited on for up to ~40 s with the CPU idle (see ``epoch_dataset``)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 class _PhaseProgbar(keras.callbacks.ProgbarLogger):
