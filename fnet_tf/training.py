@@ -122,9 +122,11 @@ def epoch_dataset(split, recipe, epoch, num_classes, teacher=None, arrays=None):
     """Training epoch ``epoch`` as a tf.data dataset over in-memory arrays (``arrays``: its
     ``epoch_arrays``, when already built).
 
-    No Python runs inside the dataset: a ``from_generator`` stream stalled for up to ~40 s
-    with the CPU idle at every few epoch ends (TensorFlow's iterator teardown waiting on the
-    generator's thread), about a quarter of a 200-epoch run's wall time."""
+    No Python runs inside the dataset, and tf.data's autotuning is off
+    (``_without_autotune``): at every few epoch ends Keras' teardown of the epoch's iterator
+    waited up to ~40 s with the CPU idle on a thread of tf.data's pool, with a
+    ``from_generator`` stream and with this in-memory pipeline alike, about a quarter of a
+    200-epoch run's wall time. With autotuning off, no stall in the rest of that run."""
     images, labels = arrays if arrays is not None else epoch_arrays(split, recipe, epoch)
     ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(recipe.batch_size)
           .map(_as_tensors(num_classes)))
