@@ -141,7 +141,9 @@ def test_epoch_dataset_is_the_epochs_batches_with_the_teachers_logits():
     teacher = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                 keras.layers.Dense(10)])
     expected = list(data.epoch_batches(split, 32, seed=3, epoch=5, cutout=4))
-    got = list(training.epoch_dataset(split, recipe, 5, 10, teacher).as_numpy_iterator())
+    dataset = training.epoch_dataset(split, recipe, 5, 10, teacher)
+    assert dataset.options().autotune.enabled is False  # see training._without_autotune
+    got = list(dataset.as_numpy_iterator())
     assert [len(y) for _, y in got] == [32, 32, 6]
     for (images, labels), (x, y) in zip(expected, got):
         np.testing.assert_array_equal(x, images.astype(np.float32))
