@@ -118,21 +118,24 @@ def epoch_arrays(split, recipe, epoch):
             np.concatenate([b[1] for b in batches]).astype(np.int32))
 
 
-def epoch_dataset(split, recipe, epoch, num_classes, teacher=None, arrays=None):
-    """Training epoch ``epoch`` as a tf.data dataset over in-memory arrays (``arrays``: its
-    ``epoch_arrays``, when already built).
+def array_dataset(images, labels, batch_size, num_classes, teacher=None):
+    """In-memory arrays as a tf.data dataset of ``batch_size`` batches (the last one short),
+    with the teacher's logits appended to the labels when ``teacher`` is given. Training
+    epochs (``epoch_arrays``) and evaluation both go through it.
 
-    No Python runs inside the dataset, and tf.data's autotuning is off
-    (``_without_autotune``): at every few epoch ends Keras' teardown of the epoch's iterator
-    waited up to ~40 s with the CPU idle on a thread of tf.data's pool, with a
-    ``from_generator`` stream and with this in-memory pipeline alike, about a quarter of a
-    200-epoch run's wall time. With autotuning off, no stall in the rest of that run."""
-    images, labels = arrays if arrays is not None else epoch_arrays(split, recipe, epoch)
-    ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(recipe.batch_size)
+    No Python runs inside the dataset, and tf.data's autotuning is off (these pipelines have
+    nothing to tune). At every few epoch ends Keras' teardown of the epoch's iterator waited
+    up to ~40 s with the CPU idle on a thread of tf.data's pool, with a ``from_generator``
+    stream and with an in-memory pipeline alike, about a quarter of a 200-epoch run's wall
+    time. The likely thread is the autotuner's (its timer grows to 60 s); with autotuning
+    off, no stall in the rest of that run."""
+    ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
           .map(_as_tensors(num_classes)))
     if teacher is not None:  # the teacher sees the same augmented batch as the student
         ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x, training=False)], axis=-1)))
-    return _without_autotune(ds.prefetch(2))
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(2).with_options(options)
 
 
 class EpochArraysAhead:
@@ -172,18 +175,7 @@ class EpochArraysAhead:
 
 
 def eval_dataset(split, num_classes, batch_size=500):
-    return _without_autotune(tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-                             .batch(batch_size).map(_as_tensors(num_classes)).prefetch(2))
-
-
-def _without_autotune(ds):
-    """``ds`` with tf.data's autotuning off. These pipelines (in-memory arrays, a fixed
-    prefetch) have nothing to tune, and the autotuner's thread (its timer grows to 60 s) is
-    the likely one that Keras' teardown of an epoch's iterator waited on for up to ~40 s
-    with the CPU idle (see ``epoch_dataset``; no stall since it is off)."""
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    return array_dataset(split.images, split.labels, batch_size, num_classes)
 
 
 class _PhaseProgbar(keras.callbacks.ProgbarLogger):
@@ -279,8 +271,8 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
     progbar = _PhaseProgbar(recipe.epochs)
     with EpochArraysAhead(dataset.train, recipe, recipe.epochs) as ahead:
         for epoch in range(start, recipe.epochs):  # one fit per epoch, over its own batches
-            train = epoch_dataset(dataset.train, recipe, epoch, num_classes,
-                                  teacher if distilling else None, arrays=ahead.take(epoch))
+            train = array_dataset(*ahead.take(epoch), recipe.batch_size, num_classes,
+                                  teacher if distilling else None)
             model.fit(train, epochs=epoch + 1, initial_epoch=epoch,
                       validation_data=validation, verbose=verbose,
                       callbacks=[progbar, end, *callbacks])

@@ -126,8 +126,8 @@ def test_mirrored_strategy_trains(tiny_archive, tmp_path):
     assert _float_epochs(run_dir) == [1] and (run_dir / "model_float.keras").exists()
 
 
-def test_epoch_dataset_is_the_epochs_batches_with_the_teachers_logits():
-    """The in-memory epoch dataset (no Python inside tf.data) yields exactly the batches of
+def test_an_epochs_dataset_is_its_batches_with_the_teachers_logits():
+    """An epoch's arrays as a dataset (no Python inside tf.data) yield exactly the batches of
     ``data.epoch_batches``, the short last one included, with the teacher's logits on them."""
     import numpy as np
 
@@ -141,15 +141,16 @@ def test_epoch_dataset_is_the_epochs_batches_with_the_teachers_logits():
     teacher = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
                                 keras.layers.Dense(10)])
     expected = list(data.epoch_batches(split, 32, seed=3, epoch=5, cutout=4))
-    dataset = training.epoch_dataset(split, recipe, 5, 10, teacher)
-    assert dataset.options().autotune.enabled is False  # see training._without_autotune
+    dataset = training.array_dataset(*training.epoch_arrays(split, recipe, 5), 32, 10, teacher)
+    assert dataset.options().autotune.enabled is False  # see training.array_dataset
     got = list(dataset.as_numpy_iterator())
     assert [len(y) for _, y in got] == [32, 32, 6]
     for (images, labels), (x, y) in zip(expected, got):
         np.testing.assert_array_equal(x, images.astype(np.float32))
         np.testing.assert_array_equal(y[:, :10].argmax(axis=1), labels)
         np.testing.assert_allclose(y[:, 10:], teacher(x).numpy(), rtol=1e-5, atol=1e-5)
-    other = next(training.epoch_dataset(split, recipe, 6, 10).as_numpy_iterator())
+    other = next(training.array_dataset(*training.epoch_arrays(split, recipe, 6), 32, 10)
+                 .as_numpy_iterator())
     assert other[1].shape == (32, 10) and not np.array_equal(other[0], got[0][0])
 
 
