@@ -284,3 +284,25 @@ def frostnet_cifar():
                                       expansion, ratio, 1 if i == first_stride2 else stride))
     blocks.append(ConvHead(FROSTNET_CIFAR_HEAD))
     return ModelSpec("frostnet_cifar", tuple(blocks))
+
+
+AIRBENCH_WIDTHS = (64, 256, 256)
+AIRBENCH_STEM = 24
+
+
+@register_model
+def airbench_cifar():
+    """A teacher, not a zoo model: our adaptation of the airbench94 CIFAR-10 speed-run network's
+    layout (Keller Jordan's ``airbench``, after hlb-cifar10): a 3x3 stem of AIRBENCH_STEM
+    filters, then three stages of conv -> 2x2 max pooling -> conv at AIRBENCH_WIDTHS (64, 256,
+    256), global average pooling, one dense layer (148 M MACs, 12x ResNet-8). Unlike airbench:
+    conv-BN-ReLU before the pooling (airbench pools, then BN-GELU), a plain 3x3 stem (no frozen
+    whitening 2x2 conv), average (not max) pooling at the end, no output scaling. It trains with
+    fnet_tf's ordinary loop (``--label_smoothing``, cosine SGD); see BUILD_NOTES for its recipe."""
+    first, second, third = AIRBENCH_WIDTHS
+    return ModelSpec("airbench_cifar", (
+        Conv(AIRBENCH_STEM, 3, factorizable=False),
+        Conv(first), MaxPool(2), Conv(first),
+        Conv(second), MaxPool(2), Conv(second),
+        Conv(third), MaxPool(2), Conv(third),
+    ))
