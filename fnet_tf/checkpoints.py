@@ -7,7 +7,6 @@ with the sha256 of every file. It is written under a temporary name and renamed,
 newest valid one wins and the bad one is reported.
 """
 import glob
-import json
 import os
 import re
 import shutil
@@ -51,17 +50,24 @@ class EpochCheckpoints:
     def _problem(path):
         """Why checkpoint ``path`` cannot be used, or None if it is whole."""
         try:
-            with open(os.path.join(path, "meta.json")) as f:
-                meta = json.load(f)
-        except (OSError, ValueError):
+            meta = fileio.read_json(os.path.join(path, "meta.json"))  # bounded: may be foreign
+        except UserError:
             return "its meta.json is missing or corrupt"
-        for name, digest in meta.get("files", {}).items():
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if not isinstance(files, dict):
+            return "its meta.json is malformed"
+        for name, digest in files.items():
+            if (name in ("", ".", "..") or os.sep in name or "\0" in name
+                    or not isinstance(digest, str)):
+                return f"its meta.json lists {name!r:.80}, not a file of the checkpoint"
             file = os.path.join(path, name)
+            if os.path.islink(file):
+                return f"{name} is a symlink"
             if not os.path.isfile(file):
                 return f"{name} is missing"
             if fileio.sha256_file(file) != digest:
                 return f"{name} does not match its checksum"
-        return None if meta.get("files") else "it lists no files"
+        return None if files else "it lists no files"
 
     def latest(self):
         """(epoch, path) of the newest whole checkpoint, or (0, None). Corrupt ones are

@@ -348,14 +348,13 @@ def markdown(rows, trained, peer_p50, total, max_macs, max_params, passes=1, pre
 def read_front(out, which="front"):
     """The levels and widths on a front of ``out``'s design-space table: ``front`` (MACs and
     latency both lowest) or ``capacity_front`` (the most MACs at each latency)."""
-    import csv
+    from fnet_tf import fileio
 
     path = os.path.join(out, TABLE)
     if not os.path.isfile(path):
         raise UserError(f"--levels {which} needs {path}: run python -m fnet_tf.sweep "
                         f"--design_space ... --out {out} first")
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get(f"on_{which}") == "True"]
+    rows = [r for r in fileio.read_csv(path) if r.get(f"on_{which}") == "True"]
     from fnet_tf.architectures import parse_width
 
     return [(r["level"], parse_width(r["width"])) for r in rows]

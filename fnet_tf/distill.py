@@ -76,15 +76,16 @@ def loss_and_accuracy(keras, num_classes, alpha, temperature, ops, label_smoothi
 def load_teacher(path, num_classes, trust_code=False):
     """The teacher as a tf_keras model: a run directory (its float model), a ``.keras`` file,
     or a Keras 3 ``--out`` directory (its float_weights.npz into the spec it names)."""
-    from fnet_tf import artifacts, fileio
+    from fnet_tf import artifacts
     from fnet_tf.errors import UserError
-    from fnet_tf.portable_weights import RESULT, WEIGHTS, load_weights_by_layer, read_weights
+    from fnet_tf.portable_weights import (RESULT, WEIGHTS, load_weights_by_layer, read_result,
+                                          read_weights)
 
     if os.path.isfile(os.path.join(path, RESULT)):
         from fnet_tf import architectures
         from fnet_tf.spec import build_model
 
-        theirs = fileio.read_json(os.path.join(path, RESULT))
+        theirs = read_result(path)
         spec = architectures.model_spec(theirs["model"], theirs["level"], theirs.get("width", 1.0))
         from dataclasses import replace
 

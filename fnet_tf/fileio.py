@@ -4,14 +4,21 @@ Every artifact is written to a temporary name in its final directory and renamed
 (``os.replace`` is atomic on POSIX within one file system).
 """
 import contextlib
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import signal
+import stat
 import tempfile
 
+from fnet_tf.errors import UserError
+
 CRASH_ENV = "FNET_TF_CRASH_AT"
+JSON_LIMIT = 16 << 20  # bytes: far above any JSON we write (run.json, metrics, meta.json)
+CSV_LIMIT = 64 << 20  # bytes: line files (history.csv, layers.csv, sweep.csv, *.jsonl)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _crash_counts = {}
@@ -79,16 +86,71 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
-def read_json(path):
-    """The JSON in ``path``; a missing or corrupt file is a UserError naming it."""
-    from fnet_tf.errors import UserError
+def _unreadable(path, why):
+    return UserError(f"{path} {why}: delete it, or the directory holding it, and run again")
 
+
+def _size(nbytes):
+    return f"{nbytes / 2**20:g} MB" if nbytes >= 1 << 20 else f"{nbytes:,} bytes"
+
+
+def read_text(path, limit):
+    """The UTF-8 text of ``path``, read without ever holding more than ``limit + 1`` bytes.
+
+    For files a user may hand over (a run directory from someone else): a file over the limit,
+    one that is not a regular file (a FIFO, ``/dev/zero``), or one that is not UTF-8 is a
+    one-line UserError naming it, before anything parses it.
+    """
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable or corrupt ({e}): delete it, or the directory "
-                        f"holding it, and run again") from None
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise _unreadable(path, "is not a regular file")
+        if info.st_size > limit:
+            raise _unreadable(path, f"is {info.st_size:,} bytes, over the {_size(limit)} limit "
+                                    f"for this kind of file (made or altered by someone else?)")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}): check that it exists and is "
+                        f"readable") from None
+    if len(data) > limit:  # it grew while we looked
+        raise _unreadable(path, f"is over the {_size(limit)} limit for this kind of file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _unreadable(path, f"is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def read_json(path, limit=JSON_LIMIT):
+    """The JSON in ``path``, read with a size bound (``JSON_LIMIT``); a missing, oversized,
+    corrupt or absurdly nested file is a UserError naming it. The caller checks the shape."""
+    text = read_text(path, limit)
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError; also an integer of over 4300 digits
+        raise _unreadable(path, f"is corrupt JSON ({str(e).splitlines()[0][:120]})") from None
+    except RecursionError:
+        raise _unreadable(path, "is JSON nested too deeply to be ours") from None
+
+
+def read_csv(path, limit=CSV_LIMIT):
+    """The rows of the CSV file ``path`` as dicts (``csv.DictReader``), read with a size bound
+    (``CSV_LIMIT``). A row with more or fewer fields than the header, like an oversized or
+    undecodable file, is a UserError naming the file and the line."""
+    text = read_text(path, limit)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row or None in row.values():
+                raise _unreadable(path, f"is malformed: line {reader.line_num} has "
+                                        f"{'more' if None in row else 'fewer'} fields than the "
+                                        f"header")
+            rows.append(row)
+    except csv.Error as e:
+        raise _unreadable(path, f"is not valid CSV (line {reader.line_num}: "
+                                f"{str(e).splitlines()[0][:120]})") from None
+    return rows
 
 
 def write_json(path, obj):

@@ -98,13 +98,13 @@ def _keras3_teacher(keras, path, num_classes):
     from dataclasses import replace
 
     from fnet_tf import architectures
-    from fnet_tf.portable_weights import load_weights_by_layer, read_weights
+    from fnet_tf.portable_weights import load_weights_by_layer, read_result, read_weights
     from fnet_tf.spec import build_model
 
     if not os.path.isfile(os.path.join(path, WEIGHTS)):
         raise UserError(f"--teacher {path} has no {WEIGHTS}: pass a finished Keras 3 --out "
                         f"directory")
-    theirs = fileio.read_json(os.path.join(path, RESULT))
+    theirs = read_result(path)
     spec = replace(architectures.model_spec(theirs["model"], theirs["level"],
                                             theirs.get("width", 1.0)), num_classes=num_classes)
     return load_weights_by_layer(build_model(spec, keras=keras),

@@ -6,15 +6,31 @@ A model trained by ``fnet_tf.keras3_float`` (Keras 3, e.g. on JAX) is saved as a
 a layer's weights the same way for the layers specs use (Conv2D: kernel, bias; BN: gamma, beta,
 moving mean, moving variance; Dense: kernel, bias), which a test checks on every model.
 """
+import os
 import zipfile
 
 import numpy as np
 
+from fnet_tf import fileio
 from fnet_tf.errors import UserError
 
 WEIGHTS = "float_weights.npz"
 RESULT = "keras3_result.json"
 MAX_WEIGHTS_BYTES = 1 << 30  # declared array bytes; fnet_tf's models hold a few MB
+
+
+def read_result(folder):
+    """The ``keras3_result.json`` of a Keras 3 ``--out`` folder (possibly someone else's): read
+    with fileio's size bound and checked to name a model and level, else a one-line UserError."""
+    path = os.path.join(folder, RESULT)
+    result = fileio.read_json(path)
+    if not (isinstance(result, dict) and isinstance(result.get("model"), str)
+            and isinstance(result.get("level"), (int, str, list))
+            and not isinstance(result.get("level"), bool)
+            and isinstance(result.get("width", 1.0), (int, float, str, list))):
+        raise UserError(f"{path} is malformed (no 'model' string and 'level'): it was not "
+                        f"written by fnet_tf.keras3_float; train it again")
+    return result
 
 
 def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES):

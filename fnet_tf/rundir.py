@@ -6,14 +6,47 @@
     RUN_DIR/metrics.json   measured figures, merged in by each step
     RUN_DIR/checkpoints/   per-phase epoch checkpoints (see fnet_tf.checkpoints)
 
-Every file here is written atomically.
+Every file here is written atomically. A run directory may come from someone else, so every
+file is read like a model file: with a size bound (``fileio.read_json``/``read_csv``) and its
+content checked (``RunDir.read_json``, ``RunDir.history``); a malformed one is a one-line
+UserError naming it, and an artifact path in run.json that leaves the run directory is
+refused before anything is hashed.
 """
 import csv
 import io
 import os
+import re
 
 from fnet_tf import fileio
 from fnet_tf.errors import UserError
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_EPOCH = re.compile(r"[0-9]{1,9}")
+_NUMERIC_SUFFIXES = ("_accuracy", "_loss", "_seconds")
+
+
+def _malformed(path, problem):
+    return UserError(f"{path} is malformed ({problem}): fnet_tf never writes that; delete "
+                     f"it, or the run directory, and run again")
+
+
+def _object_problem(value):
+    return None if isinstance(value, dict) else f"a JSON {type(value).__name__}, not an object"
+
+
+def _metrics_problem(metrics):
+    """metrics.json: {section: {figure: value}}, the accuracies, losses and times numbers."""
+    if not isinstance(metrics, dict):
+        return _object_problem(metrics)
+    for section, values in metrics.items():
+        if not isinstance(values, dict):
+            return f"section {section!r} is not an object"
+        for key, value in values.items():
+            if key.endswith(_NUMERIC_SUFFIXES) and value is not None and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))):
+                return f"{section}.{key} is {value!r:.40}, not a number"
+    return None
 
 
 class RunDir:
@@ -25,12 +58,63 @@ class RunDir:
     def file(self, name):
         return os.path.join(self.path, name)
 
-    # --- config ------------------------------------------------------------------------
+    # --- reading: bounded and checked ------------------------------------------------------
+    def _check(self, name, value):
+        """What is wrong with the content of ``name`` (a file of the run directory), or None."""
+        if name == self.CONFIG:
+            return _object_problem(value)
+        if name == self.MANIFEST:
+            return self._manifest_problem(value)
+        if name == self.METRICS:
+            return _metrics_problem(value)
+        return None
+
     def read_json(self, name, default=None):
+        """The JSON file ``name`` of the run directory (``default`` if there is none), read
+        with fileio's size bound; config.json, run.json and metrics.json are checked."""
         path = self.file(name)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return default
-        return fileio.read_json(path)
+        value = fileio.read_json(path)
+        problem = self._check(name, value)
+        if problem:
+            raise _malformed(path, problem)
+        return value
+
+    def inside(self, rel):
+        """The absolute path of ``rel`` if it names a file inside the run directory (after
+        symlinks), else None: an absolute path, a '..' that climbs out, or a symlink to a file
+        elsewhere."""
+        if not isinstance(rel, str) or not rel or "\0" in rel or os.path.isabs(rel):
+            return None
+        path = os.path.normpath(os.path.join(self.path, rel))
+        if not path.startswith(self.path.rstrip(os.sep) + os.sep):
+            return None
+        root = os.path.realpath(self.path)
+        if not os.path.realpath(path).startswith(root.rstrip(os.sep) + os.sep):
+            return None
+        return path
+
+    def _manifest_problem(self, manifest):
+        """run.json: {"steps": {step: {"artifacts": {relative path: sha256 hex}, ...}}}."""
+        if not isinstance(manifest, dict):
+            return _object_problem(manifest)
+        steps = manifest.get("steps")
+        if not isinstance(steps, dict):
+            return "no 'steps' object"
+        for step, entry in steps.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("artifacts"), dict):
+                return f"step {step!r} has no 'artifacts' object"
+            for key, kind in (("scheme", str), ("options", dict)):
+                if key in entry and not isinstance(entry[key], kind):
+                    return f"step {step!r} has a {key!r} that is not a {kind.__name__}"
+            for rel, digest in entry["artifacts"].items():
+                if not self.inside(rel):
+                    return (f"step {step!r} lists artifact {rel!r:.80}, which is outside the run "
+                            f"directory (an absolute path, '..' or a symlink out)")
+                if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+                    return f"artifact {rel!r:.80} has {digest!r:.80}, not a sha256 in hex"
+        return None
 
     def config(self):
         return self.read_json(self.CONFIG)
@@ -112,11 +196,17 @@ class RunDir:
         fileio.write_text(self.file(self.HISTORY), buf.getvalue())
 
     def history(self):
+        """The rows of history.csv (strings, as written), read with fileio's size bound; every
+        row has an integer ``epoch`` and, where the column exists, a ``phase``."""
         path = self.file(self.HISTORY)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return []
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        rows = fileio.read_csv(path)
+        for number, row in enumerate(rows, 1):
+            if not _EPOCH.fullmatch(row.get("epoch") or ""):
+                raise _malformed(path, f"row {number}: epoch {row.get('epoch')!r:.40} is not an "
+                                       f"integer")
+        return rows
 
     def truncate_history(self, phase, epochs):
         """Drop rows of ``phase`` past ``epochs`` (epochs done after the last checkpoint)."""

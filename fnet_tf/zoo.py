@@ -8,11 +8,10 @@ fully-integer, labels embedded), ``card.md`` and ``metrics.json`` with its measu
 and the analyzer's layer-wise plots. Folders are written by ``tools/release.py`` from run
 directories, never by hand. ``$FNET_TF_ZOO`` points at another models folder.
 """
-import json
 import os
 import sys
 
-from fnet_tf import cli, distill
+from fnet_tf import cli, distill, fileio
 from fnet_tf.errors import UserError
 
 MODEL_FILE = "model_int8.tflite"
@@ -53,8 +52,7 @@ def load(name):
 
 def metrics(name):
     load(name)
-    with open(os.path.join(zoo_dir(), name, METRICS)) as f:
-        return json.load(f)
+    return fileio.read_json(os.path.join(zoo_dir(), name, METRICS))
 
 
 def table_rows():

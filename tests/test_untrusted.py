@@ -402,3 +402,237 @@ def test_a_crafted_deeply_nested_config_is_one_line(tmp_path):
         z.writestr("config.json", "[" * 100_000 + "]" * 100_000)
     with pytest.raises(UserError, match="deep.keras"):
         model_safety.check_model_file(str(path))
+
+
+# --- run directories from others ------------------------------------------------------------
+
+def _foreign_run(path):
+    """A run directory someone else made: a finished float step (its model file a stand-in that
+    nothing here loads), one history row and metrics. At ``OUT/trials/base``, so both
+    ``fnet_tf.train --run_dir`` and ``fnet_tf.tune --report --out OUT`` read it."""
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(path)
+    run.bind_config({"model": "factorizenet", "level": 0})
+    with open(run.file("model_float.keras"), "wb") as f:
+        f.write(b"a stand-in: never loaded")
+    run.complete("float", [run.file("model_float.keras")])
+    run.append_history({"phase": "float", "epoch": 1, "val_accuracy": "0.5", "seconds": "1.0"})
+    run.update_metrics("float", {"val_accuracy": 0.5, "mean_epoch_seconds": 1.0})
+    return run
+
+
+def _outside(run):
+    """A file beside the run directory (what a hostile run.json points at)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(run.path))), "outside")
+    with open(path, "w") as f:
+        f.write("someone's private file\n")
+    return path
+
+
+def _with_artifact(rel):
+    def write(run):
+        from fnet_tf import fileio
+
+        target = _outside(run)
+        rel_path = rel(run, target) if callable(rel) else rel
+        fileio.write_json(run.file("run.json"), {"steps": {"float": {"artifacts": {
+            rel_path: fileio.sha256_file(target)}}}})
+    return write
+
+
+def _symlink_out(run):
+    from fnet_tf import fileio
+
+    target = _outside(run)
+    os.remove(run.file("model_float.keras"))
+    os.symlink(target, run.file("model_float.keras"))
+    fileio.write_json(run.file("run.json"), {"steps": {"float": {"artifacts": {
+        "model_float.keras": fileio.sha256_file(target)}}}})
+
+
+def _write(name, content):
+    def write(run):
+        with open(run.file(name), "wb" if isinstance(content, bytes) else "w") as f:
+            f.write(content)
+    return write
+
+
+def _oversized(name, limit):
+    def write(run):
+        from fnet_tf import fileio
+
+        with open(run.file(name), "ab") as f:
+            f.truncate(getattr(fileio, limit) + 1)  # sparse: no disk, no time
+    return write
+
+
+_NESTED = "[" * 100_000 + "]" * 100_000
+_DIGEST = "0" * 64
+
+# (id, corruption, command: train / tune / export, words the one error line holds)
+HOSTILE_RUNS = [
+    ("manifest-list", _write("run.json", "[]"), "train", ("run.json", "not an object")),
+    ("manifest-huge", _oversized("run.json", "JSON_LIMIT"), "train", ("run.json", "16 MB limit")),
+    ("manifest-no-steps", _write("run.json", '{"steps": [1]}'), "train", ("run.json", "'steps'")),
+    ("artifact-dotdot", _with_artifact("../../../outside"), "train",
+     ("run.json", "outside the run directory")),
+    ("artifact-absolute", _with_artifact(lambda run, target: target), "export",
+     ("run.json", "outside the run directory")),
+    ("artifact-symlink-out", _symlink_out, "train", ("run.json", "outside the run directory")),
+    ("artifact-digest-not-hex", _write("run.json", '{"steps": {"float": {"artifacts": '
+                                       '{"model_float.keras": "%s"}}}}' % ("z" * 64)),
+     "train", ("run.json", "not a sha256")),
+    ("scheme-not-a-string", _write("run.json", '{"steps": {"qat": {"artifacts": {}, "scheme": '
+                                   '["int8"]}}}'), "export", ("run.json", "'scheme'")),
+    ("config-list", _write("config.json", "[1, 2]"), "train", ("config.json", "not an object")),
+    ("config-nested", _write("config.json", _NESTED), "train", ("config.json", "nested")),
+    ("config-not-utf8", _write("config.json", b'{"model": "\xff\xfe"}'), "export",
+     ("config.json", "UTF-8")),
+    ("config-corrupt", _write("config.json", '{"model": '), "train", ("config.json", "corrupt")),
+    ("metrics-list", _write("metrics.json", "[]"), "train", ("metrics.json", "not an object")),
+    ("metrics-not-a-number", _write("metrics.json", '{"float": {"test_accuracy": "x"}}'), "train",
+     ("metrics.json", "not a number")),
+    ("history-epoch-x", _write("history.csv", "phase,epoch,val_accuracy\nfloat,x,0.5\n"), "tune",
+     ("history.csv", "epoch 'x'")),
+    ("history-extra-field", _write("history.csv", "phase,epoch\nfloat,1,2,3\n"), "tune",
+     ("history.csv", "more fields")),
+    ("history-huge", _oversized("history.csv", "CSV_LIMIT"), "tune",
+     ("history.csv", "64 MB limit")),
+    ("history-not-utf8", _write("history.csv", b"phase,epoch\n\xff,1\n"), "tune",
+     ("history.csv", "UTF-8")),
+]
+
+
+def _command(kind, run, tmp_path):
+    out = os.path.dirname(os.path.dirname(run.path))
+    if kind == "train":  # --data: an empty folder, so nothing could ever download
+        return ["-m", "fnet_tf.train", "--run_dir", run.path, "--data", str(tmp_path),
+                "--epochs", "1", "--qat_epochs", "0"]
+    if kind == "tune":
+        return ["-m", "fnet_tf.tune", "--report", "--out", out]
+    return [TO_TFLITE, run.path, "--data", str(tmp_path), "--check_images", "0"]
+
+
+def test_the_foreign_run_directory_itself_is_accepted(tmp_path):
+    run = _foreign_run(tmp_path / "out" / "trials" / "base")
+    result = run_module(_command("train", run, tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "already complete" in result.stdout
+
+
+@pytest.mark.parametrize("corrupt,kind,needles", [case[1:] for case in HOSTILE_RUNS],
+                         ids=[case[0] for case in HOSTILE_RUNS])
+def test_a_hostile_run_directory_is_one_line(tmp_path, corrupt, kind, needles):
+    run = _foreign_run(tmp_path / "out" / "trials" / "base")
+    corrupt(run)
+    result = run_module(_command(kind, run, tmp_path))
+    line = _one_line_error(result, *needles)
+    assert "delete it" in line or "run again" in line, line
+    assert not os.path.exists(run.file("model_int8.tflite"))
+
+
+def test_an_escaping_artifact_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
+    from fnet_tf import fileio
+    from fnet_tf.errors import UserError
+
+    run = _foreign_run(tmp_path / "out" / "trials" / "base")
+    _with_artifact(lambda run, target: target)(run)
+    hashed = []
+    monkeypatch.setattr(fileio, "sha256_file", lambda path, *a: hashed.append(path))
+    for check in (run.is_complete, run.verified):
+        with pytest.raises(UserError, match="outside the run directory"):
+            check("float")
+    assert hashed == []
+    assert run.inside("model_float.keras") == run.file("model_float.keras")
+    for rel in ("", "..", "../x", "a/../../x", "/etc/passwd", "a\0b", 3):
+        assert run.inside(rel) is None, rel
+
+
+def test_a_run_directory_reached_through_a_symlink_still_reads(tmp_path):
+    run = _foreign_run(tmp_path / "real" / "run")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    from fnet_tf.rundir import RunDir
+
+    linked = RunDir(tmp_path / "link" / "run")
+    assert linked.is_complete("float")
+    assert linked.history()[0]["epoch"] == "1" and linked.config()["model"] == "factorizenet"
+    assert run.manifest() == linked.manifest()
+
+
+def test_bounded_json_reader(tmp_path):
+    from fnet_tf import fileio
+    from fnet_tf.errors import UserError
+
+    path = tmp_path / "a.json"
+    path.write_text('{"x": [1, 2.5, "y"]}')
+    assert fileio.read_json(path) == {"x": [1, 2.5, "y"]}
+    with pytest.raises(UserError, match=r"a.json is 20 bytes, over the 10 bytes limit"):
+        fileio.read_json(path, limit=10)
+    with open(path, "ab") as f:
+        f.truncate(fileio.JSON_LIMIT + 1)
+    with pytest.raises(UserError, match="over the 16 MB limit"):
+        fileio.read_json(path)
+    for content, needle in ((_NESTED, "nested too deeply"), ('{"x": ', "corrupt JSON"),
+                            (b'"\xc3\x28"', "not UTF-8"), ("1" * 5000, "corrupt JSON")):
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(UserError, match=needle) as caught:
+            fileio.read_json(path)
+        assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    with pytest.raises(UserError, match="not a regular file"):
+        fileio.read_json("/dev/zero")
+    with pytest.raises(UserError, match="cannot read .*missing.json"):
+        fileio.read_json(tmp_path / "missing.json")
+
+
+def test_bounded_csv_reader(tmp_path):
+    from fnet_tf import fileio
+    from fnet_tf.errors import UserError
+
+    path = tmp_path / "t.csv"
+    path.write_text('a,b\n1,"x,\ny"\n\n3,4\n')
+    assert fileio.read_csv(path) == [{"a": "1", "b": "x,\ny"}, {"a": "3", "b": "4"}]
+    path.write_text("")
+    assert fileio.read_csv(path) == []
+    for content, needle in (("a,b\n1,2,3\n", "more fields"), ("a,b\n1\n", "fewer fields"),
+                            ("a\n" + "x" * 200_000 + "\n", "not valid CSV"),
+                            ("a,b\n" + "1,2\n" * 10, "over the 20 bytes limit")):
+        path.write_text(content)
+        with pytest.raises(UserError, match=needle) as caught:
+            fileio.read_csv(path, limit=20 if "limit" in needle else fileio.CSV_LIMIT)
+        assert "\n" not in str(caught.value) and "t.csv" in str(caught.value)
+
+
+def test_layer_stats_checkpoint_meta_and_keras3_result_are_checked(tmp_path):
+    from fnet_tf import fileio
+    from fnet_tf.analysis.callback import read_stats
+    from fnet_tf.checkpoints import EpochCheckpoints
+    from fnet_tf.errors import UserError
+    from fnet_tf.portable_weights import RESULT, read_result
+
+    stats = tmp_path / "layer_stats.jsonl"
+    stats.write_text('{"phase": "float", "epoch": 1, "weights": {}}\n{"phase": "flo')  # torn
+    assert [e["epoch"] for e in read_stats(str(stats))] == [1]
+    for line in ('[1, 2]}', '{"phase": "float", "epoch": "x"}', _NESTED[:5000] + "}"):
+        stats.write_text(line + "\n")
+        with pytest.raises(UserError, match="layer_stats.jsonl is malformed"):
+            read_stats(str(stats))
+
+    checkpoint = tmp_path / "epoch-0001"
+    checkpoint.mkdir()
+    (tmp_path / "secret").write_text("not the checkpoint's")
+    digest = fileio.sha256_file(tmp_path / "secret")
+    for meta, needle in (([1], "malformed"), ({"files": {"../secret": digest}}, "not a file of"),
+                         ({"files": {"/etc/passwd": digest}}, "not a file of")):
+        fileio.write_json(checkpoint / "meta.json", meta)
+        assert needle in EpochCheckpoints._problem(str(checkpoint))
+    os.symlink(tmp_path / "secret", checkpoint / "ckpt.index")
+    fileio.write_json(checkpoint / "meta.json", {"files": {"ckpt.index": digest}})
+    assert "symlink" in EpochCheckpoints._problem(str(checkpoint))
+
+    (tmp_path / RESULT).write_text('{"model": "factorizenet", "level": 7, "width": 0.5}')
+    assert read_result(str(tmp_path))["level"] == 7
+    for content in ("[]", '{"model": 3, "level": 7}', '{"model": "resnet8"}'):
+        (tmp_path / RESULT).write_text(content)
+        with pytest.raises(UserError, match="is malformed"):
+            read_result(str(tmp_path))

@@ -18,11 +18,43 @@ from fnet_tf.backend import keras, tf
 STATS_FILE = "layer_stats.jsonl"
 
 
+def _entry_problem(entry):
+    if not isinstance(entry, dict):
+        return "not an object"
+    if not isinstance(entry.get("phase"), str):
+        return "no string 'phase'"
+    if isinstance(entry.get("epoch"), bool) or not isinstance(entry.get("epoch"), int):
+        return "no integer 'epoch'"
+    for group in ("weights", "activations"):
+        layers = entry.get(group, {})
+        if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
+            return f"{group!r} is not an object of per-layer objects"
+    return None
+
+
 def read_stats(path):
+    """The whole entries of ``path`` (a line torn by a kill is dropped), read with a size bound
+    and checked: the file may come with someone else's run directory."""
+    from fnet_tf import fileio
+    from fnet_tf.errors import UserError
+
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip().endswith("}")]
+    entries = []
+    lines = fileio.read_text(path, fileio.CSV_LIMIT).splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip().endswith("}"):
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            entry = None
+        problem = _entry_problem(entry) if entry is not None else "not JSON"
+        if problem:
+            raise UserError(f"{path} is malformed (line {number}: {problem}): delete it, or the "
+                            f"run directory, and run again")
+        entries.append(entry)
+    return entries
 
 
 def truncate_stats(path, phase, epochs):

@@ -10,7 +10,6 @@ std over seeds).
 """
 import csv
 import io
-import json
 import math
 import os
 import re
@@ -62,11 +61,15 @@ def analysis_complete(run_dir):
 
 
 def _read_json(path, default=None):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+    """The JSON object in ``path`` (bounded read); ``default`` where it is missing, corrupt or
+    not an object (a run directory may come from someone else)."""
+    if not os.path.isfile(path):
         return default
+    try:
+        value = fileio.read_json(path)
+    except UserError:
+        return default
+    return value if isinstance(value, dict) else default
 
 
 def finished_runs(out):
@@ -89,8 +92,7 @@ def _layer_rows(run_dir):
     path = os.path.join(run_dir, "analysis", "layers.csv")
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    return fileio.read_csv(path)
 
 
 def lowest_sqnr_layer(run_dir):
@@ -139,8 +141,7 @@ def weight_sensitivity(run_dir):
     path = os.path.join(run_dir, "analysis", "sensitivity.csv")
     rows = []
     if os.path.isfile(path):
-        with open(path) as f:
-            rows = [r for r in csv.DictReader(f) if r.get("bits") == SENSITIVITY_BITS]
+        rows = [r for r in fileio.read_csv(path) if r.get("bits") == SENSITIVITY_BITS]
     if not rows:
         return {"w4_val_accuracy": float("nan"), "w4_worst_drop": float("nan"),
                 "w4_worst_layer": ""}
@@ -211,8 +212,7 @@ def _csv_text(rows, columns=COLUMNS):
 def read_csv(path):
     if not os.path.isfile(path):
         raise UserError(f"no {path}: run the sweep (or --report) first")
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
+    rows = fileio.read_csv(path)
     for row in rows:  # a sweep.csv from before a column existed reads NaN there
         for key in NUMERIC + ("min_sqnr_db",):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else float("nan")
@@ -372,8 +372,8 @@ def layers_by(runs, group):
         value = group(config)
         if value in result:
             continue
-        with open(os.path.join(path, "analysis", "layers.csv")) as f:
-            rows = [r for r in csv.DictReader(f) if r.get("weight_layer")]
+        rows = [r for r in fileio.read_csv(os.path.join(path, "analysis", "layers.csv"))
+                if r.get("weight_layer")]
         result[value] = {_layer_key(r["weight_layer"]): r for r in rows}
     return result
 

@@ -14,6 +14,7 @@ folding, and BN folding scales a whole output channel, so the deployed int8 filt
 ``{-q, 0, +q}`` (checked on the exported file by ``fnet_tf.analysis.bit_budget``).
 """
 import math
+import os
 
 from fnet_tf.quantization import register_scheme
 from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
@@ -207,16 +208,13 @@ def sensitivity_fractions(model, share, rows):
 
 
 def read_sensitivity(path):
-    import csv
-
+    from fnet_tf import fileio
     from fnet_tf.errors import UserError
 
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as e:
-        raise UserError(f"cannot read the sensitivity table {path!r} ({e.strerror}): run python "
-                        f"-m fnet_tf.analyze RUN --sensitivity first") from None
+    if not os.path.isfile(path):
+        raise UserError(f"cannot read the sensitivity table {path!r} (no such file): run python "
+                        f"-m fnet_tf.analyze RUN --sensitivity first")
+    rows = fileio.read_csv(path)  # bounded; a malformed file is a one-line error naming it
     if not rows or not {"layer", "bits", "drop_only_this"} <= set(rows[0]):
         raise UserError(f"{path!r} is not a sensitivity.csv of fnet_tf.analyze --sensitivity")
     return rows
