@@ -19,13 +19,7 @@ def is_run_dir(path):
                                     os.path.isfile(os.path.join(path, RunDir.MANIFEST)))
 
 
-def load_keras_model(path, trust_code=False):
-    """A Keras model from a ``.keras``/``.h5`` file or a SavedModel directory.
-
-    The file is inspected first (``fnet_tf.model_safety``): one holding Python code or file
-    ops is refused unless ``trust_code`` (``--trust_model_code``), which also turns off
-    Keras' safe mode.
-    """
+def _check_model_path(path, trust_code):
     from fnet_tf import model_safety
 
     is_saved_model = os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
@@ -37,6 +31,48 @@ def load_keras_model(path, trust_code=False):
                         f"directory")
     if not trust_code:
         model_safety.check_model_file(path)
+
+
+def load_model(path, trust_code=False):
+    """The model in a user's file for export and evaluation: a tf_keras model, or a
+    ``keras3_models.ForeignModel`` for a file Keras 3 wrote or a SavedModel without Keras
+    metadata (``model.export()``). Inspected first, as ``load_keras_model``."""
+    from fnet_tf import keras3_models
+
+    _check_model_path(path, trust_code)
+    kind = keras3_models.file_kind(path)
+    if kind == keras3_models.KERAS3:
+        return keras3_models.wrap_keras3(keras3_models.load_keras3(path, trust_code), path)
+    if kind == keras3_models.SAVED_MODEL:
+        return keras3_models.load_saved_model(path)
+    return _load_tf_keras(path, trust_code)
+
+
+def load_keras_model(path, trust_code=False):
+    """A tf_keras model from a ``.keras``/``.h5`` file or a SavedModel directory.
+
+    The file is inspected first (``fnet_tf.model_safety``): one holding Python code or file
+    ops is refused unless ``trust_code`` (``--trust_model_code``), which also turns off
+    Keras' safe mode. A file Keras 3 wrote is loaded with Keras 3 and translated into its
+    tf_keras twin (``fnet_tf.keras3_translate``), so QAT and the analyses can use it.
+    """
+    from fnet_tf import keras3_models
+
+    _check_model_path(path, trust_code)
+    kind = keras3_models.file_kind(path)
+    if kind == keras3_models.KERAS3:
+        from fnet_tf.keras3_translate import to_tf_keras
+
+        return to_tf_keras(keras3_models.load_keras3(path, trust_code), path)
+    if kind == keras3_models.SAVED_MODEL:
+        raise UserError(f"{path} is a SavedModel without Keras layers (model.export() writes "
+                        f"one): it can be exported with post-training quantization, but QAT "
+                        f"and the layer analyses need the Keras file, model.save('m.keras')")
+    return _load_tf_keras(path, trust_code)
+
+
+def _load_tf_keras(path, trust_code):
+    from fnet_tf import model_safety
     from fnet_tf.backend import keras
 
     try:

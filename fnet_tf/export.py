@@ -28,6 +28,8 @@ def _first_line(error):
 
 def with_input_transform(model, scale, offset):
     """Wrap a foreign model that expects ``pixel * scale + offset`` so it takes raw pixels."""
+    if hasattr(model, "with_input_transform"):  # a keras3_models.ForeignModel
+        return model.with_input_transform(scale, offset)
     from fnet_tf.backend import keras
 
     inputs = keras.Input(model.input_shape[1:], name="image")
@@ -35,12 +37,22 @@ def with_input_transform(model, scale, offset):
     return keras.Model(inputs, model(x), name=f"{model.name}_raw_pixels")
 
 
+def _converter(model):
+    """The TFLite converter of a tf_keras model, or of a ``keras3_models.ForeignModel`` (a Keras
+    3 model or a bare SavedModel: its inference call as a concrete function)."""
+    from fnet_tf.backend import tf
+
+    if hasattr(model, "converter"):
+        return model.converter()
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
 def convert_int8(model, representative, scheme):
     """Full-integer conversion. Ops without an int8 kernel fall back to float here, so that
     ``inspect`` can name them instead of the converter failing with a stack trace."""
     from fnet_tf.backend import tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(scheme.export_form(model))
+    converter = _converter(scheme.export_form(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
@@ -51,15 +63,16 @@ def convert_int8(model, representative, scheme):
     try:
         return converter.convert()
     except Exception as e:  # noqa: BLE001  (the converter raises many types)
+        hint = getattr(model, "conversion_hint", None)
+        if hint:
+            raise UserError(f"the TFLite converter rejected the model: {hint}") from None
         raise UserError(f"the TFLite converter rejected the model ({_first_line(e)}): it uses an "
                         f"op with no TFLite builtin kernel") from None
 
 
 def convert_float32(model):
-    from fnet_tf.backend import tf
-
     try:
-        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+        return _converter(model).convert()
     except Exception as e:  # noqa: BLE001
         raise UserError(f"the TFLite converter rejected the model ({_first_line(e)})") from None
 

@@ -70,6 +70,10 @@ _TF_OP_FUNCTIONS = frozenset({
     "nest.flatten", "convert_to_tensor", "range", "size", "rank", "fill",
 })
 _PURE_PACKAGES = ("keras", "tf_keras", "tensorflow_model_optimization", "fnet_tf")
+# Built-in layers that run code or load programs named in their config: Lambda (Python
+# bytecode), Keras 3's TFSMLayer (loads the SavedModel at a path), TorchModuleWrapper (a
+# pickled torch module), JaxLayer and FlaxLayer (a Python function or Flax module).
+CODE_LAYERS = frozenset({"Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer"})
 
 
 def check_model_file(path):
@@ -171,8 +175,25 @@ def _allowed_classes():
         names.update(objects)
     names.update(key.split(">", 1)[1] for key in keras.utils.get_custom_objects()
                  if key.startswith("fnet_tf>"))
-    _ALLOWED = frozenset(names - {"Lambda"})
+    names.update(_keras3_classes())
+    _ALLOWED = frozenset(names - CODE_LAYERS)
     return _ALLOWED
+
+
+def _keras3_classes():
+    """Keras 3's own config classes (installed beside tf_keras by TensorFlow 2.16+): its
+    layers, initializers, regularizers, constraints, dtype policies, the functional graph."""
+    try:
+        import keras as keras3
+    except ImportError:  # pragma: no cover  (TensorFlow 2.21 installs it)
+        return set()
+    names = {"Functional", "Sequential", "Model", "DTypePolicy", "FloatDTypePolicy",
+             "QuantizedDTypePolicy", "DTypePolicyMap"}
+    for module in (keras3.layers, keras3.initializers, keras3.regularizers, keras3.constraints,
+                   keras3.optimizers, keras3.optimizers.schedules, keras3.losses, keras3.metrics,
+                   keras3.activations, keras3.dtype_policies):
+        names.update(n for n, o in vars(module).items() if inspect.isclass(o))
+    return names
 
 
 _ALLOWED = None
@@ -207,6 +228,9 @@ def _check_object(path, obj, layer):
     if cls == "Lambda":
         raise _refusal(path, layer, "is a Lambda layer: it contains Python code that would "
                        "run on loading")
+    if cls in CODE_LAYERS:
+        raise _refusal(path, layer, f"is a {cls} layer: it loads or runs code that is not in "
+                       f"the model's layers")
     if cls == "__lambda__" or (isinstance(config, dict) and config.get("function_type") == "lambda"):
         raise _refusal(path, layer, "holds a serialized Python lambda: it contains Python code")
     if cls.startswith("__") and cls.endswith("__"):  # __tuple__, __tensor__, __numpy__, ...

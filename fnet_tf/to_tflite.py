@@ -74,7 +74,7 @@ def _resolve(target):
     if FLAGS.scheme != "auto" and get_scheme(FLAGS.scheme).qat:
         raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
                         f"exported with --scheme ptq or ptq_per_tensor")
-    model = artifacts.load_keras_model(target, FLAGS.trust_model_code)
+    model = artifacts.load_model(target, FLAGS.trust_model_code)
     if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
         from fnet_tf.export import with_input_transform
 
@@ -103,9 +103,12 @@ def _agreement(model, content, dataset, run, scheme):
         return agreement
     from fnet_tf.analysis.layerwise import lowest_sqnr_layers
 
-    architecture = artifacts.float_model(run, FLAGS.trust_model_code) if scheme.qat else None
-    worst = lowest_sqnr_layers(model, content, dataset.train.images[:64], architecture)
-    shown = ", ".join(f"{layer} {sqnr:.1f} dB" for layer, sqnr in worst) or "none matched"
+    if hasattr(model, "layers"):
+        architecture = artifacts.float_model(run, FLAGS.trust_model_code) if scheme.qat else None
+        worst = lowest_sqnr_layers(model, content, dataset.train.images[:64], architecture)
+        shown = ", ".join(f"{layer} {sqnr:.1f} dB" for layer, sqnr in worst) or "none matched"
+    else:  # a SavedModel has no layers to compare; fnet-analyze compares the float .tflite
+        shown = "not available for a SavedModel (export with --float32 and analyze the pair)"
     message = (f"the INT8 file agrees with the Keras model on only {agreement:.2%} of "
                f"{len(images)} test images; lowest INT8 SQNR: {shown}; see where it breaks with "
                f"python -m fnet_tf.analyze")
@@ -140,7 +143,8 @@ def main(argv):
     model, scheme, run, default_out, data_source = _resolve(target)
     if not data_source:
         raise UserError("no calibration data: pass --data (the run's config names none)")
-    dataset = data_lib.load(data_source, cache_dir=FLAGS.cache_dir)
+    image_size = tuple(model.input_shape[1:3])
+    dataset = data_lib.load(data_source, cache_dir=FLAGS.cache_dir, image_size=image_size)
     out = FLAGS.out or default_out
     representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)
     content = export.convert_int8(model, representative, scheme)
@@ -160,7 +164,10 @@ def main(argv):
     fileio.write_bytes(out, content)
     written = [out]
     if FLAGS.float32:
-        float_out = os.path.join(os.path.dirname(out), "model_float32.tflite")
+        name = os.path.basename(out)
+        float_name = (name.replace("_int8.tflite", "_float32.tflite") if run is None and
+                      name.endswith("_int8.tflite") else "model_float32.tflite")
+        float_out = os.path.join(os.path.dirname(out), float_name)
         float_model = (model if not scheme.qat
                        else artifacts.float_model(run, FLAGS.trust_model_code))
         fileio.write_bytes(float_out, export.convert_float32(float_model))
@@ -179,7 +186,10 @@ def main(argv):
           f"filters ternary, {budget['two_branch_filters']} two-branch; packed "
           f"{budget['packed_bytes']:,.0f} bytes"
           + (f"\n  top-1 agreement with the Keras model: {agreement:.2%} on "
-             f"{FLAGS.check_images} test images" if agreement is not None else ""))
+             f"{min(FLAGS.check_images, len(dataset.test))} test images"
+             if agreement is not None else "")
+          + "".join(f"\nwrote {path} (float32, for the layer-wise comparison)"
+                    for path in written[1:]))
     if run is not None:
         run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name, agreement=agreement,
                      calibration_samples=FLAGS.calibration_samples)

@@ -272,17 +272,34 @@ def _train(spec, run):
     from fnet_tf.backend import keras
 
     initializers.check(FLAGS.init, keras)
-    dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split)
-    print(dataset.describe(), flush=True)
-    spec = replace(spec, num_classes=len(dataset.classes))
-    from fnet_tf.spec import summarize
+    users_model = None
+    if init_source and _is_users_model_file(init_source):
+        from fnet_tf import artifacts
 
-    print(f"{spec.name}: " + ", ".join(f"{k} {v:,}" for k, v in summarize(spec).items()), flush=True)
+        users_model = (artifacts.load_keras_model(init_source, FLAGS.trust_model_code)
+                       if need_float else  # a Keras 3 file: its tf_keras twin
+                       artifacts.float_model(run, FLAGS.trust_model_code))
+    image_size = tuple(users_model.input_shape[1:3]) if users_model is not None else (32, 32)
+    dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split,
+                            image_size=image_size)
+    print(dataset.describe(), flush=True)
+    if users_model is not None:  # the user's architecture, not a registered spec
+        spec = None
+        print(f"{users_model.name} (from {init_source}): params {users_model.count_params():,}, "
+              f"input {tuple(users_model.input_shape[1:])}", flush=True)
+    else:
+        spec = replace(spec, num_classes=len(dataset.classes))
+        from fnet_tf.spec import summarize
+
+        print(f"{spec.name}: " + ", ".join(f"{k} {v:,}" for k, v in summarize(spec).items()),
+              flush=True)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
     with strategy.scope():
         float_model = None
         if need_float:
-            if init_source:
+            if users_model is not None:
+                float_model = _float_from_users_model(users_model, init_source, run, dataset)
+            elif init_source:
                 float_model = _float_from(init_source, run, dataset, spec)
             elif FLAGS.qat_recipe == "scratch":
                 float_model = _float_initialized(spec, dataset, run)
@@ -301,14 +318,13 @@ def _check_init_from(path, run):
     from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
     from fnet_tf.rundir import RunDir
 
-    from fnet_tf import fileio
-    from fnet_tf.portable_weights import RESULT, WEIGHTS
+    from fnet_tf.portable_weights import RESULT, WEIGHTS, read_result
 
     if os.path.isfile(os.path.join(path, RESULT)):  # float weights trained in Keras 3
         if not os.path.isfile(os.path.join(path, WEIGHTS)):
             raise UserError(f"--init_from {path} has no {WEIGHTS}: its Keras 3 training did not "
                             f"finish; run it again")
-        theirs = fileio.read_json(os.path.join(path, RESULT))
+        theirs = read_result(path)
         for key in ("model", "level", "width"):
             if theirs.get(key) != getattr(FLAGS, key):
                 raise UserError(f"--init_from {path} holds --{key}={theirs.get(key)!r}, not "
@@ -360,8 +376,9 @@ def _finish_float(model, dataset, spec, run, extra_artifacts=(), **info):
     model_path = run.file(FLOAT_MODEL)
     with fileio.atomic_path(model_path) as tmp:
         model.save(tmp)
+    cost = summarize(spec) if spec is not None else {}  # a user's model: its own params
     result = _record_final_metrics(run, "float", model, dataset, data=dataset.source,
-                                   classes=list(dataset.classes), **summarize(spec), **info)
+                                   classes=list(dataset.classes), **cost, **info)
     run.complete("float", [model_path, *extra_artifacts], **info)
     print(f"[float] {result['split']} accuracy {result['accuracy']:.4f} on "
           f"{result['num_images']} images; model: {model_path}", flush=True)
@@ -380,7 +397,7 @@ def _training_form(spec):
     spec has any (TF's grouped-conv kernels train 50-200x slower on CPU; fnet_tf.grouped)."""
     from fnet_tf.spec import has_grouped_convs
 
-    return "block_diagonal" if has_grouped_convs(spec) else "native"
+    return "block_diagonal" if spec is not None and has_grouped_convs(spec) else "native"
 
 
 def _train_float(spec, dataset, recipe, run, verbose):
@@ -458,6 +475,27 @@ def _float_initialized(spec, dataset, run):
     return model
 
 
+def _is_users_model_file(path):
+    """True for a model file the user made (not a run directory's own float model, whose
+    registered spec the config names)."""
+    from fnet_tf.artifacts import FLOAT_MODEL, KERAS_EXTENSIONS
+
+    return (path.lower().endswith(KERAS_EXTENSIONS) and
+            not (os.path.basename(path) == FLOAT_MODEL and
+                 os.path.isfile(os.path.join(os.path.dirname(path), "config.json"))))
+
+
+def _float_from_users_model(model, path, run, dataset):
+    """A user's float model (tf_keras, or the tf_keras twin of a Keras 3 model) as this run's
+    float model, recorded with its own parameter count."""
+    if model.output_shape[-1] != len(dataset.classes):
+        raise UserError(f"--init_from {path} predicts {model.output_shape[-1]} classes but the "
+                        f"data has {len(dataset.classes)}")
+    _finish_float(model, dataset, None, run, epochs=0, init_from=os.path.abspath(path),
+                  params=model.count_params())
+    return model
+
+
 def _float_from(path, run, dataset, spec):
     from fnet_tf.artifacts import load_keras_model
 
@@ -472,19 +510,33 @@ def _float_from(path, run, dataset, spec):
 
 
 def _float_from_keras3(path, run, dataset, spec):
-    from fnet_tf import fileio
-    from fnet_tf.portable_weights import RESULT, load_weights_by_layer, read_weights
+    from fnet_tf.portable_weights import load_weights_by_layer, read_result, read_weights
     from fnet_tf.spec import build_model
 
     arrays = read_weights(path)
     model = load_weights_by_layer(build_model(spec), arrays)
-    theirs = fileio.read_json(os.path.join(os.path.dirname(path), RESULT))
+    theirs = read_result(os.path.dirname(path))
     _finish_float(model, dataset, spec, run, epochs=theirs.get("recipe", {}).get("epochs", 0),
                   init_from=os.path.abspath(path), trained_in=f"Keras {theirs.get('keras')} "
                   f"({theirs.get('backend')}, {theirs.get('device')})",
                   keras3_test_accuracy=theirs.get("test_accuracy"),
                   keras3_recipe=theirs.get("recipe"))
     return model
+
+
+def _quantized(scheme, model):
+    """``scheme.quantize(model)``; a layer TF-MOT has no QAT config for is one line."""
+    try:
+        return scheme.quantize(model)
+    except RuntimeError as e:
+        if "is not supported" not in str(e):
+            raise
+        layer = str(e).split(":", 1)[0].replace("Layer ", "").strip()
+        raise UserError(f"QAT cannot quantize layer {layer!r} of {model.name} (TF-MOT has no "
+                        f"quantization config for {type(model.get_layer(layer)).__name__} "
+                        f"layers): replace it with built-in conv/dense/pooling layers, or "
+                        f"export the float model with post-training quantization (python "
+                        f"export/to_tflite.py MODEL --data DIR)") from None
 
 
 def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
@@ -499,7 +551,7 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     trainable = float_model
     if form != "native":
         trainable = transfer_weights(float_model, build_model(spec, grouped_form=form))
-    model = scheme.quantize(trainable)
+    model = _quantized(scheme, trainable)
     print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
           f"{recipe.lr:g}", flush=True)
     carry = _carry_optimizer_state(run) if FLAGS.qat_recipe == "statassist" else None

@@ -27,8 +27,35 @@ class _TfmotScheme(Scheme):
         scheme = default_8bit_quantize_scheme.Default8BitQuantizeScheme(
             disable_per_axis=not self.per_channel)
         with self.scope():
-            annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+            annotated = tfmot.quantization.keras.quantize_annotate_model(
+                annotate_preprocessing(model))
             return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+
+
+PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
+
+
+def annotate_preprocessing(model):
+    """``model`` with its preprocessing layers (Rescaling, Normalization: a per-channel
+    ``x * scale + offset`` with no trainable weight, which a user's model may hold; fnet_tf's
+    own take raw pixels) annotated to quantize their output only, as TF-MOT does for an Add.
+    TF-MOT has no config of its own for them and would refuse the model. Other layers are
+    left to ``quantize_annotate_model``."""
+    if not any(type(layer).__name__ in PREPROCESSING_LAYERS for layer in model.layers):
+        return model
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs)
+
+    from fnet_tf.backend import keras
+
+    def annotate(layer):
+        if type(layer).__name__ in PREPROCESSING_LAYERS:
+            return tfmot.quantization.keras.quantize_annotate_layer(
+                layer, default_8bit_quantize_configs.Default8BitOutputQuantizeConfig())
+        return layer
+
+    return keras.models.clone_model(model, clone_function=annotate)
 
 
 @register_scheme
