@@ -13,6 +13,7 @@ from fnet_tf.architectures import width_text
 ARCHITECTURES = {
     "resnet8": "the MLPerf Tiny ResNet-8 architecture",
     "frostnet_cifar": "our 32x32 adaptation of FrostNet-Small (Kim, Yoo, Yang, arXiv 2006.09679)",
+    "airbench_cifar": "a distillation teacher after the airbench94 CIFAR-10 network's layout",
 }
 
 
