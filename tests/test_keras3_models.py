@@ -223,3 +223,19 @@ def test_qat_of_a_keras3_model_exports_a_verified_full_int8_file(keras3_files, t
     report = export.inspect((run_dir / "model_int8.tflite").read_bytes())
     assert report["problems"] == []
     assert os.path.isfile(run_dir / "model_qat.weights.h5")
+
+
+def test_the_analyzer_compares_a_keras3_export_layer_by_layer(keras3_files, tiny_tree, tmp_path):
+    files, _, _ = keras3_files
+    out = tmp_path / "cnn_int8.tflite"
+    exported = run_module([EXPORT, files["keras"], "--data", tiny_tree, "--out", str(out),
+                           "--float32", "--check_images", "0"])
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert f"wrote {tmp_path / 'cnn_float32.tflite'}" in exported.stdout  # said, not silent
+    analyzed = run_module(["-m", "fnet_tf.analyze", str(out), "--data", tiny_tree, "--out",
+                           str(tmp_path / "analysis"), "--latency_runs", "10",
+                           "--notool_check"])
+    assert analyzed.returncode == 0, analyzed.stderr[-2000:]
+    assert "layer-wise analysis against the float file" in analyzed.stderr + analyzed.stdout
+    rows = (tmp_path / "analysis" / "layers.csv").read_text().splitlines()
+    assert len(rows) > 4
