@@ -6,7 +6,7 @@ rebuilt from the float model with the scheme recorded in ``run.json`` and its we
 """
 import os
 
-from fnet_tf.errors import UserError
+from fnet_tf.errors import UserError, first_line
 from fnet_tf.rundir import RunDir
 
 FLOAT_MODEL = "model_float.keras"
@@ -78,7 +78,7 @@ def _load_tf_keras(path, trust_code):
     try:
         return keras.models.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as e:  # noqa: BLE001  (Keras raises many types for a bad file)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        first = first_line(e)
         if "safe_mode" in str(e):
             raise UserError(f"model {path} is unsafe to load: Keras' safe mode refused it "
                             f"({first[:100]}); {model_safety.TRUST_HINT}") from None

@@ -9,3 +9,9 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+def first_line(error, limit=160):
+    """The first line of an exception's message (its type's name if empty), for quoting a
+    library's error inside a one-line UserError."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from fnet_tf.errors import UserError
+from fnet_tf.errors import UserError, first_line
 
 KERAS3 = "keras3"          # a .keras/.h5 file that Keras 3 wrote
 TF_KERAS = "tf_keras"      # a file that tf_keras (Keras 2) wrote
@@ -61,10 +61,6 @@ def file_kind(path):
     return KERAS3 if (_major(version) or 2) >= 3 else TF_KERAS
 
 
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-
-
 def load_keras3(path, trust_code=False):
     """The Keras 3 model in a ``.keras``/``.h5`` file Keras 3 wrote (inspect it first)."""
     import keras as keras3
@@ -72,7 +68,7 @@ def load_keras3(path, trust_code=False):
     try:
         return keras3.saving.load_model(path, compile=False, safe_mode=not trust_code)
     except Exception as e:  # noqa: BLE001  (Keras raises many types for a bad file)
-        raise UserError(f"cannot load Keras 3 model {path!r} ({_first_line(e)}): the file is "
+        raise UserError(f"cannot load Keras 3 model {path!r} ({first_line(e)}): the file is "
                         f"corrupt or needs code that is not in it; re-save it with "
                         f"model.save()") from None
 
@@ -82,20 +78,13 @@ class ForeignModel:
     exporter uses: ``input_shape``, ``output_shape``, ``name``, ``predict`` and ``converter``.
 
     ``fn`` maps a float32 batch of raw pixels (after ``input_scale``/``input_offset``, see
-    ``with_input_transform``) to logits in inference mode; ``keras_model`` is the Keras 3 model
-    when there is one (None for a SavedModel)."""
+    ``with_input_transform``) to logits in inference mode. ``owner`` holds the variables ``fn``
+    reads (the Keras 3 model, or the loaded SavedModel), kept alive here."""
 
-    def __init__(self, fn, input_shape, output_shape, name, keras_model=None, kind=KERAS3,
-                 trackable=None):
-        self.fn, self.name, self.keras_model, self.kind = fn, name, keras_model, kind
-        # what owns the variables ``fn`` reads (the Keras model, or the loaded SavedModel):
-        # kept alive here, and handed to the converter
-        self.trackable = trackable if trackable is not None else keras_model
+    def __init__(self, fn, input_shape, output_shape, name, owner):
+        self.fn, self.name, self.owner = fn, name, owner
         self.input_shape, self.output_shape = tuple(input_shape), tuple(output_shape)
         self.conversion_hint = None  # what to say when the TFLite converter refuses it
-
-    def __call__(self, images):
-        return self.fn(images)
 
     def predict(self, images, batch_size=256, verbose=0):
         from fnet_tf.backend import tf
@@ -111,7 +100,9 @@ class ForeignModel:
         return tf.function(lambda images: self.fn(images)).get_concrete_function(spec)
 
     def converter(self):
-        """A TFLite converter over the inference call, batch 1 (as on the device)."""
+        """A TFLite converter over the inference call, batch 1 (as on the device). Its variables
+        are frozen by the converter's older path: handing it ``owner`` (the newer one) left
+        READ_VARIABLE ops in MobileNetV3Small, which failed during calibration."""
         from fnet_tf.backend import tf
 
         return tf.lite.TFLiteConverter.from_concrete_functions([self.concrete_function()])
@@ -120,8 +111,7 @@ class ForeignModel:
         """The model taking raw pixels, for one that expects ``pixel * scale + offset``."""
         fn = self.fn
         return ForeignModel(lambda images: fn(images * scale + offset), self.input_shape,
-                            self.output_shape, f"{self.name}_raw_pixels", self.keras_model,
-                            self.kind, self.trackable)
+                            self.output_shape, f"{self.name}_raw_pixels", self.owner)
 
 
 def _check_image_classifier(path, input_shape, output_shape):
@@ -143,7 +133,7 @@ def wrap_keras3(model, path):
     output_shape = tuple(model.outputs[0].shape)
     _check_image_classifier(path, input_shape, output_shape)
     return ForeignModel(lambda images: model(images, training=False), input_shape,
-                        output_shape, model.name, model, KERAS3)
+                        output_shape, model.name, model)
 
 
 def load_saved_model(path):
@@ -154,7 +144,7 @@ def load_saved_model(path):
     try:
         loaded = tf.saved_model.load(path)
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"cannot load SavedModel {path!r} ({_first_line(e)}): it is corrupt; "
+        raise UserError(f"cannot load SavedModel {path!r} ({first_line(e)}): it is corrupt; "
                         f"re-export it") from None
     serve = getattr(loaded, "serve", None)
     if serve is not None and hasattr(serve, "concrete_functions") and serve.concrete_functions:
@@ -194,11 +184,11 @@ def load_saved_model(path):
         output_shape = (None, *tuple(fn(sample).shape)[1:])
     except Exception as e:  # noqa: BLE001
         raise UserError(f"SavedModel {path} cannot be called on a float32 image batch of shape "
-                        f"{tuple(shape)} ({_first_line(e)})") from None
+                        f"{tuple(shape)} ({first_line(e)})") from None
     shape = (None, *shape[1:])
     _check_image_classifier(path, shape, output_shape)
     name = os.path.basename(os.path.normpath(path))
-    model = ForeignModel(fn, shape, output_shape, name, None, SAVED_MODEL, trackable=loaded)
+    model = ForeignModel(fn, shape, output_shape, name, loaded)
     if random_ops:  # random augmentation layers, kept in the program by model.export()
         model.conversion_hint = (f"the SavedModel holds random ops ({', '.join(random_ops[:2])}"
                                  f"): a SavedModel keeps its augmentation layers (RandomFlip, "

@@ -18,7 +18,7 @@ import inspect
 
 import numpy as np
 
-from fnet_tf.errors import UserError
+from fnet_tf.errors import UserError, first_line
 
 MAX_OUTPUT_DIFFERENCE = 1e-4  # on a random batch, relative to the largest logit
 # Keras 3 config keys that tf_keras' layers do not take, and the value that means "unused".
@@ -216,19 +216,15 @@ def _copy_weights(source, target, path):
 def to_tf_keras(model, path="model", check=True):
     """The tf_keras twin of a loaded Keras 3 model; with ``check``, its outputs must match
     the Keras 3 model's on a random batch (UserError otherwise)."""
-    from fnet_tf.keras3_models import _first_line
-
     import keras as keras3
 
     config = keras3.saving.serialize_keras_object(model)
     cls, twin_config = translate_config(config, path)
     try:
         twin = cls.from_config(twin_config)
-    except UserError:
-        raise
     except Exception as e:  # noqa: BLE001  (Keras raises many types)
         raise UserError(f"model {path}: tf_keras cannot rebuild the translated model "
-                        f"({_first_line(e)}); export it without QAT instead") from None
+                        f"({first_line(e)}); export it without QAT instead") from None
     _copy_weights(model, twin, path)
     if check:
         difference = output_difference(model, twin)
