@@ -163,6 +163,9 @@ def main(argv):
     spec = replace(spec, num_classes=len(dataset.classes))
     n = len(dataset.classes)
     model = build_model(spec, keras=keras, kernel_initializer=FLAGS.init)
+    from fnet_tf import teacher_init
+
+    teacher_init.prepare(model, dataset.train.images, FLAGS.seed)  # airbench_whitened's stem
     steps = -(-len(dataset.train) // FLAGS.batch_size)
     teacher = _keras3_teacher(keras, FLAGS.teacher, n) if FLAGS.teacher else None
     if teacher is not None:

@@ -143,3 +143,34 @@ def classifier_head(x, num_classes, *, keras=None, init="he_normal"):
     k = _keras(keras)
     x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     return k.layers.Dense(num_classes, kernel_initializer=_init(init, k), name="logits")(x)
+
+
+WHITENING_SUFFIX = "_whiten"  # fnet_tf.teacher_init finds the stems it sets from data,
+GROUP_CONV_TAG = "_gc"        # and the group convs it dirac-initialises, by these names
+
+
+def whitening_stem(x, kernel=2, *, name, keras=None):
+    """airbench's stem: a frozen kxk 'valid' conv with 2 * kernel * kernel * channels filters
+    (the training patches' whitening basis and its negation, set from data before training by
+    ``fnet_tf.teacher_init``), then GELU. Not trained; a teacher's layer, not an INT8 one."""
+    k = _keras(keras)
+    filters = 2 * kernel * kernel * x.shape[-1]
+    x = k.layers.Conv2D(filters, kernel, padding="valid", use_bias=True, trainable=False,
+                        name=f"{name}{WHITENING_SUFFIX}")(x)
+    return k.layers.Activation("gelu", name=f"{name}_gelu")(x)
+
+
+def conv_pool_group(x, filters, *, name, keras=None, init="he_normal"):
+    """airbench's block: conv 3x3 -> 2x2 max pool -> BN -> GELU -> conv 3x3 -> BN -> GELU, with
+    BN that centres but does not scale (airbench's BN has no trained weight)."""
+    k = _keras(keras)
+    for j in range(2):
+        x = k.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                            kernel_initializer=_init(init, k),
+                            name=f"{name}{GROUP_CONV_TAG}{j}")(x)
+        if j == 0:
+            x = k.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+        x = k.layers.BatchNormalization(momentum=BN_MOMENTUM, scale=False,
+                                        name=f"{name}{GROUP_CONV_TAG}{j}_bn")(x)
+        x = k.layers.Activation("gelu", name=f"{name}{GROUP_CONV_TAG}{j}_gelu")(x)
+    return x

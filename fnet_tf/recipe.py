@@ -19,8 +19,13 @@ class Recipe:
     momentum: float = 0.9
     label_smoothing: float = 0.0
     cutout: int = 0
+    crop_pad: int = 4              # random crops of the image padded by this many pixels,
+    crop_mode: str = "zeros"       # with zeros or reflected pixels
+    lookahead: bool = False        # airbench's weight averaging (fnet_tf.lookahead)
     seed: int = 0
     gradboost_clip: float = 1e-3   # GradBoost (fnet_tf.gradboost): noise clipped to +-clip
     gradboost_decay: float = 1e-2  # and scaled by (1 - decay)^step
     kd_alpha: float = 0.0          # distillation (fnet_tf.distill): weight of the teacher's term
     kd_temperature: float = 4.0    # and its softmax temperature
+    teacher_bank: int = 0          # >0: its logits from a bank of this many augmented epochs
+    teacher_tta: str = "none"      # "flip": the mean of its logits on the image and its mirror

@@ -113,14 +113,18 @@ def epoch_arrays(split, recipe, epoch):
     order: the batches of ``data.epoch_batches``, whose order and augmentation are a function
     of the seed and the epoch, so a resumed run sees what an uninterrupted one would."""
     batches = list(data_lib.epoch_batches(split, recipe.batch_size, seed=recipe.seed,
-                                          epoch=epoch, cutout=recipe.cutout))
+                                          epoch=epoch, cutout=recipe.cutout,
+                                          crop_pad=recipe.crop_pad,
+                                          crop_mode=recipe.crop_mode))
     return (np.concatenate([b[0] for b in batches]),
             np.concatenate([b[1] for b in batches]).astype(np.int32))
 
 
-def array_dataset(images, labels, batch_size, num_classes, teacher=None):
+def array_dataset(images, labels, batch_size, num_classes, teacher=None, teacher_logits=None):
     """In-memory arrays as a tf.data dataset of ``batch_size`` batches (the last one short),
-    with the teacher's logits appended to the labels when ``teacher`` is given. Training
+    with the teacher's logits appended to the labels when ``teacher`` (a model, run on each
+    batch) or ``teacher_logits`` (an array, one row per image: ``fnet_tf.logit_bank``) is
+    given. Training
     epochs (``epoch_arrays``) and evaluation both go through it.
 
     No Python runs inside the dataset, and tf.data's autotuning is off (these pipelines have
@@ -129,10 +133,20 @@ def array_dataset(images, labels, batch_size, num_classes, teacher=None):
     stream and with an in-memory pipeline alike, about a quarter of a 200-epoch run's wall
     time. The likely thread is the autotuner's (its timer grows to 60 s); with autotuning
     off, no stall in the rest of that run."""
-    ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-          .map(_as_tensors(num_classes)))
+    if teacher_logits is not None:
+        convert = _as_tensors(num_classes)
+
+        def with_logits(x, y, t):
+            x, y = convert(x, y)
+            return x, tf.concat([y, t], axis=-1)
+
+        ds = (tf.data.Dataset.from_tensor_slices((images, labels, teacher_logits))
+              .batch(batch_size).map(with_logits))
+    else:
+        ds = (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+              .map(_as_tensors(num_classes)))
     if teacher is not None:  # the teacher sees the same augmented batch as the student
-        ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x, training=False)], axis=-1)))
+        ds = ds.map(lambda x, y: (x, tf.concat([y, teacher(x)], axis=-1)))
     options = tf.data.Options()
     options.autotune.enabled = False
     return ds.prefetch(2).with_options(options)
@@ -233,15 +247,26 @@ class _EpochEnd(keras.callbacks.Callback):
               f"lr {lr:.4g}  {seconds:.1f}s  (checkpoint saved)", flush=True)
 
 
+def teacher_logits_fn(teacher, tta="none"):
+    """The teacher's logits on a batch, in the graph; ``tta="flip"``: the mean of its logits
+    on the batch and on its mirror image (as ``fnet_tf.logit_bank`` stores them)."""
+    if tta == "flip":
+        return lambda x: 0.5 * (teacher(x, training=False)
+                                + teacher(tf.reverse(x, axis=[2]), training=False))
+    return lambda x: teacher(x, training=False)
+
+
 def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), boost=True,
-              on_fresh_start=None, teacher=None):
+              on_fresh_start=None, teacher=None, bank=None):
     """Train ``model`` for ``recipe.epochs`` epochs as phase ``phase`` of ``run``, resuming
     from the newest valid checkpoint in ``run/checkpoints/<phase>``. Callbacks that define
     ``on_resume(completed_epochs)`` are told where training restarts, so that what they
     wrote for later epochs can be dropped. ``boost``: see ``make_optimizer``.
     ``on_fresh_start(model, optimizer)`` runs when no checkpoint exists (StatAssist puts the
     warm-up's optimizer state into the QAT optimizer there). ``teacher``: a Keras model whose
-    logits on each augmented batch the loss distills (``fnet_tf.distill``).
+    logits on each augmented batch the loss distills (``fnet_tf.distill``); ``bank``: a
+    ``fnet_tf.logit_bank.LogitBank`` whose stored logits (and augmented epochs) it distills
+    instead.
 
     Returns True when all epochs are done, False when interrupted (Ctrl-C).
     """
@@ -249,7 +274,7 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
     num_classes = len(dataset.classes)
     steps = math.ceil(len(dataset.train) / recipe.batch_size)
     optimizer = make_optimizer(recipe, steps, boost=boost)
-    distilling = teacher is not None and recipe.kd_alpha > 0
+    distilling = (teacher is not None or bank is not None) and recipe.kd_alpha > 0
     compile_model(model, optimizer, recipe, num_classes, distilling)
     checkpoints = EpochCheckpoints(os.path.join(run.path, "checkpoints", phase))
     start, path = checkpoints.latest()
@@ -268,11 +293,22 @@ def fit_phase(phase, model, dataset, recipe, run, *, verbose=1, callbacks=(), bo
         return True
     validation = eval_dataset(dataset.val, num_classes) if dataset.val is not None else None
     end = _EpochEnd(phase, run, checkpoints, recipe.epochs)
+    if recipe.lookahead:
+        from fnet_tf.lookahead import Lookahead
+
+        callbacks = [*callbacks, Lookahead(recipe.epochs * steps, recipe.batch_size)]
     progbar = _PhaseProgbar(recipe.epochs)
-    with EpochArraysAhead(dataset.train, recipe, recipe.epochs) as ahead:
+    banked = bank is not None and distilling
+    with EpochArraysAhead(dataset.train, recipe, 0 if banked else recipe.epochs) as ahead:
         for epoch in range(start, recipe.epochs):  # one fit per epoch, over its own batches
-            train = array_dataset(*ahead.take(epoch), recipe.batch_size, num_classes,
-                                  teacher if distilling else None)
+            if banked:
+                images, labels, logits = bank.epoch(epoch, recipe.seed)
+                train = array_dataset(images, labels, recipe.batch_size, num_classes,
+                                      teacher_logits=logits)
+            else:
+                train = array_dataset(*ahead.take(epoch), recipe.batch_size, num_classes,
+                                      teacher_logits_fn(teacher, recipe.teacher_tta)
+                                      if distilling else None)
             model.fit(train, epochs=epoch + 1, initial_epoch=epoch,
                       validation_data=validation, verbose=verbose,
                       callbacks=[progbar, end, *callbacks])

@@ -84,7 +84,8 @@ def folded_kernels(model, fold_bn=True):
         nxt = _next_layer(outer)
         bn = _inner(nxt) if nxt is not None else None
         if fold_bn and bn is not None and type(bn).__name__ == "BatchNormalization":
-            gamma = values[f"{bn.name}/gamma:0"].numpy()
+            scale = values.get(f"{bn.name}/gamma:0")  # none where BN does not scale
+            gamma = scale.numpy() if scale is not None else 1.0
             var_ = values[f"{bn.name}/moving_variance:0"].numpy()
             kernel = kernel * (gamma / np.sqrt(var_ + bn.epsilon))
         label = kind

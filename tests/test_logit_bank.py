@@ -1,0 +1,55 @@
+"""The teacher-logit bank (``fnet_tf.logit_bank``): computed once, reused, the student's view."""
+import numpy as np
+
+from fnet_tf import data
+from fnet_tf.logit_bank import LogitBank
+from fnet_tf.recipe import Recipe
+
+
+def _teacher(tmp_path):
+    from fnet_tf.backend import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    path = str(tmp_path / "teacher.keras")
+    model.save(path)
+    return model, path
+
+
+def test_bank_holds_the_teachers_flip_tta_logits_of_the_students_view(tmp_path):
+    model, path = _teacher(tmp_path)
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (40, 32, 32, 3)).astype(np.uint8),
+                       rng.integers(0, 3, 40).astype(np.int32))
+    recipe = Recipe(batch_size=16, cutout=8)
+    bank = LogitBank(model, path, split, "tiny", recipe, 2, "flip", str(tmp_path / "cache"))
+    images, labels, logits = bank.epoch(0, seed=5)
+    expected = 0.5 * (model.predict(images.astype(np.float32), verbose=0)
+                      + model.predict(images[:, :, ::-1].astype(np.float32), verbose=0))
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # each image keeps its own label through the augmentation and the student's order
+    assert sorted(labels.tolist()) == sorted(split.labels.tolist())
+    again, _, again_logits = bank.epoch(2, seed=5)  # epoch 2 reuses bank epoch 0 ...
+    assert sorted(map(bytes, again)) == sorted(map(bytes, images))
+    assert not np.array_equal(again, images)        # ... in another order
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the bank recomputed logits it holds")
+
+    model.predict = no_teacher  # a second student with the same settings reads the files
+    other = LogitBank(model, path, split, "tiny", recipe, 2, "flip", str(tmp_path / "cache"))
+    _, _, reread = other.epoch(0, seed=5)
+    np.testing.assert_array_equal(reread, logits)
+    assert other.folder == bank.folder
+
+
+def test_another_augmentation_is_another_bank(tmp_path):
+    model, path = _teacher(tmp_path)
+    split = data.Split(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
+    a = LogitBank(model, path, split, "tiny", Recipe(cutout=0), 1, "none", str(tmp_path))
+    b = LogitBank(model, path, split, "tiny", Recipe(cutout=8), 1, "none", str(tmp_path))
+    c = LogitBank(model, path, split, "tiny", Recipe(cutout=0), 1, "flip", str(tmp_path))
+    assert len({a.folder, b.folder, c.folder}) == 3
