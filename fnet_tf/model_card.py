@@ -1,7 +1,8 @@
 """The model card of a released zoo model, rendered from its ``metrics.json`` (never typed).
 
 ``tools/release.py`` writes both files; ``tools/arm64_check.py`` adds the arm64 comparison to
-``metrics.json`` and renders the card again.
+``metrics.json`` and renders the card again, as ``tools/derive_float_weights.py`` does with
+the released float weights.
 """
 import os
 
@@ -14,6 +15,7 @@ ARCHITECTURES = {
     "resnet8": "the MLPerf Tiny ResNet-8 architecture",
     "frostnet_cifar": "our 32x32 adaptation of FrostNet-Small (Kim, Yoo, Yang, arXiv 2006.09679)",
     "airbench_cifar": "a distillation teacher after the airbench94 CIFAR-10 network's layout",
+    "airbench_whitened": "a distillation teacher: airbench94's network with its whitening stem",
 }
 
 
@@ -106,16 +108,36 @@ def recipe_text(recipe):
     warmup = (f"linear warm-up {get('warmup_epochs')} epochs (capped at 20% of the phase) then "
               f"{schedule}" if get("warmup") == "capped" else
               f"the first part of a {get('warmup_epochs')}-epoch linear ramp (no decay)")
-    augment = "pad-4 crop + flip" + (f" + cutout {get('cutout')} px" if get("cutout") else "")
+    crop = f"pad-{get('crop_pad')} crop" + (" (reflected)" if get("crop_mode") == "reflect" else "")
+    augment = f"{crop} + flip" + (f" + cutout {get('cutout')} px" if get("cutout") else "")
+    if get("image_size"):
+        augment += f" (lengths at 32 px, scaled to {'x'.join(map(str, get('image_size')))})"
     text = (f"{optimizer}, lr {recipe.get('lr')}, {warmup}, decoupled weight decay "
             f"{recipe.get('weight_decay')}, batch {recipe.get('batch_size')}, {augment}, label "
             f"smoothing {recipe.get('label_smoothing')}, {recipe.get('val_split')} training "
             f"images held out for validation")
+    if get("lookahead"):
+        text += ", airbench's lookahead"
     teacher = distilled_from(recipe)
     if teacher:
         text += (f", distilled from `{teacher}` (alpha {get('kd_alpha'):g}, "
-                 f"temperature {get('kd_temperature'):g})")
+                 f"temperature {get('kd_temperature'):g}"
+                 + (", its flip test-time-augmented logits" if get("teacher_tta") == "flip"
+                    else "")
+                 + (f", from a bank of {get('teacher_bank')} augmented epochs"
+                    if get("teacher_bank") else "") + ")")
+    if get("init_from"):
+        text += (f", fine-tuned from `{get('init_from')}`" + (
+            f" (the classifier alone for the first {get('freeze_epochs')} epochs)"
+            if get("freeze_epochs") else ""))
     return text
+
+
+def calibration_note(recipe):
+    """'' for QAT started from TF-MOT's [-6, 6] activation ranges (every card before the
+    field existed)."""
+    images = recipe.get("qat_calibration_images") or 0
+    return f"; its activation ranges set from {images:,} training images first" if images else ""
 
 
 def qat_recipe_note(recipe):
@@ -142,6 +164,42 @@ def seed_note(m):
                 f"float {100 * m['float_accuracy_mean']:.2f}% ± "
                 f"{100 * m['float_accuracy_seed_std']:.2f}")
     return "one training seed: no seed spread measured"
+
+
+def float_weights_text(m):
+    """The card's section on the released float weights: where they came from, what they
+    score, and how to load them (the card's own float top-1 is the original float model's,
+    which was not kept)."""
+    weights = m.get("float_weights")
+    if not weights:
+        return ("Not derived yet: `python tools/derive_float_weights.py --data DATA --models "
+                f"{m['name']}` writes `float_weights.npz` from this file.")
+    name = m["name"]
+    return (f"`{weights['file']}`, {weights['source']}.\n"
+            f"Float top-1 {100 * weights['float_accuracy']:.2f}% on the "
+            f"{weights['test_images']:,} test images of {weights['data']}; top-1 agreement "
+            f"with this INT8 file {100 * weights['int8_agreement']:.2f}%.\n"
+            f"The table's float top-1 ({100 * m['float_accuracy']:.2f}%) is the original float "
+            f"model's, which was not kept.\n"
+            f"Raw pixels 0..255 in, logits out; BN is kept, its statistics set so that "
+            f"fine-tuning starts where the INT8 model is:\n\n"
+            f"```python\n"
+            f"import fnet_tf.zoo\n"
+            f"model = fnet_tf.zoo.keras_model(\"{name}\")                        # tf_keras\n"
+            f"head = fnet_tf.zoo.keras_model(\"{name}\", num_classes=100)        # fresh classifier\n"
+            f"features = fnet_tf.zoo.keras_model(\"{name}\", include_top=False)  # last feature map\n"
+            f"```")
+
+
+def input_shape(m):
+    """The released file's input shape: as metrics.json records it, else (cards released
+    before it was recorded) read from the file itself."""
+    if m.get("input_shape"):
+        return [int(v) for v in m["input_shape"]]
+    from fnet_tf import benchmark, zoo
+
+    with open(zoo.load(m["name"]), "rb") as f:
+        return [int(v) for v in benchmark.graph_stats(f.read())["input"]["shape"]]
 
 
 def card_text(m):
@@ -176,7 +234,7 @@ scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
 
 **Recipe**: {float_note}: {recipe_text(recipe)}, seed {recipe.get('seed')}.
 QAT: {recipe.get('qat_epochs')} epochs{qat_recipe_note(recipe)}, scheme {qat_note(recipe)}, peak lr
-{recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}.
+{recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}{calibration_note(recipe)}.
 
 **Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,
 XNNPACK, on {m['machine']['cpu']} ({m['machine']['cores']} cores), all released models and the
@@ -189,10 +247,14 @@ pip install ai-edge-litert numpy Pillow          # Raspberry Pi OS (arm64) or Te
 python run_tflite.py model_int8.tflite image.jpg  # export/run_tflite.py from this repo
 ```
 
-Input: int8 `[1, 32, 32, 3]`, raw pixels minus 128 (the scale and zero point are read from the
+Input: int8 `{input_shape(m)}`, raw pixels minus 128 (the scale and zero point are read from the
 file). Output: int8 logits for {len(m['classes'])} classes; labels are embedded in the file.
 From Python: `fnet_tf.zoo.load("{m['name']}")` returns this file's path.
 
 Plots: `summary.png`, `weight_ranges.png`, `sqnr.png` (per-layer INT8 error),
 `weight_histograms.png`, `activation_histograms.png`{', `op_latency.png`' if m.get('latency_by_op') else ''}; per-layer numbers in `layers.csv`.
+
+## Float weights (tf_keras)
+
+{float_weights_text(m)}
 """

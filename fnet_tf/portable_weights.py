@@ -33,15 +33,16 @@ def read_result(folder):
     return result
 
 
-def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES):
+def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES, remedy="train it again"):
     """The arrays of a weights ``.npz`` (from another machine: untrusted), their declared sizes
-    checked from the headers before anything is decompressed; no pickles."""
+    checked from the headers before anything is decompressed; no pickles. ``remedy``: what a
+    corrupt file's error tells the user to do."""
     from fnet_tf.device.run_tflite import RunError, array_headers, declared_bytes
 
     try:
         total = sum(declared_bytes(shape, dtype) for _, shape, dtype in array_headers(path))
     except RunError as e:
-        raise UserError(f"cannot read {path}: {e}; the file is corrupt: train it again") from None
+        raise UserError(f"cannot read {path}: {e}; the file is corrupt: {remedy}") from None
     if total > max_bytes:
         raise UserError(f"{path} declares {total / 2**20:,.0f} MB of weights, over the "
                         f"{max_bytes >> 20} MB limit for a model: refusing to decompress it")
@@ -50,7 +51,7 @@ def read_weights(path, max_bytes=MAX_WEIGHTS_BYTES):
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"cannot read {path} ({e.__class__.__name__}): the file is corrupt; "
-                        f"train it again") from None
+                        f"{remedy}") from None
 
 
 def weights_by_layer(model):

@@ -7,14 +7,23 @@ installed package) holding ``model_int8.tflite`` (verified
 fully-integer, labels embedded), ``card.md`` and ``metrics.json`` with its measured numbers,
 and the analyzer's layer-wise plots. Folders are written by ``tools/release.py`` from run
 directories, never by hand. ``$FNET_TF_ZOO`` points at another models folder.
+
+``fnet_tf.zoo.keras_model("factorizenet-l3")`` is the float tf_keras model of a released file,
+for fine-tuning or as a backbone: its ``float_weights.npz`` was derived from the INT8 file by
+``tools/derive_float_weights.py`` (``fnet_tf.zoo_float`` says how).
 """
+import dataclasses
+import numbers
 import os
 import sys
+
+import numpy as np
 
 from fnet_tf import cli, distill, fileio
 from fnet_tf.errors import UserError
 
 MODEL_FILE = "model_int8.tflite"
+PREFIX = "zoo:"  # how the commands take a released model where they take a model: zoo:NAME
 METRICS = "metrics.json"
 CARD = "card.md"
 
@@ -32,6 +41,14 @@ def zoo_dir():
     return PACKAGED if os.path.isdir(PACKAGED) else CHECKOUT
 
 
+def released_name(argument):
+    """``factorizenet-l3`` for the argument ``zoo:factorizenet-l3``; None for anything else
+    (a path). The name is checked when it is used (``load``)."""
+    if isinstance(argument, str) and argument.startswith(PREFIX):
+        return argument[len(PREFIX):]
+    return None
+
+
 def names():
     root = zoo_dir()
     if not os.path.isdir(root):
@@ -43,8 +60,8 @@ def names():
 def load(name):
     """The path of released model ``name``'s INT8 ``.tflite`` (run it with LiteRT or
     ``fnet-run``); UserError listing the released names if unknown."""
-    path = os.path.join(zoo_dir(), name, MODEL_FILE)
-    if not os.path.isfile(path):
+    path = os.path.join(zoo_dir(), str(name), MODEL_FILE)
+    if name not in names() or not os.path.isfile(path):  # a name, never a path (zoo:../x)
         known = ", ".join(names()) or "none (see tools/release.py)"
         raise UserError(f"no released model {name!r}: choose one of {known}")
     return path
@@ -53,6 +70,62 @@ def load(name):
 def metrics(name):
     load(name)
     return fileio.read_json(os.path.join(zoo_dir(), name, METRICS))
+
+
+def float_weights_path(name):
+    """The path of released model ``name``'s float weights (``float_weights.npz`` beside its
+    INT8 file; it may not be derived yet); UserError listing the released names if unknown."""
+    from fnet_tf.zoo_float import FILE
+
+    return os.path.join(os.path.dirname(load(name)), FILE)
+
+
+def keras_model(name, num_classes=None, include_top=True, image_size=None, *, seed=0):
+    """The float tf_keras model of released model ``name``, carrying its released float
+    weights (``float_weights_path``).
+
+    ``num_classes`` other than the released classes gives a fresh, untrained classifier (the
+    Dense ``logits``, he_normal drawn with ``seed``, zero bias) on the released features;
+    ``include_top=False`` gives the model up to its last feature map, before global pooling
+    (as ``keras.applications`` does; ``num_classes`` is then ignored). ``image_size``
+    (height, width) builds it for other inputs: every architecture is fully convolutional, so
+    the same weights serve any size.
+    """
+    from fnet_tf import zoo_float
+    from fnet_tf.architectures import model_spec
+    from fnet_tf.backend import keras
+    from fnet_tf.portable_weights import load_weights_by_layer
+    from fnet_tf.spec import build_model
+
+    card = metrics(name)
+    path = float_weights_path(name)
+    if not os.path.isfile(path):
+        raise UserError(f"released model {name!r} has no float weights yet ({path}): derive "
+                        f"them with python tools/derive_float_weights.py --models {name}")
+    recorded = (card.get("float_weights") or {}).get("sha256")
+    if recorded and fileio.sha256_file(path) != recorded:
+        raise UserError(f"{path} is not the file its card records (sha256 differs): derive it "
+                        f"again with python tools/derive_float_weights.py --models {name}")
+    released_classes = len(card["classes"])
+    num_classes = released_classes if num_classes is None or not include_top else num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive integer, not {num_classes!r}")
+    if image_size is not None and (np.shape(image_size) != (2,) or not all(
+            isinstance(side, numbers.Integral) and side > 0 for side in image_size)):
+        raise UserError(f"image_size must be (height, width) in pixels, not {image_size!r}")
+    spec = model_spec(card["model"], card["level"], card.get("width", 1.0), image_size=image_size)
+    model = build_model(dataclasses.replace(spec, num_classes=num_classes))
+    arrays = zoo_float.read(path)
+    if num_classes != released_classes:
+        head = model.get_layer("logits")
+        kernel_shape = tuple(head.kernel.shape)
+        arrays["logits/0"] = keras.initializers.HeNormal(seed=seed)(kernel_shape).numpy()
+        arrays["logits/1"] = np.zeros(num_classes, np.float32)
+    load_weights_by_layer(model, arrays)
+    if not include_top:
+        model = keras.Model(model.input, model.get_layer("pool").input,
+                            name=f"{model.name}_features")
+    return model
 
 
 def table_rows():
@@ -67,7 +140,10 @@ def table_rows():
 # there was or all that was released).
 RECIPE_FIELD_DEFAULTS = {"qat_options": {}, "optimizer": "sgd", "qat_recipe": "finetune",
                          "momentum": 0.9, "schedule": "cosine", "warmup": "capped", "cutout": 0,
-                         "teacher": None, "kd_alpha": 0.0, "kd_temperature": 4.0}
+                         "teacher": None, "kd_alpha": 0.0, "kd_temperature": 4.0,
+                         "crop_pad": 4, "crop_mode": "zeros", "lookahead": False,
+                         "image_size": None, "init_from": None, "freeze_epochs": 0,
+                         "teacher_bank": 0, "teacher_tta": "none", "qat_calibration_images": 0}
 
 
 def card_recipe(config, float_info):
@@ -79,11 +155,15 @@ def card_recipe(config, float_info):
         "lr", "warmup_epochs", "weight_decay", "batch_size", "label_smoothing", "val_split",
         "seed", "init", "optimizer", "momentum", "schedule", "warmup", "cutout", "teacher",
         "kd_alpha", "kd_temperature", "qat_recipe", "qat_epochs", "qat_scheme", "qat_lr",
-        "qat_options") if k in config},
+        "qat_options", "crop_pad", "crop_mode", "lookahead", "image_size", "init_from",
+        "freeze_epochs", "teacher_bank", "teacher_tta", "qat_calibration_images")
+        if k in config},
         **{k: v for k, v in keras3.items() if k != "epochs"},
         "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}
     if recipe.get("teacher"):
         recipe["teacher"] = distill.teacher_name(recipe["teacher"])
+    if recipe.get("init_from") and released_name(recipe["init_from"]) is None:
+        recipe["init_from"] = distill.teacher_name(recipe["init_from"])  # its name, not a path
     return recipe
 
 
@@ -180,7 +260,8 @@ def main(argv):
                     "(or python -m fnet_tf.zoo ...)")
 
 
-console = cli.entry_point(main)  # the fnet-zoo command
+console = cli.entry_point(  # the fnet-zoo command
+    main, usage="fnet-zoo list | path NAME | pareto [OUT_DIR]   (python -m fnet_tf.zoo)")
 
 if __name__ == "__main__":
     console()

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf import zoo
+from fnet_tf import fileio, zoo
 from fnet_tf.errors import UserError
 
 PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
@@ -79,8 +79,24 @@ def test_release_then_load(qat_run, tiny_archive, tmp_path, monkeypatch):
     again = run_module(add + [f"tiny-l3={seed1}"])
     assert again.returncode == 2 and "seed 1 is already on the card" in last_line(again.stderr)
 
+    # float weights derived from the released file; a re-release of the same file keeps them
+    derived = run_module(["tools/derive_float_weights.py", "--data", tiny_archive, "--zoo",
+                          str(models), "--calibration_images", "40"])
+    assert derived.returncode == 0, derived.stderr[-2000:]
+    weights = json.loads((folder / "metrics.json").read_text())["float_weights"]
+    assert weights["test_images"] == 80 and 0 <= weights["int8_agreement"] <= 1
+    assert weights["sha256"] == fileio.sha256_file(str(folder / "float_weights.npz"))
+    assert 'fnet_tf.zoo.keras_model("tiny-l3")' in (folder / "card.md").read_text()
+    rereleased = run_module(["tools/release.py", "--data", tiny_archive, "--peer", PEER, "--zoo",
+                             str(models), "--latency_runs", "10", "--passes", "1",
+                             f"tiny-l3={qat_run}"])
+    assert rereleased.returncode == 0, rereleased.stderr[-2000:]
+    assert json.loads((folder / "metrics.json").read_text())["float_weights"] == weights
+    assert fileio.sha256_file(str(folder / "float_weights.npz")) == weights["sha256"]
+
     monkeypatch.setenv("FNET_TF_ZOO", str(models))
     assert zoo.load("tiny-l3") == str(folder / "model_int8.tflite")
+    assert zoo.keras_model("tiny-l3", num_classes=3).output_shape == (None, 3)
     assert zoo.names() == ["tiny-l3"] and "tiny-l3" in zoo.table_markdown()
     with pytest.raises(UserError, match="tiny-l3"):
         zoo.load("nope")

@@ -12,6 +12,9 @@ run's directory is gone, ``--add_seeds --data D NAME=RUN_DIR_SEED1[,...]`` measu
 runs (the card's recipe but for the seed) and adds them to the released card.
     python tools/release.py --retime --peer ../shared/peers/mlperf-tiny-ic/resnet8_int8.tflite
 
+A re-release of the very same INT8 file keeps its float weights (``float_weights.npz``, from
+``tools/derive_float_weights.py``); a new file drops them until they are derived again.
+
 Every run must be complete (float, QAT, export, analysis). For each model this measures, once
 more and on the whole test split: the INT8 file's top-1 (LiteRT) and its top-1 agreement with
 the QAT Keras model; then all released models and the peer are timed interleaved (1 thread),
@@ -34,7 +37,7 @@ sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli, fileio, zoo  # noqa: E402
+from fnet_tf import cli, fileio, zoo, zoo_float  # noqa: E402
 from fnet_tf.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -270,6 +273,22 @@ def retime(argv):
     return 0
 
 
+def _kept_float_weights(model_dir, sha256):
+    """{'float_weights': ...} from a released card whose float weights were derived from the
+    INT8 file with this ``sha256`` and are still the recorded file, else {}: a re-release of
+    the same file (``tools/release.py``) keeps them; a new file must be derived again."""
+    path = os.path.join(model_dir, zoo.METRICS)
+    weights_path = os.path.join(model_dir, zoo_float.FILE)
+    if not (os.path.isfile(path) and os.path.isfile(weights_path)):
+        return {}
+    old = fileio.read_json(path)
+    weights = old.get("float_weights")
+    if (weights and old.get("sha256") == sha256
+            and fileio.sha256_file(weights_path) == weights.get("sha256")):
+        return {"float_weights": weights}
+    return {}
+
+
 def render_cards(argv):
     """Every released card rendered again from its metrics.json, which is left as it is."""
     from fnet_tf import model_card
@@ -300,6 +319,12 @@ def main(argv):
     if not os.path.isfile(FLAGS.peer):
         raise UserError(f"--peer {FLAGS.peer!r} does not exist")
     runs = [(name, dirs[0], [_check_run(d, analysis=d == dirs[0]) for d in dirs]) for name, dirs in pairs]
+    for name, run_dir, seed_runs in runs:
+        size = (seed_runs[0].config() or {}).get("image_size")
+        if size and list(size) != [32, 32]:
+            raise UserError(f"{name}: {run_dir} was trained at {size[0]}x{size[1]}; the zoo's "
+                            f"cards compare CIFAR-10 models at 32x32 with the peer on one test "
+                            f"split: share a model of another size as its run's model_int8.tflite")
     seeds = {name: _check_seeds(name, seed_runs) for name, _, seed_runs in runs}
     from fnet_tf import benchmark, data as data_lib, model_card
     from fnet_tf.analysis.bit_budget import bit_budget
@@ -326,6 +351,7 @@ def main(argv):
             "name": name, "model": config["model"], "level": config["level"],
             "width": config["width"],
             "params": analysis["params"], "macs": analysis["macs"], "size_bytes": len(content),
+            "input_shape": [int(v) for v in benchmark.graph_stats(content)["input"]["shape"]],
             "float_accuracy": float_info["test_accuracy"],
             "int8_accuracy": accuracy["accuracy_top1"], "int8_top5": accuracy["accuracy_top5"],
             "qat_keras_accuracy": run_metrics.get("qat", {}).get("test_accuracy"),
@@ -352,6 +378,7 @@ def main(argv):
     machine = benchmark.machine_info()
     for entry, lat, (name, run_dir, _) in zip(entries, latencies, runs):
         entry.update(model_card.kept_arm64_check(os.path.join(zoo.zoo_dir(), name), entry))
+        entry.update(_kept_float_weights(os.path.join(zoo.zoo_dir(), name), entry["sha256"]))
         entry.update(efficiency=benchmark.efficiency(entry["macs"], lat, peak))
         entry.update(**_latency_fields(lat, latencies[-1]), machine=machine)
         target = os.path.join(zoo.zoo_dir(), name)
@@ -363,6 +390,9 @@ def main(argv):
                 src = os.path.join(run_dir, "analysis", extra)
                 if os.path.isfile(src):
                     shutil.copyfile(src, os.path.join(tmp, extra))
+            if "float_weights" in entry:
+                shutil.copyfile(os.path.join(target, zoo_float.FILE),
+                                os.path.join(tmp, zoo_float.FILE))
             fileio.write_json(os.path.join(tmp, zoo.METRICS), entry)
             fileio.write_text(os.path.join(tmp, zoo.CARD), model_card.card_text(entry))
         print(f"released {target}: INT8 {100 * entry['int8_accuracy']:.2f}%, "
