@@ -37,5 +37,6 @@ setup(
         "absl-py>=1.4",
         "Pillow>=10",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    # transfer: benchmarks/transfer.py's images (scikit-learn's bundled handwritten digits)
+    extras_require={"test": ["pytest>=8"], "transfer": ["scikit-learn>=1.3"]},
 )

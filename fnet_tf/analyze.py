@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+import numpy as np
 from absl import flags
 
 from fnet_tf import cli
@@ -45,12 +46,15 @@ class Target:
     """A model to analyze: its flatbuffer and, for a run directory, its Keras models."""
 
     def __init__(self, path):
-        from fnet_tf import artifacts
+        from fnet_tf import artifacts, zoo
         from fnet_tf.rundir import RunDir
 
         self.path, self.run = path, None
+        self.released = zoo.released_name(path)  # zoo:NAME: a released model
         self.budget_rows = None  # per weight op: fnet_tf.analysis.bit_budget, set by measure()
-        if artifacts.is_run_dir(path):
+        if self.released is not None:
+            self.tflite, self.name, self.data = zoo.load(self.released), self.released, None
+        elif artifacts.is_run_dir(path):
             self.run = RunDir(path)
             self.tflite = self.run.file("model_int8.tflite")
             if not os.path.isfile(self.tflite):
@@ -97,6 +101,11 @@ class Target:
         """(model, float architecture) for the layer-wise analysis, or None with a reason."""
         from fnet_tf import artifacts
 
+        if self.released is not None:  # its INT8 file was QAT-trained: compare with the float
+            from fnet_tf import zoo
+
+            model = zoo.keras_model(self.released)
+            return (model, model), None
         if self.run is None:
             return None, ("no Keras model or float .tflite beside a bare .tflite (give a run "
                           "directory, or put x_float32.tflite beside x_int8.tflite)")
@@ -300,11 +309,20 @@ def main(argv):
     from fnet_tf import benchmark, export, fileio
 
     for t in targets:
-        export.interpreter(t.content)  # a corrupt file fails here, in one line
+        tensors = export.interpreter(t.content).get_tensor_details()  # a corrupt file fails here
+        if not any(np.dtype(d["dtype"]) == np.int8 for d in tensors):
+            raise UserError(f"{t.name} is a float .tflite (no int8 tensor): fnet-analyze measures "
+                            f"INT8 files (export one with fnet-export); a float file serves only "
+                            f"as the layer-wise reference, x_float32.tflite beside x_int8.tflite")
     from fnet_tf.analysis import plots
     from fnet_tf.analysis.op_latency import kinds_of
 
-    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir)
+    sizes = {tuple(export.interpreter(t.content).get_input_details()[0]["shape"][1:3])
+             for t in targets}
+    if len(sizes) > 1:
+        raise UserError(f"the models take different input sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}): "
+                        f"analyze models of one input size together")
+    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, image_size=sizes.pop())
     for t in targets:
         outputs = int(export.interpreter(t.content).get_output_details()[0]["shape"][-1])
         if outputs != len(dataset.classes):
@@ -421,25 +439,33 @@ def plot_evolution(paths):
 
 def run_sensitivity(paths):
     """``--sensitivity``: fnet_tf.analysis.sensitivity on a run's float model."""
-    import numpy as np
-
     from fnet_tf import artifacts, data as data_lib, fileio
     from fnet_tf.analysis import plots, sensitivity
     from fnet_tf.rundir import RunDir
 
-    if len(paths) != 1 or not artifacts.is_run_dir(paths[0]):
-        raise UserError("--sensitivity takes one run directory (its float model is analysed)")
-    run = RunDir(paths[0])
-    config = run.config() or {}
+    from fnet_tf import zoo
+
+    released = zoo.released_name(paths[0]) if len(paths) == 1 else None
+    if len(paths) != 1 or not (released or artifacts.is_run_dir(paths[0])):
+        raise UserError("--sensitivity takes one run directory or released model (zoo:NAME): "
+                        "its float model is analysed")
+    if released:
+        model, config, where, default_out = _released_for_sensitivity(released)
+    else:
+        run = RunDir(paths[0])
+        config, where = run.config() or {}, run.path
+        default_out = os.path.join(run.path, "analysis")
     source = FLAGS.data or config.get("data")
     if not source:
-        raise UserError(f"pass --data: {run.path}'s config names no dataset")
+        raise UserError(f"pass --data: {where} names no dataset file")
     if not config.get("val_split"):
-        raise UserError(f"{run.path} was trained with --val_split 0: sensitivity is measured on "
+        raise UserError(f"{where} was trained with --val_split 0: sensitivity is measured on "
                         f"held-out validation images (never the test split); train with "
                         f"--val_split N")
-    model = artifacts.float_model(run, FLAGS.trust_model_code)
-    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, val_split=config["val_split"])
+    if not released:
+        model = artifacts.float_model(run, FLAGS.trust_model_code)
+    dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, val_split=config["val_split"],
+                            image_size=tuple(model.input_shape[1:3]))
     count = min(FLAGS.limit or 2000, len(dataset.val))
     pick = np.linspace(0, len(dataset.val) - 1, count).round().astype(int)  # every class
     images, labels = dataset.val.images[pick], dataset.val.labels[pick]
@@ -447,9 +473,9 @@ def run_sensitivity(paths):
     rows, baselines = sensitivity.layer_sensitivity(
         model, images, labels, evaluate=evaluate,
         progress=lambda text: print(f"sensitivity: {text}", file=sys.stderr, flush=True))
-    out = FLAGS.out or os.path.join(run.path, "analysis")
+    out = FLAGS.out or default_out
     _write_csv(os.path.join(out, "sensitivity.csv"), rows)
-    name = os.path.basename(run.path)
+    name = released or os.path.basename(run.path)
     plots.sensitivity_bars(rows, sensitivity.BITS, os.path.join(out, "sensitivity.png"),
                            f"{name}: validation top-1 with only each layer quantized")
     lines = [f"# Sensitivity of {name}", ""] + sensitivity.report_lines(rows, baselines, count)
@@ -463,10 +489,23 @@ def run_sensitivity(paths):
     return 0
 
 
+def _released_for_sensitivity(name):
+    """(float model, a run-like config, what to name in errors, default output folder) of
+    released model ``name``: its float weights, and the validation split its recipe held out
+    (the same images its training never saw, given the same --data)."""
+    from fnet_tf import zoo
+
+    released = zoo.metrics(name)
+    config = {"model": released["model"], "level": released["level"],
+              "width": released.get("width", 1.0),
+              "val_split": (released.get("recipe") or {}).get("val_split")}
+    return zoo.keras_model(name), config, f"released model {name}", os.path.join(
+        "analysis", name)
+
+
 def _fast_evaluator(config, images, labels):
     """Top-1 of a model on ``images``, run in the block-diagonal training form where the run's
     architecture has grouped convs (TF's grouped-conv kernels are 50-200x slower on a CPU)."""
-    import numpy as np
 
     def accuracy(model):
         logits = model.predict(images.astype(np.float32), batch_size=500, verbose=0)
@@ -476,7 +515,8 @@ def _fast_evaluator(config, images, labels):
     from fnet_tf.spec import build_model, has_grouped_convs
 
     try:
-        spec = architectures.model_spec(config["model"], config["level"], config.get("width", 1.0))
+        spec = architectures.model_spec(config["model"], config["level"], config.get("width", 1.0),
+                                        config.get("image_size"))
     except (KeyError, UserError):
         return accuracy
     if not has_grouped_convs(spec):
@@ -533,7 +573,10 @@ def _table(results):
     return "\n".join(lines)
 
 
-console = cli.entry_point(main)  # the fnet-analyze command
+console = cli.entry_point(  # the fnet-analyze command
+    main, usage="fnet-analyze RUN_DIR | FILE.tflite | zoo:NAME [...] [flags]   (python -m "
+                "fnet_tf.analyze in a checkout)",
+    common=("data", "out", "sensitivity", "limit", "latency_runs", "threads"))
 
 if __name__ == "__main__":
     console()

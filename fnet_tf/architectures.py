@@ -18,8 +18,8 @@ import math
 from dataclasses import replace
 
 from fnet_tf.errors import UserError
-from fnet_tf.spec import (Conv, ConvHead, FrostBottleneck, MaxPool, ModelSpec, basic_block,
-                          build_model, summarize)
+from fnet_tf.spec import (Conv, ConvHead, ConvPoolGroup, FrostBottleneck, MaxPool, ModelSpec,
+                          WhiteningStem, basic_block, build_model, summarize)
 
 _REGISTRY = {}
 
@@ -181,8 +181,10 @@ def scale_width(spec, width):
 
 # --- lookup --------------------------------------------------------------------------------
 
-def model_spec(name, level=0, width=1.0):
-    """The spec of registered model ``name`` at ``level`` and ``width``; UserError if unknown."""
+def model_spec(name, level=0, width=1.0, image_size=None):
+    """The spec of registered model ``name`` at ``level`` and ``width``, for ``image_size``
+    (height, width) inputs (default 32x32; every architecture is fully convolutional, so the
+    same weights serve any size); UserError if unknown."""
     if name not in _REGISTRY:
         raise UserError(f"unknown model {name!r}: choose one of {', '.join(list_models())}")
     try:
@@ -214,6 +216,8 @@ def model_spec(name, level=0, width=1.0):
                         + ("" if isinstance(level, int) else " for every stage"))
     spec = factorize(base, level)
     tag = f"{name}-l{level}" + ("" if width == 1.0 else f"-w{width_text(width)}")
+    if image_size is not None:
+        spec = replace(spec, input_shape=(int(image_size[0]), int(image_size[1]), 3))
     return replace(spec, name=tag.replace(",", "-").replace(".", "_"),
                    meta={"model": name, "level": level, "width": width, "max_level": top})
 
@@ -306,3 +310,16 @@ def airbench_cifar():
         Conv(second), MaxPool(2), Conv(second),
         Conv(third), MaxPool(2), Conv(third),
     ))
+
+
+@register_model
+def airbench_whitened():
+    """A teacher, not a zoo model: airbench94's network as its code builds it (Keller Jordan's
+    ``airbench``, legacy/airbench94.py): a frozen 2x2 whitening stem set from the training
+    patches (``fnet_tf.teacher_init``), GELU, then three groups of conv -> 2x2 max pool ->
+    BN -> GELU -> conv -> BN -> GELU at AIRBENCH_WIDTHS, BN without scale, dirac-initialised
+    convs. Unlike airbench: global average pooling and a dense layer with bias (airbench: max
+    pooling, no bias, logits scaled by 1/9). Trained with ``--lookahead`` and
+    ``--crop_pad 2 --crop_mode reflect`` (BUILD_NOTES)."""
+    return ModelSpec("airbench_whitened", (
+        WhiteningStem(2), *(ConvPoolGroup(width) for width in AIRBENCH_WIDTHS)))

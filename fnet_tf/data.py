@@ -9,8 +9,11 @@
 
 Decoded images are kept as uint8 arrays in memory (CIFAR-10 is 150 MB) and cached on disk as
 ``.npy`` files keyed by the archive's sha256 (or the tree's file listing), so the second load
-takes about a second and no epoch waits for JPEG decoding. Images are raw pixels 0..255: the
-models normalise in their first conv + BN, so a device feeds ``pixel - 128`` to an INT8 model.
+takes about a second and no epoch waits for JPEG decoding. Images of another size than the
+model's input (``--image_size``, 32x32 by default) are brought to it by one rule, the device
+runner's ``fit_image``: resized so the shorter side fits, then center-cropped (``RESIZE_RULE``).
+Images are raw pixels 0..255: the models normalise in their first conv + BN, so a device
+feeds ``pixel - 128`` to an INT8 model.
 """
 import dataclasses
 import hashlib
@@ -31,7 +34,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 ARCHIVE_EXTENSIONS = (".tar.gz", ".tgz", ".tar", ".zip")
-CACHE_VERSION = 1  # bump when the decoded-array format changes
+CACHE_VERSION = 2  # bump when the decoded arrays change (2: the one resize rule, fit_image)
 # An archive from someone else is listed (headers only) before anything is extracted: it may
 # not expand to more than the cache's free space, nor more than MAX_EXPANSION times its own
 # size (real image archives expand 1-3x; a decompression bomb of zeros ~1000x), nor hold more
@@ -94,9 +97,46 @@ def load(source, *, cache_dir=None, val_split=0, image_size=(32, 32)):
         data = _load_archive(source, cache_dir, image_size)
     else:
         data = _load_folder(source, cache_dir, image_size)
+    if kind == "tfds" and tuple(image_size) != data.image_shape[:2]:
+        data.train, data.test = (resize_split(s, image_size) for s in (data.train, data.test))
     if val_split:
         data.train, data.val = split_validation(data.train, val_split, len(data.classes))
     return data
+
+
+def parse_image_size(text):
+    """``--image_size``: ``96`` -> (96, 96), ``96,128`` (height, width) -> (96, 128);
+    ValueError if it is not one or two positive integers."""
+    parts = [p.strip() for p in str(text).replace("x", ",").split(",")]
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{text!r} is not an image size: one side (96) or height,width (96,128)")
+    sizes = [int(p) for p in parts]
+    return (sizes[0], sizes[-1])
+
+
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 1024
+
+
+def check_image_size(size, flag="--image_size"):
+    if not all(MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE for side in size):
+        raise UserError(f"{flag} {size[0]},{size[1]} is out of range: each side from "
+                        f"{MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels")
+    return size
+
+
+def resize_split(split, image_size):
+    """``split`` with every image brought to ``image_size`` by the one resize rule."""
+    from PIL import Image
+
+    from fnet_tf.device.run_tflite import fit_image
+
+    images = np.stack([np.asarray(fit_image(Image.fromarray(im), *image_size), np.uint8)
+                       for im in split.images])
+    return Split(images, split.labels)
+
+
+RESIZE_RULE = ("resized (bilinear) so the shorter side fits, then center-cropped; images "
+               "already at the size are untouched")
 
 
 def check_source(source):
@@ -275,12 +315,17 @@ def _find_tree_root(path, shown):
 def _decode_tree(root, image_size):
     from PIL import Image
 
+    from fnet_tf.device.run_tflite import fit_image
+
     classes = tuple(sorted(d for d in os.listdir(os.path.join(root, "train"))
                            if os.path.isdir(os.path.join(root, "train", d))))
     test_classes = tuple(sorted(d for d in os.listdir(os.path.join(root, "test"))
                                 if os.path.isdir(os.path.join(root, "test", d))))
     if not classes:
         raise UserError(f"dataset {root!r}: train/ has no class folders")
+    if len(classes) < 2:
+        raise UserError(f"dataset {root!r} has one class ({classes[0]}): a classifier needs at "
+                        f"least two class folders in train/ and test/")
     if classes != test_classes:
         missing = sorted(set(classes) ^ set(test_classes))
         raise UserError(f"dataset {root!r}: train/ and test/ have different class folders "
@@ -296,10 +341,7 @@ def _decode_tree(root, image_size):
                     with Image.open(os.path.join(folder, name)) as im:  # header only
                         if im.width * im.height > MAX_IMAGE_PIXELS:
                             raise ValueError("more pixels than MAX_IMAGE_PIXELS")
-                        im = im.convert("RGB")
-                        if im.size != (image_size[1], image_size[0]):
-                            im = im.resize((image_size[1], image_size[0]), Image.BILINEAR)
-                        images.append(np.asarray(im, np.uint8))
+                        images.append(np.asarray(fit_image(im, *image_size), np.uint8))
                         labels.append(label)
                 except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
                     skipped.append(os.path.join(split, cls, name))
@@ -345,8 +387,12 @@ def _dataset_from_arrays(a, source):
 
 # --- augmentation and batching -------------------------------------------------------------
 
-def augment_batch(images, rng, pad=4, flip=True, cutout=0):
-    """Standard CIFAR augmentation on a uint8 batch: pad-and-crop, horizontal flip, cutout.
+CROP_MODES = {"zeros": "constant", "reflect": "reflect"}  # --crop_mode -> numpy's pad mode
+
+
+def augment_batch(images, rng, pad=4, flip=True, cutout=0, pad_mode="zeros"):
+    """Standard CIFAR augmentation on a uint8 batch: pad-and-crop (``pad_mode`` zeros, or
+    reflect as airbench translates), horizontal flip, cutout.
 
     Vectorised numpy (one fancy-indexing gather for the crops), so a whole epoch costs well
     under a second on one core.
@@ -354,7 +400,8 @@ def augment_batch(images, rng, pad=4, flip=True, cutout=0):
     n, h, w, _ = images.shape
     out = images
     if pad:
-        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)),
+                        mode=CROP_MODES[pad_mode])
         oy = rng.integers(0, 2 * pad + 1, n)
         ox = rng.integers(0, 2 * pad + 1, n)
         rows = (oy[:, None] + np.arange(h))[:, :, None]
@@ -381,15 +428,29 @@ def epoch_order(n, seed, epoch):
     return np.random.default_rng([seed, epoch, 0]).permutation(n)
 
 
-def epoch_batches(split, batch_size, *, seed, epoch, augment=True, cutout=0):
-    """Yield the (images uint8, labels int32) batches of one training epoch."""
+REFERENCE_SIDE = 32  # --crop_pad and --cutout are in pixels of a 32x32 image
+
+
+def scaled_to(pixels, image_shape):
+    """A length given at 32x32 (``--crop_pad``, ``--cutout``) at this image size: scaled with
+    the shorter side, so 4 pixels of padding at 32 are 12 at 96."""
+    return int(round(pixels * min(image_shape[:2]) / REFERENCE_SIDE))
+
+
+def epoch_batches(split, batch_size, *, seed, epoch, augment=True, cutout=0, crop_pad=4,
+                  crop_mode="zeros"):
+    """Yield the (images uint8, labels int32) batches of one training epoch. ``cutout`` and
+    ``crop_pad`` are pixels at 32x32, scaled to the images' size (``scaled_to``)."""
+    shape = split.images.shape[1:3]
+    cutout, crop_pad = scaled_to(cutout, shape), scaled_to(crop_pad, shape)
     order = epoch_order(len(split), seed, epoch)
     rng = np.random.default_rng([seed, epoch, 1])
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         images = split.images[idx]
         if augment:
-            images = augment_batch(images, rng, cutout=cutout)
+            images = augment_batch(images, rng, pad=crop_pad, cutout=cutout,
+                                   pad_mode=crop_mode)
         yield images, split.labels[idx]
 
 

@@ -74,8 +74,9 @@ def parse_space(text, model="factorizenet"):
     return [list(levels)] * stages, widths
 
 
-def candidates(model, per_stage, widths, max_macs=None, max_params=None):
-    """Analytic rows of every distinct network in the space within the budgets."""
+def candidates(model, per_stage, widths, max_macs=None, max_params=None, image_size=None):
+    """Analytic rows of every distinct network in the space within the budgets, for
+    ``image_size`` inputs (default 32x32)."""
     from fnet_tf import architectures
     from fnet_tf.spec import summarize
 
@@ -87,7 +88,7 @@ def candidates(model, per_stage, widths, max_macs=None, max_params=None):
         for combo in combos:
             combo = tuple(min(lvl, top) for lvl in combo)  # above top: depthwise, the same net
             level = architectures.parse_level(combo) if len(set(combo)) > 1 else combo[0]
-            spec = architectures.model_spec(model, level, width)
+            spec = architectures.model_spec(model, level, width, image_size)
             if spec.blocks in seen:  # e.g. levels above a stage's depthwise point
                 continue
             seen.add(spec.blocks)
@@ -95,6 +96,7 @@ def candidates(model, per_stage, widths, max_macs=None, max_params=None):
             if (max_macs and cost["macs"] > max_macs) or (max_params and cost["params"] > max_params):
                 continue
             rows.append({"model": model, "level": level, "width": width, "spec": spec.name,
+                         "image_size": "x".join(map(str, spec.input_shape[:2])),
                          "macs": cost["macs"], "params": cost["params"]})
     return rows
 
@@ -162,7 +164,10 @@ def _convert_all(model, rows, images, label):
 def _spec(row):
     from fnet_tf import architectures
 
-    return architectures.model_spec(row["model"], row["level"], row["width"])
+    from fnet_tf import data as data_lib
+
+    size = data_lib.parse_image_size(row["image_size"]) if row.get("image_size") else None
+    return architectures.model_spec(row["model"], row["level"], row["width"], size)
 
 
 def _predicted_choice(model, every, images, peer_content, probes, count, latency_runs, out):
@@ -232,17 +237,21 @@ def write_report(out, state):
 
 def run(text, model, out, data, peer, *, max_macs=None, max_params=None, max_candidates=60,
         calibration_images=200, latency_runs=200, cache_dir=None, with_released=True, passes=1,
-        probes=0):
-    """The design-space step (see the module docstring); returns the table's rows."""
+        probes=0, image_size=None):
+    """The design-space step (see the module docstring) for ``image_size`` inputs (default
+    32x32; the released models, all 32x32, are timed beside only at that size); returns the
+    table's rows."""
     from fnet_tf import benchmark, data as data_lib, zoo
 
     per_stage, widths = parse_space(text, model)
     if not peer or not os.path.isfile(peer):
         raise UserError("--design_space needs --peer, the reference INT8 .tflite to time against")
-    every = candidates(model, per_stage, widths, max_macs, max_params)
+    every = candidates(model, per_stage, widths, max_macs, max_params, image_size)
     if not every:
         raise UserError("no design within --max_macs/--max_params: widen the budgets")
-    dataset = data_lib.load(data, cache_dir=cache_dir)
+    size = tuple(image_size or (32, 32))
+    dataset = data_lib.load(data, cache_dir=cache_dir, image_size=size)
+    with_released = with_released and size == (32, 32)
     images = dataset.train.images[:calibration_images]
     with open(peer, "rb") as f:
         peer_content = f.read()

@@ -83,11 +83,14 @@ def interpreter(content, delegates=False, num_threads=1, preserve_all_tensors=Fa
 
     resolver = (OpResolverType.AUTO if delegates
                 else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    from fnet_tf.device.run_tflite import XNNPACK_NOTICE, stderr_filtered
+
     try:
-        it = Interpreter(model_content=bytes(content), num_threads=num_threads,
-                         experimental_op_resolver_type=resolver,
-                         experimental_preserve_all_tensors=preserve_all_tensors)
-        it.allocate_tensors()
+        with stderr_filtered([XNNPACK_NOTICE]):
+            it = Interpreter(model_content=bytes(content), num_threads=num_threads,
+                             experimental_op_resolver_type=resolver,
+                             experimental_preserve_all_tensors=preserve_all_tensors)
+            it.allocate_tensors()
         # Read every name and detail now: a damaged file can hold names that are not UTF-8,
         # which LiteRT would only trip over later, deep inside an analysis.
         it.get_input_details(), it.get_output_details(), it.get_tensor_details()

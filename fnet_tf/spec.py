@@ -108,8 +108,8 @@ class MaxPool:
     def map_convs(self, fn, cin):
         return self, cin
 
-    def cost(self, shape):
-        return (*_out_hw(shape, self.size), shape[-1]), Cost()
+    def cost(self, shape):  # Keras' 'valid' pooling floors: 25x25 -> 12x12
+        return (shape[0] // self.size, shape[1] // self.size, shape[-1]), Cost()
 
     def build(self, x, ctx, name):
         return ctx.keras.layers.MaxPooling2D(self.size, name=f"{name}_pool")(x)
@@ -222,6 +222,53 @@ class ConvHead:
 
     def build(self, x, ctx, name):
         return layers.conv_bn(x, self.filters, 1, name=name, keras=ctx.keras, init=ctx.init)
+
+
+@dataclass(frozen=True)
+class WhiteningStem:
+    """airbench's frozen whitening stem (``layers.whitening_stem``): a kxk 'valid' conv to
+    ``2 * k * k * C_in`` channels, then GELU. A teacher's block: never factorized or scaled."""
+
+    kernel: int = 2
+
+    def map_convs(self, fn, cin):
+        return self, 2 * self.kernel * self.kernel * cin
+
+    def cost(self, shape):
+        h, w, cin = shape
+        filters = 2 * self.kernel * self.kernel * cin
+        oh, ow = h - self.kernel + 1, w - self.kernel + 1
+        weights = self.kernel * self.kernel * cin * filters
+        return (oh, ow, filters), Cost(macs=oh * ow * weights, params=weights + filters,
+                                       weights=weights, biases=filters)
+
+    def build(self, x, ctx, name):
+        return layers.whitening_stem(x, self.kernel, name=name, keras=ctx.keras)
+
+
+@dataclass(frozen=True)
+class ConvPoolGroup:
+    """airbench's block (``layers.conv_pool_group``): conv 3x3 -> 2x2 max pool -> BN -> GELU ->
+    conv 3x3 -> BN -> GELU, BN without a scale. Width scaling reaches ``filters``."""
+
+    filters: int
+
+    def map_convs(self, fn, cin):
+        conv = fn(Conv(self.filters, 3, factorizable=False), cin)
+        return replace(self, filters=conv.filters), conv.filters
+
+    def cost(self, shape):
+        h, w, cin = shape
+        ph, pw = h // 2, w // 2  # MaxPooling2D 'valid' floors
+        first, second = 9 * cin * self.filters, 9 * self.filters * self.filters
+        macs = h * w * first + ph * pw * second
+        bn = 2 * 3 * self.filters  # beta, moving mean and variance; no gamma
+        return (ph, pw, self.filters), Cost(macs=macs, params=first + second + bn,
+                                            weights=first + second, biases=2 * self.filters)
+
+    def build(self, x, ctx, name):
+        return layers.conv_pool_group(x, self.filters, name=name, keras=ctx.keras,
+                                      init=ctx.init)
 
 
 def basic_block(filters, stride=1, in_channels=None):

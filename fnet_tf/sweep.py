@@ -49,6 +49,8 @@ flags.DEFINE_integer("first_seed", 0, "First seed: add seeds to a finished sweep
 flags.DEFINE_list("init", ["he_normal"], "Kernel initializers to compare (a sweep dimension).")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("val_split", 5000, "Training images held out for validation.")
+flags.DEFINE_string("image_size", None, "Input size of every point (as fnet_tf.train "
+                    "--image_size; default 32x32).")
 flags.DEFINE_integer("threads", 0, "CPU threads for training (0: all); INT8 timing uses 1.")
 flags.DEFINE_string("float_from", None, "Directory of Keras 3 float runs "
                     "(tools/accel_float.sh output): import <model>-l<level>/ instead of "
@@ -111,6 +113,17 @@ def plan_points(out, model, designs, inits, seeds):
             for lvl, width in designs for init in inits for seed in seeds]
 
 
+def _image_size():
+    from fnet_tf import data as data_lib
+
+    if not FLAGS.image_size:
+        return None
+    try:
+        return data_lib.check_image_size(data_lib.parse_image_size(FLAGS.image_size))
+    except ValueError as e:
+        raise UserError(f"--image_size {e}") from None
+
+
 def train_args(point):
     args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(point.level),
             "--width", str(point.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
@@ -120,6 +133,8 @@ def train_args(point):
             "--verbose", "2"]
     if FLAGS.cache_dir:
         args += ["--cache_dir", FLAGS.cache_dir]
+    if FLAGS.image_size:
+        args += ["--image_size", FLAGS.image_size]
     if FLAGS.recipe_flags:
         args += ["--flagfile", os.path.abspath(FLAGS.recipe_flags)]
     if FLAGS.float_from:
@@ -181,6 +196,7 @@ def run_point(point, index, total):
 def _validate():
     if not FLAGS.out:
         raise UserError("--out is required: the sweep directory, e.g. sweeps/factorizenet")
+    _image_size()  # fails fast if malformed
     if FLAGS.select or FLAGS.report:
         return
     if FLAGS.design_space:
@@ -232,7 +248,8 @@ def main(argv):
                          max_candidates=FLAGS.max_candidates,
                          calibration_images=FLAGS.calibration_images,
                          latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir,
-                         passes=FLAGS.latency_passes, probes=FLAGS.latency_probes)
+                         passes=FLAGS.latency_passes, probes=FLAGS.latency_probes,
+                         image_size=_image_size())
         return 0
     if not FLAGS.report:
         from fnet_tf import architectures, data as data_lib
@@ -269,7 +286,10 @@ def main(argv):
     return 0
 
 
-console = cli.entry_point(main)  # the fnet-sweep command
+console = cli.entry_point(  # the fnet-sweep command
+    main, usage="fnet-sweep --out DIR --data D [flags]   (python -m fnet_tf.sweep in a checkout)",
+    common=("model", "levels", "width", "data", "out", "epochs", "qat_epochs", "seeds",
+            "recipe_flags", "peer", "image_size", "threads", "report", "select"))
 
 if __name__ == "__main__":
     console()

@@ -4,8 +4,9 @@
     python export/to_tflite.py model.keras --data ../shared/data/cifar10-jpeg.tar.gz  # checkout
 
 TARGET is a run directory (its QAT model when QAT is done, else post-training quantization
-of its float model) or any Keras CNN as a .keras/.h5 file or SavedModel directory (post-
-training quantization). Calibration uses the training split, never test. The file is
+of its float model), any Keras CNN as a .keras/.h5 file or SavedModel directory (post-
+training quantization), or a released model's float weights, ``zoo:factorizenet-l7``
+(``--scheme ptq`` or ``ptq_per_tensor``; writes ./factorizenet-l7_int8.tflite). Calibration uses the training split, never test. The file is
 verified with the LiteRT interpreter (int8 input/output, builtin ops only, no float tensor)
 and written atomically; a failed check is a one-line error (``--allow_float``: a warning).
 """
@@ -74,7 +75,14 @@ def _resolve(target):
     if FLAGS.scheme != "auto" and get_scheme(FLAGS.scheme).qat:
         raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
                         f"exported with --scheme ptq or ptq_per_tensor")
-    model = artifacts.load_model(target, FLAGS.trust_model_code)
+    from fnet_tf import zoo
+
+    name = zoo.released_name(target)
+    if name is not None:  # a released model's float weights, quantized again
+        model = zoo.keras_model(name)
+        target = os.path.join(os.getcwd(), name)  # the default output: ./NAME_int8.tflite
+    else:
+        model = artifacts.load_model(target, FLAGS.trust_model_code)
     if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
         from fnet_tf.export import with_input_transform
 
@@ -121,7 +129,7 @@ def _agreement(model, content, dataset, run, scheme):
 
 def main(argv):
     if len(argv) != 2:
-        raise UserError("usage: python export/to_tflite.py RUN_DIR_OR_MODEL [flags]")
+        raise UserError("usage: python export/to_tflite.py RUN_DIR_OR_MODEL_OR_zoo:NAME [flags]")
     if FLAGS.calibration_samples <= 0:
         raise UserError(f"--calibration_samples must be positive, got {FLAGS.calibration_samples}")
     if FLAGS.min_agreement is not None:
@@ -131,7 +139,9 @@ def main(argv):
         if FLAGS.check_images <= 0:
             raise UserError("--min_agreement needs --check_images N (N > 0) to measure it")
     target = argv[1]
-    if not os.path.exists(target):
+    from fnet_tf import zoo
+
+    if zoo.released_name(target) is None and not os.path.exists(target):
         raise UserError(f"{target!r} does not exist: pass a run directory, a .keras/.h5 file or a "
                         f"SavedModel directory")
     from fnet_tf import data as data_lib
@@ -170,7 +180,10 @@ def main(argv):
         float_out = os.path.join(os.path.dirname(out), float_name)
         float_model = (model if not scheme.qat
                        else artifacts.float_model(run, FLAGS.trust_model_code))
-        fileio.write_bytes(float_out, export.convert_float32(float_model))
+        float_content = export.convert_float32(float_model)
+        if classes:  # every file the exporter writes carries its labels
+            float_content = export.attach_labels(float_content, classes)
+        fileio.write_bytes(float_out, float_content)
         written.append(float_out)
     from fnet_tf.analysis.bit_budget import bit_budget
 
@@ -190,13 +203,18 @@ def main(argv):
              if agreement is not None else "")
           + "".join(f"\nwrote {path} (float32, for the layer-wise comparison)"
                     for path in written[1:]))
-    if run is not None:
-        run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name, agreement=agreement,
-                     calibration_samples=FLAGS.calibration_samples)
+    # a file written outside the run directory (--out elsewhere) is the user's, not the run's:
+    # run.json lists only the run directory's own files
+    if run is not None and all(run.inside(os.path.relpath(p, run.path)) for p in written):
+        run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name,
+                     agreement=agreement, calibration_samples=FLAGS.calibration_samples)
     return 0
 
 
-console = cli.entry_point(main)  # the fnet-export command
+console = cli.entry_point(  # the fnet-export command
+    main, usage="fnet-export RUN_DIR | MODEL_FILE | zoo:NAME [flags]   (python "
+                "export/to_tflite.py in a checkout)",
+    common=("data", "out", "scheme", "check_images", "float32", "min_agreement"))
 
 if __name__ == "__main__":
     console()

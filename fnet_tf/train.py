@@ -29,7 +29,8 @@ cli.define_level(0)
 cli.define_width()
 flags.DEFINE_string("data", "cifar10", "'cifar10' (tensorflow-datasets), an image-folder tree, "
                     "or its .tar.gz/.zip, e.g. ../shared/data/cifar10-jpeg.tar.gz.")
-flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>-l<level>).")
+flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>-l<level>, with "
+                    "-HxW for another --image_size and -finetuned with --init_from).")
 flags.DEFINE_string("cache_dir", None, "Where archives are extracted and decoded images cached "
                     "(default $FNET_TF_CACHE or ~/.cache/fnet_tf).")
 flags.DEFINE_integer("val_split", 5000, "Training images held out for validation (0: none).")
@@ -45,6 +46,11 @@ flags.DEFINE_string("teacher", None, "Distill float training from this model's l
 flags.DEFINE_float("kd_alpha", 0.5, "--teacher: weight of the distillation term (0: plain "
                    "cross-entropy).")
 flags.DEFINE_float("kd_temperature", 4.0, "--teacher: softmax temperature of the distillation.")
+flags.DEFINE_integer("teacher_bank", 0, "--teacher: compute its logits once for this many "
+                     "augmented epochs, kept in the cache and reused by every student (student "
+                     "epoch e trains on bank epoch e mod N); 0: run the teacher on every batch.")
+flags.DEFINE_enum("teacher_tta", "none", ["none", "flip"], "--teacher: its logits as they are, "
+                  "or the mean over the image and its mirror (flip test-time augmentation).")
 flags.DEFINE_enum("qat_recipe", "finetune", ["finetune", "scratch", "statassist"],
                   "finetune: float to convergence (--epochs), then QAT at a lower LR; scratch: QAT "
                   "from initialized weights (--epochs 0); statassist: a short float warm-up "
@@ -64,6 +70,12 @@ flags.DEFINE_float("weight_decay", None, "Decoupled weight decay, Keras semantic
                    "0.05 for adamw).")
 flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the cross-entropy.")
 flags.DEFINE_integer("cutout", 0, "Cutout square side in pixels (0: off).")
+flags.DEFINE_integer("crop_pad", 4, "Random crops of each training image padded by this many "
+                     "pixels (0: no crops).")
+flags.DEFINE_enum("crop_mode", "zeros", ["zeros", "reflect"], "What --crop_pad pads with: "
+                  "zeros, or the image's reflection (airbench's translate).")
+flags.DEFINE_bool("lookahead", False, "airbench's lookahead: the weights move to their moving "
+                  "average every 5,120 images, with a decay growing as the cube of progress.")
 flags.DEFINE_integer("seed", 0, "Seed of the weights, data order and augmentation.")
 flags.DEFINE_string("init", "he_normal", "Kernel initializer of convs and dense: a Keras name "
                     "(he_normal, glorot_uniform, ...) or a naive fixed-range one, normal_stdS or "
@@ -95,11 +107,21 @@ flags.DEFINE_float("dbq_temperature_end", 0.01, "--qat_scheme dbq: the temperatu
                    "QAT (validation and export always use the hard step).")
 flags.DEFINE_string("dbq_anneal", "exponential", "--qat_scheme dbq: the temperature schedule "
                     "over the QAT steps, exponential or linear.")
+flags.DEFINE_integer("qat_calibration_images", 512, "Before QAT's first step, set its activation "
+                     "ranges from this many training images run through the float model (0: "
+                     "TF-MOT's [-6, 6] start, which a short QAT on a small dataset never leaves).")
 flags.DEFINE_float("qat_lr", None, "Peak QAT learning rate (default --lr / 20); cosine to 0, "
                    "no warm-up.")
-flags.DEFINE_string("init_from", None, "Float model to start from instead of training one "
-                    "(with --epochs 0): a run directory, a .keras file, or the --out directory "
-                    "of python -m fnet_tf.keras3_float (float weights trained in Keras 3).")
+flags.DEFINE_string("init_from", None, "Trained float weights to start from: a released model "
+                    "(zoo:factorizenet-l3), a run directory, a .keras/.h5 file (tf_keras or "
+                    "Keras 3) or the --out directory of python -m fnet_tf.keras3_float. With "
+                    "--epochs N they are fine-tuned (a new classifier where the classes differ); "
+                    "with --epochs 0 they are the float model as they are (QAT only).")
+flags.DEFINE_integer("freeze_epochs", 0, "With --init_from: train only the classifier for this "
+                     "many epochs first (the rest frozen), then the whole model for --epochs.")
+flags.DEFINE_string("image_size", None, "Input size: 96 or height,width (96,128). Images are "
+                    "resized so the shorter side fits, then center-cropped. Default: 32x32, or "
+                    "the input size of the --init_from model.")
 flags.DEFINE_bool("layer_stats", True, "Record layer-wise weight/activation statistics after "
                   "every epoch (layer_stats.jsonl, TensorBoard histograms).")
 flags.DEFINE_bool("evaluate_test", True, "Measure the test split once at the end of each phase. "
@@ -130,15 +152,20 @@ def validate_flags():
          f"--weight_decay must be 0 or more, got {FLAGS.weight_decay}"),
         (0 <= FLAGS.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {FLAGS.label_smoothing}"),
         (FLAGS.cutout >= 0, f"--cutout must be 0 or more, got {FLAGS.cutout}"),
+        (FLAGS.crop_pad >= 0, f"--crop_pad must be 0 or more, got {FLAGS.crop_pad}"),
         (FLAGS.warmup_epochs >= 0, f"--warmup_epochs must be 0 or more, got {FLAGS.warmup_epochs}"),
         (FLAGS.qat_epochs >= 0, f"--qat_epochs must be 0 or more, got {FLAGS.qat_epochs}"),
         (FLAGS.qat_lr is None or FLAGS.qat_lr > 0, f"--qat_lr must be positive, got {FLAGS.qat_lr}"),
+        (FLAGS.qat_calibration_images >= 0, f"--qat_calibration_images must be 0 or more, got "
+         f"{FLAGS.qat_calibration_images}"),
         (FLAGS.epochs > 0 or FLAGS.qat_epochs > 0, "--epochs and --qat_epochs are both 0: "
          "nothing to train"),
         (FLAGS.evaluate_test or FLAGS.val_split > 0, "--evaluate_test=false records validation "
          "accuracy instead of test accuracy: pass --val_split N (N > 0) with it"),
-        (FLAGS.init_from is None or FLAGS.epochs == 0, "--init_from replaces float training: "
-         "pass --epochs 0 with it"),
+        (FLAGS.freeze_epochs >= 0, f"--freeze_epochs must be 0 or more, got {FLAGS.freeze_epochs}"),
+        (FLAGS.freeze_epochs == 0 or (FLAGS.init_from and FLAGS.epochs > 0),
+         "--freeze_epochs trains a new classifier on trained weights: pass --init_from SOURCE "
+         "and --epochs N (N > 0)"),
         (0 <= FLAGS.kd_alpha <= 1, f"--kd_alpha must be in [0, 1], got {FLAGS.kd_alpha}"),
         (FLAGS.kd_temperature > 0, f"--kd_temperature must be positive, got {FLAGS.kd_temperature}"),
         (FLAGS.teacher is None or os.path.exists(FLAGS.teacher),
@@ -146,6 +173,9 @@ def validate_flags():
          f"Keras 3 --out directory"),
         (FLAGS.teacher is None or FLAGS.epochs > 0 or FLAGS.statassist_epochs,
          "--teacher distills float training: pass --epochs N (N > 0)"),
+        (FLAGS.teacher_bank >= 0, f"--teacher_bank must be 0 or more, got {FLAGS.teacher_bank}"),
+        (FLAGS.teacher or not (FLAGS.teacher_bank or FLAGS.teacher_tta != "none"),
+         "--teacher_bank and --teacher_tta need --teacher"),
         (FLAGS.gradboost_clip > 0, f"--gradboost_clip must be positive, got {FLAGS.gradboost_clip}"),
         (0 <= FLAGS.gradboost_decay < 1, f"--gradboost_decay must be in [0, 1), got "
          f"{FLAGS.gradboost_decay}"),
@@ -171,6 +201,54 @@ def validate_flags():
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    image_size()  # fails fast if malformed
+
+
+def image_size():
+    """--image_size as (height, width), or None when not given."""
+    from fnet_tf import data as data_lib
+
+    if FLAGS.image_size is None:
+        return None
+    try:
+        return data_lib.check_image_size(data_lib.parse_image_size(FLAGS.image_size))
+    except ValueError as e:
+        raise UserError(f"--image_size {e}") from None
+
+
+def input_size():
+    """The input size to train at: --image_size; else, for --init_from a run directory (or its
+    model), the size that run trained at; else None (32x32). A model of the user's own keeps
+    its input size (``_train`` checks it)."""
+    size = image_size()
+    source = FLAGS.init_from
+    if size or not source or (os.path.isfile(source) and
+                              os.path.basename(source) != "model_float.keras"):
+        return size
+    from fnet_tf.artifacts import is_run_dir
+    from fnet_tf.rundir import RunDir
+
+    folder = source if os.path.isdir(source) else os.path.dirname(source)
+    recorded = (RunDir(folder).config() or {}).get("image_size") if is_run_dir(folder) else None
+    return tuple(recorded) if recorded else None
+
+
+def model_fields():
+    """(model, level, width) of the architecture to train: the flags', or, for
+    ``--init_from zoo:NAME``, the released model's (flags given with it must agree)."""
+    from fnet_tf import zoo
+
+    name = zoo.released_name(FLAGS.init_from)
+    if name is None:
+        return FLAGS.model, FLAGS.level, FLAGS.width
+
+    released = zoo.metrics(name)  # UserError listing the released names if unknown
+    fields = (released["model"], released["level"], released.get("width", 1.0))
+    for key, value in zip(("model", "level", "width"), fields):
+        if FLAGS[key].present and str(getattr(FLAGS, key)) != str(value):
+            raise UserError(f"--init_from zoo:{name} is {key} {value!r}, not --{key} "
+                            f"{getattr(FLAGS, key)!r}: drop --{key}")
+    return fields
 
 
 def float_epochs():
@@ -186,6 +264,8 @@ def recipe_from_flags():
         epochs=float_epochs(), batch_size=FLAGS.batch_size, optimizer=FLAGS.optimizer,
         gradboost_clip=FLAGS.gradboost_clip, gradboost_decay=FLAGS.gradboost_decay,
         kd_alpha=FLAGS.kd_alpha if FLAGS.teacher else 0.0, kd_temperature=FLAGS.kd_temperature,
+        teacher_bank=FLAGS.teacher_bank if FLAGS.teacher else 0,
+        teacher_tta=FLAGS.teacher_tta if FLAGS.teacher else "none",
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"],
         schedule=FLAGS.schedule,
         warmup=("ramp" if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_warmup == "ramp"
@@ -193,7 +273,8 @@ def recipe_from_flags():
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
                       else defaults["weight_decay"]),
-        label_smoothing=FLAGS.label_smoothing, cutout=FLAGS.cutout, seed=FLAGS.seed)
+        label_smoothing=FLAGS.label_smoothing, cutout=FLAGS.cutout, crop_pad=FLAGS.crop_pad,
+        crop_mode=FLAGS.crop_mode, lookahead=FLAGS.lookahead, seed=FLAGS.seed)
 
 
 def qat_recipe(recipe):
@@ -201,21 +282,59 @@ def qat_recipe(recipe):
     from scratch: the float recipe's peak LR and warm-up, restarted."""
     if FLAGS.qat_recipe != "finetune":
         lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr
-        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup="capped")
+        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup="capped", lookahead=False)
     lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
-    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0, warmup="capped")
+    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0, warmup="capped",
+                   lookahead=False)  # lookahead is a float-training recipe (airbench's)
+
+
+def recorded_flags():
+    """A run directory with progress remembers how it was started: every flag not given on the
+    command line takes its value from DIR/config.json, so ``fnet-train --run_dir DIR`` (the
+    command every hint prints) resumes it, and ``--run_dir DIR --qat_epochs 3`` adds QAT to
+    it. A run without progress (failed before its first epoch) takes the command line as it
+    is. Returns whether recorded values were used."""
+    if not FLAGS.run_dir or not os.path.isfile(os.path.join(FLAGS.run_dir, "config.json")):
+        return False
+    from fnet_tf.rundir import RunDir
+
+    run = RunDir(FLAGS.run_dir)
+    if not run.has_progress():
+        return False
+    own = {f.name for f in FLAGS.get_key_flags_for_module(__name__)}
+    filled = []
+    for key, value in (run.config() or {}).items():
+        if key in own and key not in RESUMABLE_ANYWAY and not FLAGS[key].present:
+            if key == "image_size" and isinstance(value, list):
+                value = ",".join(map(str, value))
+            try:  # through the flag's own parser: a config.json may come from someone else
+                value = None if value is None else FLAGS[key].parser.parse(value)
+            except (ValueError, TypeError) as e:
+                raise UserError(f"{run.file('config.json')} records --{key}={value!r:.60}, which "
+                                f"is not a valid value ({e}): pass --{key} yourself, or a new "
+                                f"--run_dir") from None
+            if FLAGS[key].value != value:
+                FLAGS[key].value = value
+                filled.append(key)
+    if filled:
+        print(f"{FLAGS.run_dir}: flags not given are its recorded settings (config.json)",
+              flush=True)
+    return bool(filled)
 
 
 def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: fnet_tf.train takes flags only")
+    recorded_flags()
     validate_flags()
     from fnet_tf import architectures, data as data_lib, distribute
     from fnet_tf.rundir import RunDir
 
-    spec = architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)  # fails fast if unknown
+    spec = architectures.model_spec(*model_fields(), input_size())  # fails fast if unknown
     data_lib.check_source(FLAGS.data)
-    run_path = FLAGS.run_dir or os.path.join("runs", spec.name)
+    h, w = spec.input_shape[:2]
+    run_path = FLAGS.run_dir or os.path.join("runs", spec.name + (
+        "" if (h, w) == (32, 32) else f"-{h}x{w}") + ("-finetuned" if FLAGS.init_from else ""))
     with distribute.writable_run_path(run_path, FLAGS.distribute, FLAGS.worker_dir) as (path, task):
         if task:
             print(f"multi-worker: this process is {task}; " + (
@@ -229,7 +348,10 @@ def _train(spec, run):
     from fnet_tf.quantization import get_scheme
 
     recipe = recipe_from_flags()
-    config = {"model": FLAGS.model, "level": FLAGS.level, "width": FLAGS.width,
+    model, level, width = model_fields()
+    config = {"model": model, "level": level, "width": width,
+              "image_size": list(input_size()) if input_size() else None,
+              "init_from": FLAGS.init_from, "freeze_epochs": FLAGS.freeze_epochs,
               "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
               "teacher": os.path.abspath(FLAGS.teacher) if FLAGS.teacher else None,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
@@ -245,11 +367,13 @@ def _train(spec, run):
                             f"export it with export/to_tflite.py --scheme {scheme.name}")
         qrecipe = qat_recipe(recipe)
         config.update(qat_epochs=FLAGS.qat_epochs, qat_scheme=FLAGS.qat_scheme, qat_lr=qrecipe.lr,
-                      qat_recipe=FLAGS.qat_recipe,
-                      qat_options=scheme.options,
-                      init_from=FLAGS.init_from)
+                      qat_recipe=FLAGS.qat_recipe, qat_options=scheme.options,
+                      qat_calibration_images=FLAGS.qat_calibration_images)
     init_source = _check_init_from(FLAGS.init_from, run) if FLAGS.init_from else None
-    run.bind_config(config, ignore=RESUMABLE_ANYWAY)  # before TensorFlow loads: fails in a second
+    # before TensorFlow loads, so a changed flag fails in a second; nothing is written until the
+    # data has loaded and checked out, so a run that fails before its first epoch is no trap
+    run.check_config(config, ignore=RESUMABLE_ANYWAY,
+                     resume_command=f"fnet-train --run_dir {run.path} (its recorded settings)")
 
     need_float = not run.is_complete("float")
     need_qat = FLAGS.qat_epochs > 0 and not run.is_complete("qat")
@@ -279,10 +403,21 @@ def _train(spec, run):
         users_model = (artifacts.load_keras_model(init_source, FLAGS.trust_model_code)
                        if need_float else  # a Keras 3 file: its tf_keras twin
                        artifacts.float_model(run, FLAGS.trust_model_code))
-    image_size = tuple(users_model.input_shape[1:3]) if users_model is not None else (32, 32)
+    size = tuple(spec.input_shape[:2])
+    if users_model is not None:
+        size = tuple(users_model.input_shape[1:3])
+        if image_size() and image_size() != size:
+            raise UserError(f"--init_from {init_source} takes {size[0]}x{size[1]} images, not "
+                            f"--image_size {FLAGS.image_size}: drop --image_size (a model of "
+                            f"your own keeps its input size)")
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split,
-                            image_size=image_size)
+                            image_size=size)
+    run.bind_config(config, ignore=RESUMABLE_ANYWAY)
     print(dataset.describe(), flush=True)
+    print(f"images at {size[0]}x{size[1]}: {data_lib.RESIZE_RULE}; training crops padded by "
+          f"{data_lib.scaled_to(recipe.crop_pad, size)} px ({recipe.crop_mode})"
+          + (f", cutout {data_lib.scaled_to(recipe.cutout, size)} px" if recipe.cutout else ""),
+          flush=True)
     if users_model is not None:  # the user's architecture, not a registered spec
         spec = None
         print(f"{users_model.name} (from {init_source}): params {users_model.count_params():,}, "
@@ -297,10 +432,13 @@ def _train(spec, run):
     with strategy.scope():
         float_model = None
         if need_float:
-            if users_model is not None:
+            if users_model is not None and recipe.epochs == 0:
                 float_model = _float_from_users_model(users_model, init_source, run, dataset)
-            elif init_source:
+            elif init_source and recipe.epochs == 0:
                 float_model = _float_from(init_source, run, dataset, spec)
+            elif init_source:
+                start = _start_model(init_source, users_model, spec, dataset)
+                float_model = _train_float(spec, dataset, recipe, run, verbose, start)
             elif FLAGS.qat_recipe == "scratch":
                 float_model = _float_initialized(spec, dataset, run)
             else:
@@ -318,8 +456,11 @@ def _check_init_from(path, run):
     from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
     from fnet_tf.rundir import RunDir
 
+    from fnet_tf import zoo
     from fnet_tf.portable_weights import RESULT, WEIGHTS, read_result
 
+    if zoo.released_name(path) is not None:  # its architecture is the spec (model_fields)
+        return path
     if os.path.isfile(os.path.join(path, RESULT)):  # float weights trained in Keras 3
         if not os.path.isfile(os.path.join(path, WEIGHTS)):
             raise UserError(f"--init_from {path} has no {WEIGHTS}: its Keras 3 training did not "
@@ -400,7 +541,58 @@ def _training_form(spec):
     return "block_diagonal" if spec is not None and has_grouped_convs(spec) else "native"
 
 
-def _train_float(spec, dataset, recipe, run, verbose):
+def _start_model(source, users_model, spec, dataset):
+    """The float model fine-tuning starts from (``fnet_tf.finetune``), described in one line."""
+    from fnet_tf import finetune
+    from fnet_tf.backend import keras
+    from fnet_tf.spec import build_model
+
+    num_classes = len(dataset.classes)
+    if users_model is not None:
+        start = finetune.users_model_start(users_model, num_classes, source, FLAGS.seed)
+    else:
+        arrays, classes, description = _source_weights(source)
+        head_bias = arrays.get(f"{finetune.HEAD}/1")
+        keep = (list(classes) == list(dataset.classes) if classes is not None
+                else head_bias is not None and head_bias.shape == (num_classes,))
+        keras.utils.set_random_seed(FLAGS.seed)  # the new classifier's draw
+        model = finetune.copy_by_name(arrays, build_model(spec, kernel_initializer=FLAGS.init),
+                                      keep)
+        start = finetune.Start(model, source, finetune.head_text(keep, num_classes), description)
+    print(f"[float] fine-tuning from {start.description}; classifier: {start.head}", flush=True)
+    return start
+
+
+def _source_weights(source):
+    """({'<layer>/<i>': array}, the classes they predict or None, a description) of an
+    --init_from that names a registered architecture's weights."""
+    from fnet_tf import portable_weights, zoo
+
+    name = zoo.released_name(source)
+    if name is not None:
+        released = zoo.metrics(name)  # its float weights, checked against the card's sha256
+        arrays = portable_weights.weights_by_layer(zoo.keras_model(name))
+        return arrays, released.get("classes"), (
+            f"released model {name}'s float weights "
+            f"({released.get('float_weights', {}).get('source', 'released')})")
+    if source.endswith(".npz"):
+        classes = portable_weights.read_result(os.path.dirname(source)).get("classes")
+        return portable_weights.read_weights(source), classes, f"Keras 3 float weights {source}"
+    from fnet_tf.artifacts import load_keras_model
+
+    model = load_keras_model(source, FLAGS.trust_model_code)
+    classes = None
+    run_dir = os.path.dirname(os.path.abspath(source))
+    if os.path.basename(source) == "model_float.keras":
+        from fnet_tf.rundir import RunDir
+
+        classes = (RunDir(run_dir).read_json(RunDir.METRICS, {}).get("float") or {}).get("classes")
+    return portable_weights.weights_by_layer(model), classes, f"{source}"
+
+
+def _train_float(spec, dataset, recipe, run, verbose, start=None):
+    """Float training from scratch, or, with ``start`` (``fnet_tf.finetune.Start``), from its
+    model: the classifier alone first for --freeze_epochs, then everything."""
     from fnet_tf.grouped import transfer_weights
     from fnet_tf.spec import build_model
     from fnet_tf.training import fit_phase
@@ -409,21 +601,48 @@ def _train_float(spec, dataset, recipe, run, verbose):
 
     keras.utils.set_random_seed(recipe.seed)  # --seed decides the initial weights too
     form = _training_form(spec)
-    model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
+    if start is None:
+        model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
+        from fnet_tf import teacher_init
+
+        if teacher_init.prepare(model, dataset.train.images, recipe.seed):  # a resume overwrites
+            print("[float] whitening stem set from the training images; group convs dirac-"
+                  "initialised", flush=True)
+    else:
+        model = start.model
+        if form != "native":
+            model = transfer_weights(model, build_model(spec, grouped_form=form))
+        if FLAGS.freeze_epochs and not _train_head(model, dataset, recipe, run, verbose):
+            print(f"stopped; resume with the same command (run directory {run.path})")
+            return None
     statassist = FLAGS.qat_recipe == "statassist"
     if statassist:
-        print(f"[float] StatAssist warm-up: {recipe.epochs} epoch(s); the weights and the "
-              f"optimizer state carry into QAT", flush=True)
-    teacher = None
+        print(f"[float] StatAssist warm-up: {cli.count(recipe.epochs, 'epoch')}; the weights "
+              f"and the optimizer state carry into QAT", flush=True)
+    teacher = bank = None
     if FLAGS.teacher:
         from fnet_tf.distill import load_teacher
 
         teacher = load_teacher(FLAGS.teacher, len(dataset.classes), FLAGS.trust_model_code)
+        if tuple(teacher.input_shape[1:3]) != dataset.image_shape[:2]:
+            h, w = teacher.input_shape[1:3]
+            raise UserError(f"--teacher {FLAGS.teacher} takes {h}x{w} images, the student "
+                            f"{dataset.image_shape[0]}x{dataset.image_shape[1]}: distill from a "
+                            f"teacher of the student's input size")
+        if recipe.teacher_bank and recipe.kd_alpha > 0:
+            from fnet_tf.logit_bank import LogitBank
+
+            bank = LogitBank(teacher, FLAGS.teacher, dataset.train, dataset.source, recipe,
+                             recipe.teacher_bank, recipe.teacher_tta, FLAGS.cache_dir)
+            teacher = None
+            print(f"[float] teacher logits from a bank of "
+                  f"{cli.count(recipe.teacher_bank, 'augmented epoch')} in {bank.folder}",
+                  flush=True)
         print(f"[float] distilling from {FLAGS.teacher} (alpha {recipe.kd_alpha:g}, temperature "
               f"{recipe.kd_temperature:g})", flush=True)
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
                      callbacks=_stats_callbacks(run, "float", dataset), boost=not statassist,
-                     teacher=teacher):
+                     teacher=teacher, bank=bank):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return None
     extra = []
@@ -431,8 +650,29 @@ def _train_float(spec, dataset, recipe, run, verbose):
         extra = [_save_optimizer_state(run, model)]
     if form != "native":  # what is saved and exported is the native grouped model
         model = transfer_weights(model, build_model(spec, kernel_initializer=FLAGS.init))
-    _finish_float(model, dataset, spec, run, extra_artifacts=extra, epochs=recipe.epochs)
+    started = {} if start is None else {
+        "init_from": start.source, "started_from": start.description, "classifier": start.head,
+        "freeze_epochs": FLAGS.freeze_epochs}
+    if spec is None:
+        started["params"] = model.count_params()
+    _finish_float(model, dataset, spec, run, extra_artifacts=extra, epochs=recipe.epochs,
+                  **started)
     return model
+
+
+def _train_head(model, dataset, recipe, run, verbose):
+    """--freeze_epochs: the classifier alone (phase 'head', resumable like the others), at the
+    float recipe's peak LR without warm-up."""
+    from fnet_tf import finetune
+    from fnet_tf.training import fit_phase
+
+    before = finetune.freeze_body(model)
+    print(f"[head] training the classifier alone for {cli.count(FLAGS.freeze_epochs, 'epoch')}",
+          flush=True)
+    head = replace(recipe, epochs=FLAGS.freeze_epochs, warmup_epochs=0.0, lookahead=False)
+    done = fit_phase("head", model, dataset, head, run, verbose=verbose)
+    finetune.restore_trainable(model, before)
+    return done
 
 
 OPTIMIZER_STATE = "statassist_optimizer.npz"
@@ -469,8 +709,11 @@ def _float_initialized(spec, dataset, run):
     from fnet_tf.backend import keras
     from fnet_tf.spec import build_model
 
+    from fnet_tf import teacher_init
+
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(spec, kernel_initializer=FLAGS.init)
+    teacher_init.prepare(model, dataset.train.images, FLAGS.seed)  # airbench_whitened's stem
     _finish_float(model, dataset, spec, run, epochs=0, initialized_only=True)
     return model
 
@@ -497,14 +740,29 @@ def _float_from_users_model(model, path, run, dataset):
 
 
 def _float_from(path, run, dataset, spec):
+    from fnet_tf import zoo
     from fnet_tf.artifacts import load_keras_model
 
+    name = zoo.released_name(path)
+    if name is not None:  # the released float model itself, for QAT or PTQ
+        released = zoo.metrics(name).get("classes")
+        if released is not None and list(released) != list(dataset.classes):
+            raise UserError(f"released model {name} predicts {len(released)} other classes than "
+                            f"the data's {len(dataset.classes)}: pass --epochs N to fine-tune it "
+                            f"with a new classifier")
+        model = zoo.keras_model(name, image_size=spec.input_shape[:2])
+        _finish_float(model, dataset, spec, run, epochs=0, init_from=path)
+        return model
     if path.endswith(".npz"):  # Keras 3 float weights: into the tf_keras model of the spec
         return _float_from_keras3(path, run, dataset, spec)
     model = load_keras_model(path, FLAGS.trust_model_code)
     if model.output_shape[-1] != len(dataset.classes):
         raise UserError(f"--init_from {path} predicts {model.output_shape[-1]} classes but the "
                         f"data has {len(dataset.classes)}")
+    if tuple(model.input_shape[1:3]) != tuple(spec.input_shape[:2]):
+        h, w = model.input_shape[1:3]
+        raise UserError(f"--init_from {path} takes {h}x{w} images and --epochs 0 uses it as it "
+                        f"is: drop --image_size, or fine-tune it at the new size with --epochs N")
     _finish_float(model, dataset, spec, run, epochs=0, init_from=os.path.abspath(path))
     return model
 
@@ -539,6 +797,26 @@ def _quantized(scheme, model):
                         f"export/to_tflite.py MODEL --data DIR)") from None
 
 
+def _calibrate_ranges(float_model, dataset, batch_size):
+    """on_fresh_start of QAT: its activation ranges from --qat_calibration_images training
+    images (``fnet_tf.quantization.range_calibration``), not TF-MOT's [-6, 6]."""
+    def calibrate(model, optimizer):
+        import numpy as np
+
+        from fnet_tf.quantization.range_calibration import calibrate as set_ranges
+
+        count = min(FLAGS.qat_calibration_images, len(dataset.train))
+        if not count:
+            return
+        pick = np.sort(np.random.default_rng([FLAGS.seed, 3]).choice(
+            len(dataset.train), count, replace=False))
+        ranges = set_ranges(model, float_model, dataset.train.images[pick], batch_size)
+        print(f"[qat] {cli.count(ranges, 'activation range')} set from "
+              f"{cli.count(count, 'training image')} (mean batch range of the float model)",
+              flush=True)
+    return calibrate
+
+
 def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     from fnet_tf import artifacts, fileio
     from fnet_tf.grouped import transfer_weights
@@ -552,12 +830,19 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     if form != "native":
         trainable = transfer_weights(float_model, build_model(spec, grouped_form=form))
     model = _quantized(scheme, trainable)
-    print(f"[qat] scheme {scheme.name}: {scheme.description}; {recipe.epochs} epochs at peak lr "
-          f"{recipe.lr:g}", flush=True)
+    print(f"[qat] scheme {scheme.name}: {scheme.description}; {cli.count(recipe.epochs, 'epoch')} "
+          f"at peak lr {recipe.lr:g}", flush=True)
     carry = _carry_optimizer_state(run) if FLAGS.qat_recipe == "statassist" else None
+    calibrate = _calibrate_ranges(trainable, dataset, recipe.batch_size)
+
+    def fresh_start(model, optimizer):
+        calibrate(model, optimizer)
+        if carry is not None:
+            carry(model, optimizer)
+
     if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose,
                      callbacks=[*scheme.callbacks(), *_stats_callbacks(run, "qat", dataset)],
-                     on_fresh_start=carry):
+                     on_fresh_start=fresh_start):
         print(f"stopped; resume with the same command (run directory {run.path})")
         return False
     if form != "native":  # saved QAT weights are those of the native grouped QAT model
@@ -574,7 +859,10 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     return True
 
 
-console = cli.entry_point(main)  # the fnet-train command
+console = cli.entry_point(  # the fnet-train command
+    main, usage="fnet-train [flags]   (python -m fnet_tf.train in a checkout)",
+    common=("model", "level", "width", "data", "run_dir", "epochs", "qat_epochs", "batch_size",
+            "lr", "init_from", "image_size", "freeze_epochs", "teacher", "seed", "threads"))
 
 if __name__ == "__main__":
     console()

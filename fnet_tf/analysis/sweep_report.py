@@ -441,7 +441,8 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
         raise UserError(f"no finished sweep runs in {out}/runs: run the sweep first")
     source = data or runs[0][0]["data"]
     data_lib.check_source(source)
-    dataset = data_lib.load(source, cache_dir=cache_dir)
+    size = runs[0][0].get("image_size") or (32, 32)
+    dataset = data_lib.load(source, cache_dir=cache_dir, image_size=tuple(size))
     rows, peer_row = collect_rows(out, dataset, latency_runs, peer)
     fileio.write_text(os.path.join(out, "sweep.csv"),
                       _csv_text(rows + ([peer_row] if peer_row else [])))

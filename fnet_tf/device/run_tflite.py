@@ -15,14 +15,16 @@ outputs. That is how an arm64 board is checked against x86 (tools/arm64_check.py
 Copy this one file and the model to a Raspberry Pi or Android (Termux) and
 ``pip install ai-edge-litert numpy Pillow`` (or use ``tflite_runtime`` where that is what
 the device has). Images of any size are resized (shorter side) and center-cropped to the
-model's input; the input quantization (scale, zero point) is read from the model, so raw
+model's input (``fit_image``: the rule training used too); the input quantization (scale, zero point) is read from the model, so raw
 pixels become ``pixel / scale + zero_point`` (``pixel - 128`` for fnet_tf's int8 models).
 Class names come from the ``labels.txt`` that fnet_tf's exporter appends to the file (a zip
 after the flatbuffer), from ``--labels FILE``, or are shown as indices.
 """
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import time
 import zipfile
 
@@ -44,6 +46,31 @@ class RunError(Exception):
     """A mistake to report as one line (exit code 2)."""
 
 
+XNNPACK_NOTICE = "Created TensorFlow Lite XNNPACK delegate for CPU"  # LiteRT's, on every load
+
+
+@contextlib.contextmanager
+def stderr_filtered(known_lines):
+    """Capture file descriptor 2 (C++ libraries write there directly, past Python's
+    sys.stderr) into a temporary file, then write back every captured line that contains none
+    of ``known_lines``. For the known harmless notices of TensorFlow and LiteRT only: a crash
+    inside the block loses its message, so keep blocks short."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not any(known in line for known in known_lines):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def load_interpreter(path, threads, xnnpack=True):
     if not os.path.isfile(path):
         raise RunError(f"model {path!r} does not exist")
@@ -59,8 +86,9 @@ def load_interpreter(path, threads, xnnpack=True):
             from tflite_runtime.interpreter import OpResolverType
         options["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        interpreter = Interpreter(model_path=path, num_threads=threads, **options)
-        interpreter.allocate_tensors()
+        with stderr_filtered([XNNPACK_NOTICE]):  # LiteRT's INFO line between the results
+            interpreter = Interpreter(model_path=path, num_threads=threads, **options)
+            interpreter.allocate_tensors()
         details = interpreter.get_input_details()  # names of a damaged file may not decode
         interpreter.get_output_details()
     except (ValueError, RuntimeError) as e:  # UnicodeDecodeError is a ValueError
@@ -111,6 +139,23 @@ def read_labels(path, labels_file=None):
                          f"the labels.txt embedded in {path!r}")
 
 
+def fit_image(im, height, width):
+    """THE resize rule of fnet_tf, on a PIL image: RGB, then resized (bilinear) so its shorter
+    side fits the model's input, then center-cropped to ``height`` x ``width``; an image of the
+    right size is untouched. Training data, calibration, evaluation (``fnet_tf.data``) and this
+    runner all use it, so a model meets on the device the pixels it was trained on."""
+    from PIL import Image
+
+    im = im.convert("RGB")
+    if im.size == (width, height):
+        return im
+    scale = max(height / im.height, width / im.width)
+    size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
+    im = im.resize(size, Image.BILINEAR)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return im.crop((left, top, left + width, top + height))
+
+
 def load_image(path, height, width):
     from PIL import Image, UnidentifiedImageError
 
@@ -121,13 +166,7 @@ def load_image(path, height, width):
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise RunError(f"image {path!r} declares {im.width}x{im.height} pixels, over the "
                                f"limit of {MAX_IMAGE_PIXELS:,}: refusing to decode it")
-            im = im.convert("RGB")
-            scale = max(height / im.height, width / im.width)
-            size = (max(width, round(im.width * scale)), max(height, round(im.height * scale)))
-            im = im.resize(size, Image.BILINEAR)
-            left, top = (size[0] - width) // 2, (size[1] - height) // 2
-            im = im.crop((left, top, left + width, top + height))
-            return np.asarray(im, np.float32)
+            return np.asarray(fit_image(im, height, width), np.float32)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as e:
         raise RunError(f"{path!r} is not a readable image ({e.__class__.__name__})")
@@ -341,7 +380,7 @@ def main(argv=None):
                         default=DEFAULT_MAX_BATCH_MB, metavar="MB",
                         help="refuse a --batch or --compare-with file whose arrays declare more "
                              "than this many MB (checked before anything is decompressed)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options anywhere: model --top 3 a.jpg b.jpg
     try:
         if args.threads < 1:
             raise RunError(f"--threads must be 1 or more, got {args.threads}")
@@ -358,8 +397,9 @@ def main(argv=None):
                       args.max_batch_mb)
         if args.benchmark:
             r = benchmark(interpreter, args.benchmark)
-            print(f"latency over {r['runs']} invokes, {args.threads} thread(s): p50 {r['p50']:.3f} "
-                  f"ms, p90 {r['p90']:.3f} ms, p99 {r['p99']:.3f} ms, mean {r['mean']:.3f} ms")
+            threads = f"{args.threads} thread" + ("" if args.threads == 1 else "s")
+            print(f"latency over {r['runs']} invokes, {threads}: p50 {r['p50']:.3f} ms, p90 "
+                  f"{r['p90']:.3f} ms, p99 {r['p99']:.3f} ms, mean {r['mean']:.3f} ms")
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
