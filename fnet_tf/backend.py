@@ -4,9 +4,26 @@ Every module that builds or trains a model takes Keras from here, so that no cod
 build a Keras 3 model by accident (TF-MOT's ``quantize_model`` rejects those).
 """
 import fnet_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from fnet_tf.device.run_tflite import stderr_filtered
 
-import tensorflow as tf
-import tf_keras as keras
+# TensorFlow's C++ start-up lines print before its logging is initialised, so
+# TF_CPP_MIN_LOG_LEVEL does not reach them: a oneDNN notice, and on a machine without a CUDA
+# driver "no CUDA driver" (INFO) and the failed cuInit probe that follows from it (ERROR); a
+# machine with a working driver prints neither. They are filtered out of stderr while
+# TensorFlow loads and probes its devices; any other line passes through.
+KNOWN_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+)
+
+
+with stderr_filtered(KNOWN_STARTUP_NOISE):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    tf.config.list_physical_devices()  # the CUDA probe runs here, inside the filter
 
 __all__ = ["tf", "keras", "configure_threads"]
 

@@ -35,5 +35,6 @@ def run_streamed(args, prefix):
             print(f"{prefix} | {line}", flush=True)
             last = line
     if proc.wait() != 0:
-        raise UserError(f"{prefix}: step failed ({last}); fix it and re-run the same command "
-                        f"to resume")
+        raise UserError(f"{prefix}: step failed ({last}); fix that and re-run this command "
+                        f"with the fix: finished steps are kept, a point that never trained an "
+                        f"epoch starts again")

@@ -9,7 +9,16 @@ from absl import app, flags, logging
 
 from fnet_tf.errors import UserError
 
+# The define_* helpers below define flags for the command that calls them: absl then lists
+# them under that command's --help, not under this module.
+flags.disclaim_key_flags()
+
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
+
+
+def count(n, noun):
+    """``1 epoch``, ``3 epochs``: a count with its noun in the right number (regular plurals)."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def define_trust_model_code():
@@ -19,6 +28,8 @@ def define_trust_model_code():
         flags.DEFINE_bool("trust_model_code", False, "Load a Keras model even if it holds Python "
                           "code (a Lambda or custom layer) or a SavedModel with file ops. Only "
                           "for files you made: such a file runs its code on this machine.")
+    else:  # another command defined it first: list it under this one's --help too
+        flags.declare_key_flag("trust_model_code")
 
 
 class _LevelParser(flags.ArgumentParser):
@@ -105,19 +116,64 @@ def _fail(message):
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
-def _parse_flags(argv):
+def _flag_line(flag):
+    import textwrap
+
+    name = f"--[no]{flag.name}" if flag.boolean else f"--{flag.name}"
+    if flag.default is None:
+        default = ""
+    elif flag.boolean:
+        default = f" (default: {str(flag.default).lower()})"
+    else:
+        shown = ",".join(map(str, flag.default)) if isinstance(flag.default, list) else flag.default
+        default = f" (default: {shown})"
+    text = " ".join(flag.help.split())
+    return "\n".join(textwrap.wrap(f"{name}: {text}{default}", 96, initial_indent="  ",
+                                    subsequent_indent="      "))
+
+
+def help_text(module, usage="", common=()):
+    """The flags a command defines (absl's own --help lists none when the command runs as a
+    console script, whose main module is a wrapper), ``common`` ones first, then the rest in
+    alphabetical order, then the flags every command takes."""
+    doc = (sys.modules[module].__doc__ or "").strip() if module in sys.modules else ""
+    own = {f.name: f for f in flags.FLAGS.get_key_flags_for_module(module)}
+    if module != "__main__":
+        own.update({f.name: f for f in flags.FLAGS.get_key_flags_for_module("__main__")})
+    lines = [doc.split("\n\n")[0] if doc else "", ""] if doc else []
+    if usage:
+        lines += [f"usage: {usage}", ""]
+    first = [own[name] for name in common if name in own]
+    rest = sorted((f for name, f in own.items() if name not in common), key=lambda f: f.name)
+    if first:
+        lines += ["Common flags:"] + [_flag_line(f) for f in first] + [""]
+    if rest:
+        lines += [("More flags:" if first else "Flags:")] + [_flag_line(f) for f in rest] + [""]
+    lines.append("Every command also takes --flagfile FILE (flags from a file) and --debug "
+                 "(full tracebacks); --helpfull lists TensorFlow's and absl's own flags too.")
+    return "\n".join(lines)
+
+
+def _parse_flags(argv, module, usage, common):
+    if any(arg in ("--help", "-help", "-h", "-?", "--helpshort") for arg in argv[1:]):
+        try:
+            print(help_text(module, usage, common))
+        except BrokenPipeError:  # `fnet-train --help | head`
+            pass
+        sys.exit(0)
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
-        _fail(f"{e} (see --helpshort)")
-    except SystemExit as e:  # absl exits 1 after printing --help; asking for help is no error
+        _fail(f"{e} (see --help)")
+    except SystemExit as e:  # absl exits 1 after printing --helpfull; asking is no error
         if e.code == 1 and any(arg in HELP_FLAGS for arg in argv[1:]):
             sys.exit(0)
         raise
 
 
-def run(main):
-    """``app.run(main)``, with UserError turned into a one-line message and exit code 2."""
+def run(main, usage="", common=()):
+    """``app.run(main)``, with UserError turned into a one-line message and exit code 2, and a
+    ``--help`` that lists the command's flags (``help_text``: ``common`` first)."""
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines are noise here
@@ -131,9 +187,9 @@ def run(main):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
-    app.run(guarded, flags_parser=_parse_flags)
+    app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, main.__module__, usage, common))
 
 
-def entry_point(main):
+def entry_point(main, usage="", common=()):
     """The console command (``setup.py``'s entry points) that runs ``main`` like ``run``."""
-    return lambda: run(main)
+    return lambda: run(main, usage, common)

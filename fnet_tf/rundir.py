@@ -119,23 +119,52 @@ class RunDir:
     def config(self):
         return self.read_json(self.CONFIG)
 
+    def has_progress(self):
+        """Whether the run holds anything a restart would lose: a completed step or an epoch
+        checkpoint. A run that failed before its first epoch has none."""
+        if self.manifest()["steps"]:
+            return True
+        root = self.file("checkpoints")
+        return os.path.isdir(root) and any(
+            os.path.isdir(os.path.join(root, phase)) and os.listdir(os.path.join(root, phase))
+            for phase in os.listdir(root))
+
+    def config_changes(self, config, ignore=()):
+        """The settings (but ``ignore``) that ``config`` changes in the stored config.json."""
+        stored = self.config() or {}
+        return sorted(k for k in set(stored) & set(config)
+                      if k not in ignore and stored[k] != config[k])
+
+    def check_config(self, config, ignore=(), resume_command="the flags it was started with"):
+        """Before any work: refuse ``config`` if it changes the settings of a run that has
+        progress (UserError naming the changes and ``resume_command``). Writes nothing."""
+        differ = self.config_changes(config, ignore)
+        if differ and self.has_progress():
+            stored = self.config()
+            shown = ", ".join(f"--{k}={stored[k]!r} (now {config[k]!r})" for k in differ[:4])
+            raise UserError(f"run directory {self.path} was made with other settings: {shown}; "
+                            f"resume it with {resume_command}, or pass a new --run_dir")
+
     def bind_config(self, config, ignore=()):
         """Write ``config`` for a new run, or check it against the stored one on a resume.
 
-        Settings present in both must be equal (except ``ignore``); settings new to this
-        invocation (say, QAT flags added to a finished float run) are added.
+        Settings present in both must be equal (except ``ignore``), unless the run never
+        completed an epoch: then it starts again with the new settings (a note says so).
+        Settings new to this invocation (say, QAT flags added to a finished float run) are
+        added.
         """
         stored = self.config()
         if stored is None:
             os.makedirs(self.path, exist_ok=True)
             fileio.write_json(self.file(self.CONFIG), config)
             return
-        differ = sorted(k for k in set(stored) & set(config)
-                        if k not in ignore and stored[k] != config[k])
+        differ = self.config_changes(config, ignore)
         if differ:
-            shown = ", ".join(f"--{k}={stored[k]!r} (now {config[k]!r})" for k in differ[:4])
-            raise UserError(f"run directory {self.path} was made with other settings: {shown}; "
-                            f"re-run with the same flags to resume, or pass a new --run_dir")
+            self.check_config(config, ignore)
+            print(f"note: {self.path} never completed an epoch: starting it again with the new "
+                  f"settings ({', '.join('--' + k for k in differ[:4])})", flush=True)
+            fileio.write_json(self.file(self.CONFIG), config)
+            return
         added = {k: v for k, v in config.items() if k not in stored}
         if added:
             fileio.write_json(self.file(self.CONFIG), {**stored, **added})
