@@ -69,7 +69,7 @@ def test_device_scripts_are_single_files_and_the_checkout_paths_reach_them(scrip
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert "fnet_tf" not in imported and "tensorflow" not in imported, imported
-    assert imported <= {"argparse", "copy", "io", "os", "sys", "tempfile", "time", "zipfile",
+    assert imported <= {"argparse", "contextlib", "copy", "io", "os", "sys", "tempfile", "time", "zipfile",
                         "numpy", "ai_edge_litert", "tflite_runtime", "PIL", "flatbuffers"}, imported
     checkout = os.path.join(REPO, "export", script)
     assert os.path.realpath(checkout) == os.path.realpath(packaged)

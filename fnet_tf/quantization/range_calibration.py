@@ -11,7 +11,12 @@ activation above 6 is clipped: on 100 handwritten digits, ResNet-8's INT8 top-1 
 ``calibrate`` starts each range where its moving average converges instead: the mean over
 calibration batches of each batch's range, as TF-MOT computes it (min(batch min, 0),
 max(batch max, 0)), measured on the float model's layer of the same name (a QAT wrapper
-``quant_X`` quantizes the output of layer ``X``).
+``quant_X`` quantizes the output of layer ``X``). The float model runs in training mode, as
+QAT does when it updates the averages (BN normalises with the batch's statistics: a model
+whose moving statistics have not converged, such as StatAssist's short float warm-up, would
+give ranges in the tens of thousands in inference mode); its weights, BN's moving statistics
+included, are restored afterwards. A range that is not finite or has no width keeps TF-MOT's
+start.
 """
 import numpy as np
 
@@ -46,14 +51,18 @@ def batch_ranges(float_model, layer_names, images, batch_size):
     probe = keras.Model(float_model.inputs, outputs)
     lows = {name: [] for name in layer_names}
     highs = {name: [] for name in layer_names}
-    for start in range(0, len(images), batch_size):
-        values = probe(images[start:start + batch_size].astype(np.float32), training=False)
-        if len(layer_names) == 1:
-            values = [values]
-        for name, value in zip(layer_names, values):
-            value = np.asarray(value)
-            lows[name].append(min(float(value.min()), 0.0))
-            highs[name].append(max(float(value.max()), 0.0))
+    saved = float_model.get_weights()  # training mode moves BN's statistics: put them back
+    try:
+        for start in range(0, len(images), batch_size):
+            values = probe(images[start:start + batch_size].astype(np.float32), training=True)
+            if len(layer_names) == 1:
+                values = [values]
+            for name, value in zip(layer_names, values):
+                value = np.asarray(value)
+                lows[name].append(min(float(value.min()), 0.0))
+                highs[name].append(max(float(value.max()), 0.0))
+    finally:
+        float_model.set_weights(saved)
     return {name: (float(np.mean(lows[name])), float(np.mean(highs[name])))
             for name in layer_names}
 
@@ -69,6 +78,8 @@ def calibrate(qat_model, float_model, images, batch_size):
     count = 0
     for name in names:
         low, high = ranges[name]
+        if not (np.isfinite(low) and np.isfinite(high) and high - low > 1e-6):
+            continue  # TF-MOT's [-6, 6] start
         for variable in variables[name]["min"]:
             variable.assign(np.full(variable.shape, low, np.float32))
             count += 1
