@@ -103,7 +103,7 @@ def main(argv):
     summary = (f"# A Keras 3 CNN: float vs PTQ vs QAT INT8\n\n"
                f"{results['params']:,} params, Keras {results['keras']} (TensorFlow backend), "
                f"{FLAGS.epochs} float epochs, {FLAGS.qat_epochs} QAT epochs (fnet_tf.train "
-               f"--init_from model.keras), {FLAGS.threads} thread(s); data {FLAGS.data} "
+               f"--init_from model.keras), {FLAGS.threads} thread{'' if FLAGS.threads == 1 else 's'}; data {FLAGS.data} "
                f"(45,000 train, all 10,000 test images; INT8 with LiteRT).\n\n"
                f"| model | top-1 |\n| --- | ---: |\n"
                f"| Keras 3 float | {float_top1:.2%} |\n"

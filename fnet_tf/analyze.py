@@ -78,13 +78,11 @@ class Target:
         """A float .tflite beside a bare int8 file (x_int8.tflite -> x_float32.tflite)."""
         if self.run is not None:
             return None
+        from fnet_tf.export import float_reference_name
+
         folder, base = os.path.split(os.path.abspath(self.tflite))
-        for name in (base.replace("_int8", "_float32"), base.replace("int8", "float32"),
-                     "model_float32.tflite"):
-            path = os.path.join(folder, name)
-            if name != base and os.path.isfile(path):
-                return path
-        return None
+        path = os.path.join(folder, float_reference_name(base))
+        return path if os.path.isfile(path) else None
 
     def is_ptq(self):
         """Whether the run's model_int8.tflite was post-training quantized (no QAT)."""
@@ -205,7 +203,7 @@ def time_ops(target):
 def write_op_latency(rows, name, out):
     from fnet_tf.analysis import op_latency
 
-    op_latency.write(rows, out, f"{name}: each op timed alone ({FLAGS.threads} thread(s))")
+    op_latency.write(rows, out, f"{name}: each op timed alone ({cli.count(FLAGS.threads, 'thread')})")
 
 
 def _op_latency_lines(metrics, rows):
@@ -225,6 +223,12 @@ def _op_latency_lines(metrics, rows):
     return lines + ["", "![op latency](op_latency.png)", ""]
 
 
+def share(value):
+    """A share as a percentage, or "n/a" for a figure that was not measured (top-5 of a model
+    with five classes or fewer)."""
+    return "n/a" if value is None else f"{value:.2%}"
+
+
 def report(metrics, rows, note, out, op_rows=None):
     from fnet_tf import fileio
 
@@ -232,11 +236,11 @@ def report(metrics, rows, note, out, op_rows=None):
     lines = [f"# Analysis of {metrics['model']}", "",
              f"- file: `{metrics['file']}` ({metrics['size_bytes']:,} bytes, fully int8: "
              f"{metrics['fully_int8']})",
-             f"- accuracy: top-1 {metrics['accuracy_top1']:.2%}, top-5 {metrics['accuracy_top5']:.2%} "
-             f"on {metrics['num_images']} images of {metrics['data']['source']} ({metrics['data']['split']})",
-             f"- latency (LiteRT, {lat['threads']} thread(s), XNNPACK {metrics['xnnpack']}): p50 "
+             f"- accuracy: top-1 {metrics['accuracy_top1']:.2%}, top-5 {share(metrics['accuracy_top5'])} "
+             f"on {cli.count(metrics['num_images'], 'image')} of {metrics['data']['source']} ({metrics['data']['split']})",
+             f"- latency (LiteRT, {cli.count(lat['threads'], 'thread')}, XNNPACK {metrics['xnnpack']}): p50 "
              f"{lat['p50']:.3f} ms, p90 {lat['p90']:.3f} ms, p99 {lat['p99']:.3f} ms, mean "
-             f"{lat['mean']:.3f} ms over {lat['runs']} invokes",
+             f"{lat['mean']:.3f} ms over {cli.count(lat['runs'], 'invoke')}",
              f"- params {metrics['params']:,}, MACs {metrics['macs']:,}, peak activation memory "
              f"{metrics['peak_activation_bytes']:,} bytes",
              f"- input {metrics['input']['dtype']} {metrics['input']['shape']}, scale "
@@ -290,6 +294,8 @@ def main(argv):
         raise UserError("usage: python -m fnet_tf.analyze RUN_DIR_OR_TFLITE [...] [--data D] [--out DIR]")
     if FLAGS.threads < 1:
         raise UserError(f"--threads must be 1 or more, got {FLAGS.threads}")
+    if FLAGS.latency_runs < 1:
+        raise UserError(f"--latency_runs must be 1 or more, got {FLAGS.latency_runs}")
     if FLAGS.limit is not None and FLAGS.limit < 1:
         raise UserError(f"--limit must be positive, got {FLAGS.limit}")
     if FLAGS.evolution:
@@ -308,29 +314,28 @@ def main(argv):
     data_lib.check_source(source)
     from fnet_tf import benchmark, export, fileio
 
-    for t in targets:
-        tensors = export.interpreter(t.content).get_tensor_details()  # a corrupt file fails here
-        if not any(np.dtype(d["dtype"]) == np.int8 for d in tensors):
+    interpreters = [export.interpreter(t.content) for t in targets]  # a corrupt file fails here
+    for t, it in zip(targets, interpreters):
+        if not any(np.dtype(d["dtype"]) == np.int8 for d in it.get_tensor_details()):
             raise UserError(f"{t.name} is a float .tflite (no int8 tensor): fnet-analyze measures "
                             f"INT8 files (export one with fnet-export); a float file serves only "
                             f"as the layer-wise reference, x_float32.tflite beside x_int8.tflite")
     from fnet_tf.analysis import plots
     from fnet_tf.analysis.op_latency import kinds_of
 
-    sizes = {tuple(export.interpreter(t.content).get_input_details()[0]["shape"][1:3])
-             for t in targets}
+    sizes = {tuple(it.get_input_details()[0]["shape"][1:3]) for it in interpreters}
     if len(sizes) > 1:
         raise UserError(f"the models take different input sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes))}): "
                         f"analyze models of one input size together")
     dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, image_size=sizes.pop())
-    for t in targets:
-        outputs = int(export.interpreter(t.content).get_output_details()[0]["shape"][-1])
+    for t, it in zip(targets, interpreters):
+        outputs = int(it.get_output_details()[0]["shape"][-1])
         if outputs != len(dataset.classes):
             raise UserError(f"{t.name} predicts {outputs} classes but {dataset.source} has "
                             f"{len(dataset.classes)}: pass the dataset the model was trained on")
     started = time.time()
     results = [measure(t, dataset) for t in targets]
-    print(f"timing {len(targets)} model(s), interleaved", file=sys.stderr, flush=True)
+    print(f"timing {cli.count(len(targets), 'model')}, interleaved", file=sys.stderr, flush=True)
     probes = [content for content, _ in benchmark.peak_probes().values()]
     latencies = benchmark.latency([t.content for t in targets] + probes, FLAGS.threads,
                                   FLAGS.latency_runs)
@@ -374,7 +379,7 @@ def main(argv):
     entries = [{"name": m["model"], "macs": m["macs"], "latency_p50": m["latency_ms"]["p50"],
                 "accuracy_top1": m["accuracy_top1"]} for m in results]
     plots.comparison(entries, os.path.join(out, "comparison.png"),
-                     f"INT8 models on {dataset.source} (latency interleaved, {FLAGS.threads} thread(s))")
+                     f"INT8 models on {dataset.source} (latency interleaved, {cli.count(FLAGS.threads, 'thread')})")
     if FLAGS.op_latency:
         for t, m in zip(targets, results):
             op_rows, m["latency_by_op"] = time_ops(t)
@@ -383,7 +388,7 @@ def main(argv):
         plots.op_latency_by_kind(
             [{"name": m["model"], "by_kind": k} for m, k in zip(results, by_kind)],
             kinds_of(by_kind), os.path.join(out, "op_latency_by_kind.png"),
-            f"Where the time goes ({FLAGS.threads} thread(s), each op timed alone)")
+            f"Where the time goes ({cli.count(FLAGS.threads, 'thread')}, each op timed alone)")
     layers_text = compare_layers(targets, dataset, out) if FLAGS.compare_layers else ""
     fileio.write_json(os.path.join(out, "comparison.json"), results)
     fileio.write_text(os.path.join(out, "comparison.md"), _table(results) + "\n" + (
@@ -432,8 +437,8 @@ def plot_evolution(paths):
     out = FLAGS.out or os.path.join(paths[0], "analysis")
     name = os.path.basename(os.path.abspath(paths[0]))
     plots.evolution(entries, os.path.join(out, "evolution.png"),
-                    f"{name}: layer ranges over {len(entries)} epochs")
-    print(f"wrote {os.path.join(out, 'evolution.png')} ({len(entries)} epochs)")
+                    f"{name}: layer ranges over {cli.count(len(entries), 'epoch')}")
+    print(f"wrote {os.path.join(out, 'evolution.png')} ({cli.count(len(entries), 'epoch')})")
     return 0
 
 
@@ -567,7 +572,7 @@ def _table(results):
     lines = ["| model | top-1 | top-5 | MACs (M) | params | KiB | p50 ms | vs first |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for m in results:
-        lines.append(f"| {m['model']} | {m['accuracy_top1']:.2%} | {m['accuracy_top5']:.2%} | "
+        lines.append(f"| {m['model']} | {m['accuracy_top1']:.2%} | {share(m['accuracy_top5'])} | "
                      f"{m['macs'] / 1e6:.2f} | {m['params']:,} | {m['size_bytes'] / 1024:.1f} | "
                      f"{m['latency_ms']['p50']:.3f} | {m['latency_ms']['p50'] / base:.2f}x |")
     return "\n".join(lines)

@@ -3,11 +3,13 @@
 User mistakes (``UserError``, bad flag values) become one line on stderr and exit code 2;
 ``--debug`` shows the traceback instead.
 """
+import signal
 import sys
 
 from absl import app, flags, logging
 
 from fnet_tf.errors import UserError
+from fnet_tf.wording import count  # noqa: F401  (cli.count: the commands' spelling)
 
 # The define_* helpers below define flags for the command that calls them: absl then lists
 # them under that command's --help, not under this module.
@@ -15,10 +17,6 @@ flags.disclaim_key_flags()
 
 flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of one line.")
 
-
-def count(n, noun):
-    """``1 epoch``, ``3 epochs``: a count with its noun in the right number (regular plurals)."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def define_trust_model_code():
@@ -171,12 +169,26 @@ def _parse_flags(argv, module, usage, common):
         raise
 
 
+def _note_interrupts():
+    """A list that gets an entry at each Ctrl-C (SIGINT still raises KeyboardInterrupt as
+    Python's own handler does); left alone where SIGINT is ignored or handled already."""
+    seen = []
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        def on_sigint(signum, frame):
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_sigint)
+    return seen
+
+
 def run(main, usage="", common=()):
     """``app.run(main)``, with UserError turned into a one-line message and exit code 2, and a
     ``--help`` that lists the command's flags (``help_text``: ``common`` first)."""
 
     def guarded(argv):
         logging.set_verbosity(logging.WARNING)  # TF's per-checkpoint INFO lines are noise here
+        interrupted = _note_interrupts()
         try:
             return main(argv)
         except UserError as e:
@@ -186,6 +198,13 @@ def run(main, usage="", common=()):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except Exception:  # noqa: BLE001
+            # a Ctrl-C inside TensorFlow's Python code (building a model, tracing a function)
+            # can surface as another exception from the state it left half-made
+            if interrupted and not flags.FLAGS.debug:
+                print("interrupted", file=sys.stderr)
+                sys.exit(130)
+            raise
 
     app.run(guarded, flags_parser=lambda argv: _parse_flags(argv, main.__module__, usage, common))
 

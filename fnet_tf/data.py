@@ -29,6 +29,7 @@ import numpy as np
 
 from fnet_tf import fileio
 from fnet_tf.errors import UserError
+from fnet_tf.wording import count
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -122,6 +123,17 @@ def check_image_size(size, flag="--image_size"):
         raise UserError(f"{flag} {size[0]},{size[1]} is out of range: each side from "
                         f"{MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} pixels")
     return size
+
+
+def image_size_flag(text):
+    """A command's ``--image_size`` value as (height, width), None when not given; a
+    malformed or out-of-range one is a one-line UserError."""
+    if not text:
+        return None
+    try:
+        return check_image_size(parse_image_size(text))
+    except ValueError as e:
+        raise UserError(f"--image_size {e}") from None
 
 
 def resize_split(split, image_size):
@@ -349,7 +361,7 @@ def _decode_tree(root, image_size):
                 raise UserError(f"dataset {root!r}: {split}/{cls} has no readable images")
         splits[split] = Split(np.stack(images), np.asarray(labels, np.int32))
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image(s) in {root} "
+        print(f"warning: skipped {count(len(skipped), 'unreadable image')} in {root} "
               f"(first: {skipped[0]})", file=sys.stderr)
     return Dataset(splits["train"], splits["test"], classes, root, skipped=len(skipped))
 

@@ -7,9 +7,11 @@ zip holding ``labels.txt`` (the TFLite Support convention for associated files),
 interpreter ignores and ``export/run_tflite.py`` reads with the standard library.
 """
 import collections
+import contextlib
 import io
 import sys
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -18,6 +20,16 @@ from fnet_tf.errors import UserError
 
 LABELS_FILE = "labels.txt"
 ALLOWED_DTYPES = (np.int8, np.int32)  # int32: biases and shape/axis operands
+
+
+def float_reference_name(int8_name):
+    """The float32 file's name beside an INT8 file: ``x_int8.tflite`` -> ``x_float32.tflite``
+    (``model_int8.tflite`` -> ``model_float32.tflite``), any other ``y.tflite`` ->
+    ``y_float32.tflite``. The exporter writes it, the analyzer looks for it."""
+    stem = int8_name[:-len(".tflite")] if int8_name.endswith(".tflite") else int8_name
+    if stem.endswith("_int8"):
+        stem = stem[:-len("_int8")]
+    return f"{stem}_float32.tflite"
 
 
 def _first_line(error):
@@ -47,6 +59,21 @@ def _converter(model):
     return tf.lite.TFLiteConverter.from_keras_model(model)
 
 
+# printed on every full-integer conversion, and harmless here: the input statistics come from
+# the representative dataset (a Python warning), and the quantizer's settings (a C++ line)
+CONVERTER_WARNING = "Statistics for quantized inputs were expected"
+CONVERTER_NOTICE = "fully_quantize: "
+
+
+@contextlib.contextmanager
+def _converter_notices_filtered():
+    from fnet_tf.device.run_tflite import stderr_filtered
+
+    with warnings.catch_warnings(), stderr_filtered([CONVERTER_NOTICE]):
+        warnings.filterwarnings("ignore", message=CONVERTER_WARNING)
+        yield
+
+
 def convert_int8(model, representative, scheme):
     """Full-integer conversion. Ops without an int8 kernel fall back to float here, so that
     ``inspect`` can name them instead of the converter failing with a stack trace."""
@@ -61,7 +88,8 @@ def convert_int8(model, representative, scheme):
     converter.inference_output_type = tf.int8
     scheme.configure_converter(converter)
     try:
-        return converter.convert()
+        with _converter_notices_filtered():
+            return converter.convert()
     except Exception as e:  # noqa: BLE001  (the converter raises many types)
         hint = getattr(model, "conversion_hint", None)
         if hint:

@@ -16,8 +16,6 @@ inference mode), then the whole model for ``--epochs``.
 """
 import dataclasses
 
-import numpy as np
-
 from fnet_tf.errors import UserError
 
 HEAD = "logits"  # the classifier's layer name in every spec (``layers.classifier_head``)
@@ -35,26 +33,11 @@ class Start:
 
 def copy_by_name(source_arrays, target, keep_head):
     """Set ``target``'s weights from ``{'<layer>/<i>': array}``; the classifier only when
-    ``keep_head``. Every other layer must be there with the same shapes (UserError naming the
-    first that is not: another architecture, level or width)."""
-    for layer in target.layers:
-        current = layer.get_weights()
-        if not current or (layer.name == HEAD and not keep_head):
-            continue
-        values = []
-        for i, weight in enumerate(current):
-            key = f"{layer.name}/{i}"
-            if key not in source_arrays:
-                raise UserError(f"--init_from has no weights for layer {layer.name!r}: it was "
-                                f"trained for another model, level or width")
-            value = np.asarray(source_arrays[key])
-            if value.shape != weight.shape:
-                raise UserError(f"--init_from's {key} has shape {value.shape}, the model wants "
-                                f"{weight.shape}: it was trained for another model, level or "
-                                f"width")
-            values.append(value)
-        layer.set_weights(values)
-    return target
+    ``keep_head``. Every other layer must be there with the same shapes (a one-line UserError
+    naming the first that is not: another architecture, level or width)."""
+    from fnet_tf.portable_weights import load_weights_by_layer
+
+    return load_weights_by_layer(target, source_arrays, skip=() if keep_head else (HEAD,))
 
 
 def head_text(keep, num_classes):

@@ -8,6 +8,7 @@ import os
 
 from fnet_tf import fileio
 from fnet_tf.architectures import width_text
+from fnet_tf.wording import count
 
 
 # what each registered model is, in the card's first line (FactorizeNet unless named here)
@@ -128,7 +129,7 @@ def recipe_text(recipe):
                     if get("teacher_bank") else "") + ")")
     if get("init_from"):
         text += (f", fine-tuned from `{get('init_from')}`" + (
-            f" (the classifier alone for the first {get('freeze_epochs')} epochs)"
+            f" (the classifier alone for the first {count(get('freeze_epochs'), 'epoch')})"
             if get("freeze_epochs") else ""))
     return text
 
@@ -152,6 +153,11 @@ def efficiency_line(e):
     return (f"{e['achieved_gmacs']:.1f} GMAC/s, {100 * e['peak_share']:.0f}% of this CPU's "
             f"practical int8 peak ({e['peak_gmacs']:.0f} GMAC/s: large single convs timed in "
             f"the same pass)")
+
+
+def top5_text(m):
+    """The card's top-5 clause: left out for five classes or fewer, where it measures nothing."""
+    return "" if m.get("int8_top5") is None else f"top-5 {100 * m['int8_top5']:.2f}%; "
 
 
 def seed_note(m):
@@ -218,7 +224,7 @@ def card_text(m):
 | MACs | {m['macs']:,} ({m['macs'] / 1e6:.2f} M) |
 | file size | {m['size_bytes']:,} bytes |
 | float top-1 | {100 * m['float_accuracy']:.2f}% |
-| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** (top-5 {100 * m['int8_top5']:.2f}%; {seed_note(m)}) |
+| **QAT INT8 top-1 (LiteRT)** | **{100 * m['int8_accuracy']:.2f}%** ({top5_text(m)}{seed_note(m)}) |
 | INT8 drop (float - INT8) | {100 * m['int8_drop']:+.2f} points |
 | INT8 vs QAT Keras top-1 agreement | {100 * m['keras_agreement']:.2f}% of {m['num_test_images']:,} test images |
 | latency p50, 1 thread | {latency_line(m)} |
@@ -233,7 +239,7 @@ scores below the original pixels (the published MLPerf Tiny ResNet-8 INT8 file:
 {100 * m['peer_accuracy']:.2f}% here against 88.5% published).
 
 **Recipe**: {float_note}: {recipe_text(recipe)}, seed {recipe.get('seed')}.
-QAT: {recipe.get('qat_epochs')} epochs{qat_recipe_note(recipe)}, scheme {qat_note(recipe)}, peak lr
+QAT: {count(recipe.get('qat_epochs'), 'epoch')}{qat_recipe_note(recipe)}, scheme {qat_note(recipe)}, peak lr
 {recipe.get('qat_lr')} cosine to 0, in tf_keras + TF-MOT on {m['machine']['cpu']}{calibration_note(recipe)}.
 
 **Latency** measured with the LiteRT interpreter (ai-edge-litert {m['machine'].get('ai_edge_litert', '?')}), 1 thread,

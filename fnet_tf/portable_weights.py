@@ -60,12 +60,13 @@ def weights_by_layer(model):
             for layer in model.layers for i, w in enumerate(layer.get_weights())}
 
 
-def load_weights_by_layer(model, arrays):
-    """Set ``model``'s weights from ``weights_by_layer`` output; every layer must be there with
-    the same shapes (a different spec is an error naming the first mismatch)."""
+def load_weights_by_layer(model, arrays, skip=()):
+    """Set ``model``'s weights from ``weights_by_layer`` output; every layer (but those named
+    in ``skip``, which keep their own) must be there with the same shapes (a different spec is
+    an error naming the first mismatch)."""
     for layer in model.layers:
         current = layer.get_weights()
-        if not current:
+        if not current or layer.name in skip:
             continue
         values = []
         for i, w in enumerate(current):

@@ -26,6 +26,22 @@ _EPOCH = re.compile(r"[0-9]{1,9}")
 _NUMERIC_SUFFIXES = ("_accuracy", "_loss", "_seconds")
 
 
+def same_setting(stored, given):
+    """Whether two values of one setting agree: equal, or two spellings of one existing path
+    (``data/x`` typed in the checkout and its absolute form, say)."""
+    if stored == given:
+        return True
+    return (isinstance(stored, str) and isinstance(given, str) and os.path.exists(stored)
+            and os.path.exists(given) and os.path.realpath(stored) == os.path.realpath(given))
+
+
+def local_or_name(value):
+    """A setting that names a file or a registered thing, as stored in config.json: an
+    existing path made absolute (so the run resumes, exports and analyzes from any directory),
+    anything else (``tfds:cifar10``, ``zoo:NAME``) as given."""
+    return os.path.abspath(value) if isinstance(value, str) and os.path.exists(value) else value
+
+
 def _malformed(path, problem):
     return UserError(f"{path} is malformed ({problem}): fnet_tf never writes that; delete "
                      f"it, or the run directory, and run again")
@@ -133,7 +149,7 @@ class RunDir:
         """The settings (but ``ignore``) that ``config`` changes in the stored config.json."""
         stored = self.config() or {}
         return sorted(k for k in set(stored) & set(config)
-                      if k not in ignore and stored[k] != config[k])
+                      if k not in ignore and not same_setting(stored[k], config[k]))
 
     def check_config(self, config, ignore=(), resume_command="the flags it was started with"):
         """Before any work: refuse ``config`` if it changes the settings of a run that has

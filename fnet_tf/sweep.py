@@ -24,10 +24,11 @@ import time
 
 from absl import flags
 
-from fnet_tf import cli
+from fnet_tf import cli, fileio
 from fnet_tf.architectures import width_text
 from fnet_tf.child import run_streamed
 from fnet_tf.errors import UserError
+from fnet_tf.rundir import same_setting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
@@ -116,12 +117,7 @@ def plan_points(out, model, designs, inits, seeds):
 def _image_size():
     from fnet_tf import data as data_lib
 
-    if not FLAGS.image_size:
-        return None
-    try:
-        return data_lib.check_image_size(data_lib.parse_image_size(FLAGS.image_size))
-    except ValueError as e:
-        raise UserError(f"--image_size {e}") from None
+    return data_lib.image_size_flag(FLAGS.image_size)
 
 
 def train_args(point):
@@ -147,6 +143,52 @@ def export_args(point, scheme, out):
     args = ["-m", "fnet_tf.to_tflite", point.run_dir, "--scheme", scheme, "--out", out,
             "--check_images", str(FLAGS.check_images)]
     return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
+
+
+def recipe_file_settings(path):
+    """``{flag: value text}`` of a --recipe_flags file's ``--name=value`` lines (``--name``:
+    "true", ``--noname``: "false")."""
+    settings = {}
+    for line in fileio.read_text(path, fileio.JSON_LIMIT).splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, has_value, value = line[2:].partition("=")
+        if not has_value:
+            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
+        settings[name] = value
+    return settings
+
+
+def _agrees(stored, wanted):
+    """Whether a config.json value and the sweep's setting (a value or its flag text) agree."""
+    if isinstance(wanted, str) and not isinstance(stored, str) and stored is not None:
+        if isinstance(stored, bool):
+            return wanted.lower() in ("true", "1") if stored else wanted.lower() in ("false", "0")
+        try:
+            return float(wanted) == float(stored)
+        except (TypeError, ValueError):
+            return False
+    return same_setting(stored, wanted)
+
+
+def point_changes(point):
+    """``[(flag, recorded, now)]`` for the training settings this sweep would give ``point``
+    that its run directory's config.json records otherwise (empty for a new run)."""
+    stored = point.run().config() or {}
+    size = _image_size()
+    wanted = {"model": FLAGS.model, "epochs": 0 if FLAGS.float_from else FLAGS.epochs,
+              "qat_epochs": FLAGS.qat_epochs, "qat_scheme": FLAGS.qat_scheme,
+              "batch_size": FLAGS.batch_size, "val_split": FLAGS.val_split, "data": FLAGS.data,
+              "seed": point.seed, "init": point.init,
+              "image_size": list(size) if size else None}
+    if not FLAGS.recipe_flags:
+        wanted["teacher"] = None  # a distilled point is not reused for an undistilled sweep
+    else:
+        wanted.update({k: (os.path.abspath(v) if k in ("teacher", "sensitivity_csv") else v)
+                       for k, v in recipe_file_settings(FLAGS.recipe_flags).items()})
+    return [(k, stored[k], v) for k, v in wanted.items()
+            if k in stored and not _agrees(stored[k], v)]
 
 
 def run_point(point, index, total):
@@ -183,6 +225,11 @@ def run_point(point, index, total):
     steps = [("train", lambda: (run.is_complete("float") and run.is_complete("qat"))
               or all(done() for _, done, _ in after_training),
               lambda: run_streamed(train_args(point), f"{prefix}: train"))] + after_training
+    changes = point_changes(point) if run.has_progress() else []
+    if changes:
+        shown = ", ".join(f"--{k}={old!r} (now {new!r})" for k, old, new in changes[:4])
+        raise UserError(f"{point.run_dir} was trained with other settings: {shown}; pass a new "
+                        f"--out for the new settings, or the recorded ones to resume or re-report")
     for name, done, do in steps:
         if done():
             print(f"{prefix}: {name} complete, reusing {point.run_dir}", flush=True)

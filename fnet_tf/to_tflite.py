@@ -52,8 +52,15 @@ def _resolve(target):
     if artifacts.is_run_dir(target):
         run = RunDir(target)
         config = run.config() or {}
+        resume = f"resume it with fnet-train --run_dir {run.path}"
         done_scheme = artifacts.qat_scheme_name(run) if run.verified("qat") else None
+        if not done_scheme and not run.is_complete("float"):
+            raise UserError(f"{run.path}'s float training did not finish: {resume} (its "
+                            f"recorded settings), then export")
         wanted = FLAGS.scheme
+        if wanted == "auto" and not done_scheme and config.get("qat_epochs"):
+            raise UserError(f"{run.path}'s QAT did not finish: {resume}, or pass --scheme ptq "
+                            f"to export its float model with post-training quantization")
         if wanted == "auto":
             wanted = done_scheme or "ptq"
             if not done_scheme:
@@ -139,6 +146,10 @@ def main(argv):
         if FLAGS.check_images <= 0:
             raise UserError("--min_agreement needs --check_images N (N > 0) to measure it")
     target = argv[1]
+    if FLAGS.out is not None and (FLAGS.out.endswith(("/", os.sep)) or os.path.isdir(FLAGS.out)
+                                  or not FLAGS.out.endswith(".tflite")):
+        raise UserError(f"--out {FLAGS.out!r} is not a .tflite file name: pass the file to write, "
+                        f"e.g. --out {os.path.join(FLAGS.out.rstrip('/' + os.sep) or '.', 'model_int8.tflite')}")
     from fnet_tf import zoo
 
     if zoo.released_name(target) is None and not os.path.exists(target):
@@ -174,10 +185,8 @@ def main(argv):
     fileio.write_bytes(out, content)
     written = [out]
     if FLAGS.float32:
-        name = os.path.basename(out)
-        float_name = (name.replace("_int8.tflite", "_float32.tflite") if run is None and
-                      name.endswith("_int8.tflite") else "model_float32.tflite")
-        float_out = os.path.join(os.path.dirname(out), float_name)
+        float_out = os.path.join(os.path.dirname(out),
+                                 export.float_reference_name(os.path.basename(out)))
         float_model = (model if not scheme.qat
                        else artifacts.float_model(run, FLAGS.trust_model_code))
         float_content = export.convert_float32(float_model)
@@ -194,7 +203,7 @@ def main(argv):
     print(f"wrote {out}: {len(content):,} bytes, {report['params']:,} params, scheme "
           f"{scheme.name}\n  ops: {ops}\n  input {inp['dtype']} {inp['shape']} scale "
           f"{inp['scale']:g} zero point {inp['zero_point']} (feed pixel/scale + zero point)\n"
-          f"  weights: {len(budget_rows)} layers, distinct int8 values per filter at most "
+          f"  weights: {cli.count(len(budget_rows), 'layer')}, distinct int8 values per filter at most "
           f"{', '.join(map(str, distinct))}; {budget['ternary_filters']} of {budget['filters']} "
           f"filters ternary, {budget['two_branch_filters']} two-branch; packed "
           f"{budget['packed_bytes']:,.0f} bytes"

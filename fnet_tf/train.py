@@ -21,6 +21,7 @@ from absl import flags
 
 from fnet_tf import cli
 from fnet_tf.recipe import Recipe
+from fnet_tf.rundir import local_or_name
 from fnet_tf.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -208,12 +209,7 @@ def image_size():
     """--image_size as (height, width), or None when not given."""
     from fnet_tf import data as data_lib
 
-    if FLAGS.image_size is None:
-        return None
-    try:
-        return data_lib.check_image_size(data_lib.parse_image_size(FLAGS.image_size))
-    except ValueError as e:
-        raise UserError(f"--image_size {e}") from None
+    return data_lib.image_size_flag(FLAGS.image_size)
 
 
 def input_size():
@@ -351,8 +347,8 @@ def _train(spec, run):
     model, level, width = model_fields()
     config = {"model": model, "level": level, "width": width,
               "image_size": list(input_size()) if input_size() else None,
-              "init_from": FLAGS.init_from, "freeze_epochs": FLAGS.freeze_epochs,
-              "data": FLAGS.data, "val_split": FLAGS.val_split, "init": FLAGS.init,
+              "init_from": local_or_name(FLAGS.init_from), "freeze_epochs": FLAGS.freeze_epochs,
+              "data": local_or_name(FLAGS.data), "val_split": FLAGS.val_split, "init": FLAGS.init,
               "teacher": os.path.abspath(FLAGS.teacher) if FLAGS.teacher else None,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
     if FLAGS.qat_epochs:
@@ -522,7 +518,7 @@ def _finish_float(model, dataset, spec, run, extra_artifacts=(), **info):
                                    classes=list(dataset.classes), **cost, **info)
     run.complete("float", [model_path, *extra_artifacts], **info)
     print(f"[float] {result['split']} accuracy {result['accuracy']:.4f} on "
-          f"{result['num_images']} images; model: {model_path}", flush=True)
+          f"{cli.count(result['num_images'], 'image')}; model: {model_path}", flush=True)
 
 
 def _stats_callbacks(run, phase, dataset):
@@ -573,8 +569,8 @@ def _source_weights(source):
         released = zoo.metrics(name)  # its float weights, checked against the card's sha256
         arrays = portable_weights.weights_by_layer(zoo.keras_model(name))
         return arrays, released.get("classes"), (
-            f"released model {name}'s float weights "
-            f"({released.get('float_weights', {}).get('source', 'released')})")
+            f"the float weights released with {name} (the release's note: "
+            f"{released.get('float_weights', {}).get('source', 'none')})")
     if source.endswith(".npz"):
         classes = portable_weights.read_result(os.path.dirname(source)).get("classes")
         return portable_weights.read_weights(source), classes, f"Keras 3 float weights {source}"
@@ -613,7 +609,8 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
         if form != "native":
             model = transfer_weights(model, build_model(spec, grouped_form=form))
         if FLAGS.freeze_epochs and not _train_head(model, dataset, recipe, run, verbose):
-            print(f"stopped; resume with the same command (run directory {run.path})")
+            print(f"stopped; resume with the same command (run directory {run.path})",
+                  file=sys.stderr)
             return None
     statassist = FLAGS.qat_recipe == "statassist"
     if statassist:
@@ -643,7 +640,8 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
     if not fit_phase("float", model, dataset, recipe, run, verbose=verbose,
                      callbacks=_stats_callbacks(run, "float", dataset), boost=not statassist,
                      teacher=teacher, bank=bank):
-        print(f"stopped; resume with the same command (run directory {run.path})")
+        print(f"stopped; resume with the same command (run directory {run.path})",
+              file=sys.stderr)
         return None
     extra = []
     if statassist:  # before the step completes, so a resumed QAT always finds it
@@ -843,7 +841,8 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     if not fit_phase("qat", model, dataset, recipe, run, verbose=verbose,
                      callbacks=[*scheme.callbacks(), *_stats_callbacks(run, "qat", dataset)],
                      on_fresh_start=fresh_start):
-        print(f"stopped; resume with the same command (run directory {run.path})")
+        print(f"stopped; resume with the same command (run directory {run.path})",
+              file=sys.stderr)
         return False
     if form != "native":  # saved QAT weights are those of the native grouped QAT model
         model = transfer_weights(model, scheme.quantize(float_model))

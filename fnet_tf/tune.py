@@ -27,6 +27,7 @@ from fnet_tf import cli
 from fnet_tf.child import run_streamed
 from fnet_tf.errors import UserError
 from fnet_tf.recipe_grid import BASE, plan_trials
+from fnet_tf.wording import count
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
@@ -158,7 +159,7 @@ def main(argv):
                 print(f"{prefix}: complete, reusing {run_dir}", flush=True)
                 continue
             started = time.time()
-            print(f"{prefix}: training {FLAGS.epochs} epochs ...", flush=True)
+            print(f"{prefix}: training {count(FLAGS.epochs, 'epoch')} ...", flush=True)
             run_streamed(train_args(run_dir, settings), prefix)
             print(f"{prefix}: done in {time.time() - started:.0f}s", flush=True)
     print(report(FLAGS.out, trials))

@@ -21,6 +21,7 @@ import numpy as np
 
 from fnet_tf import cli, distill, fileio
 from fnet_tf.errors import UserError
+from fnet_tf.wording import count
 
 MODEL_FILE = "model_int8.tflite"
 PREFIX = "zoo:"  # how the commands take a released model where they take a model: zoo:NAME
@@ -196,7 +197,7 @@ def training_regime(recipe):
 def regime_text(regime):
     """A ``training_regime`` in words: '80 epochs, cutout 8, distilled from X'."""
     epochs, cutout, smoothing, teacher = regime
-    parts = [f"{epochs} epochs"] + ([f"cutout {cutout}"] if cutout else []) + (
+    parts = [count(epochs, 'epoch')] + ([f"cutout {cutout}"] if cutout else []) + (
         [f"label smoothing {smoothing:g}"] if smoothing else []) + (
         [f"distilled from {teacher}"] if teacher else [])
     return ", ".join(parts)

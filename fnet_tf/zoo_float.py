@@ -32,6 +32,7 @@ import numpy as np
 
 from fnet_tf import fileio
 from fnet_tf.errors import UserError
+from fnet_tf.wording import count
 from fnet_tf.portable_weights import WEIGHTS as FILE  # noqa: F401  (the released file's name)
 
 MAX_BYTES = 64 << 20  # declared array bytes; a released model's float weights are under 4 MB
@@ -213,7 +214,7 @@ def derive(tflite_path, spec, calibration_images):
     unmatched = [layer.name for layer in model.layers
                  if layer.weights and layer.name not in set_layers]
     if unmatched:
-        raise UserError(f"{tflite_path} holds no weights for {len(unmatched)} layer(s) of "
+        raise UserError(f"{tflite_path} holds no weights for {count(len(unmatched), 'layer')} of "
                         f"{spec.name} ({', '.join(unmatched[:5])}): it was exported from "
                         f"another model")
     with_bn = []

@@ -1,4 +1,5 @@
 """Graph statistics and latency of .tflite files."""
+import dataclasses
 import os
 
 import numpy as np
@@ -65,6 +66,25 @@ def test_latency_is_interleaved_and_positive():
     a, b = benchmark.latency([content, content], runs=40, warmup=5, rounds=4)
     for r in (a, b):
         assert r["runs"] == 40 and 0 < r["p50"] <= r["p90"] <= r["p99"]
+
+
+def test_latency_times_exactly_the_runs_asked_for():
+    content = _ptq(architectures.create_model("factorizenet", 5, 0.25))
+    assert [r["runs"] for r in benchmark.latency([content], runs=5, warmup=1)] == [5]  # not 10
+    assert benchmark.latency([content], runs=23, warmup=1, rounds=10)[0]["runs"] == 23
+
+
+def test_top5_is_left_out_where_it_measures_nothing():
+    from fnet_tf.data import Split
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
+    labels = np.arange(6) % 5
+    for classes, measured in ((5, False), (10, True)):
+        spec = dataclasses.replace(architectures.model_spec("factorizenet", 5, 0.25),
+                                   num_classes=classes)
+        content = _ptq(architectures.build_model(spec))
+        accuracy = benchmark.evaluate_tflite(content, Split(images, labels), progress=False)
+        assert (accuracy["accuracy_top5"] is not None) == measured
 
 
 def test_the_int8_peak_probes_and_efficiency_arithmetic():

@@ -126,7 +126,7 @@ def test_model_with_a_float_op_is_rejected(tmp_path, tiny_archive):
 
 @pytest.mark.parametrize("make,message", [
     (lambda d: str(d / "missing"), "does not exist"),
-    (lambda d: (d / "config.json").write_text("{}") and str(d), "no trained float model"),
+    (lambda d: (d / "config.json").write_text("{}") and str(d), "float training did not finish"),
     (lambda d: (d / "m.keras").write_bytes(b"garbage") and str(d / "m.keras"), "cannot load Keras model"),
     (lambda d: (d / "m.txt").write_text("x") and str(d / "m.txt"), "is not a run directory"),
 ])

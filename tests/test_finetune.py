@@ -110,7 +110,7 @@ def test_a_released_model_fine_tunes_at_64_px_and_exports(five_class_64px, tmp_p
                           "--val_split", "0", "--lr", "0.02", "--run_dir", str(run_dir),
                           "--verbose", "0", "--layer_stats=false"])
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "released model factorizenet-l7's float weights" in trained.stdout
+    assert "the float weights released with factorizenet-l7" in trained.stdout
     assert "new 5-class classifier" in trained.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["float"]["init_from"] == "zoo:factorizenet-l7"

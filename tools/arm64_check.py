@@ -328,7 +328,7 @@ def main(argv):
         fileio.write_json(FLAGS.out, {"versions": versions, "x86_litert": x86_litert,
                                       "images": len(images), "results": results})
     worst = min(r["top1_agreement"] for r in results)
-    print(f"lowest top-1 agreement {100 * worst:.2f}% over {len(results)} model(s); largest "
+    print(f"lowest top-1 agreement {100 * worst:.2f}% over {cli.count(len(results), 'model')}; largest "
           f"difference {max(r['max_diff_lsb'] for r in results)} LSB")
     return 0
 

@@ -162,7 +162,7 @@ def save(directory):
         trimmed = " (finished: results only, without its Keras models)" if run["results_only"] else ""
         print(f"{run['run']}: {done}; steps done: {', '.join(run['completed_steps']) or 'none'}"
               f"{trimmed}")
-    print(f"parked {len(runs)} run(s) of {directory} in {out} ({os.path.getsize(out) / 1e6:.1f} MB); "
+    print(f"parked {cli.count(len(runs), 'run')} of {directory} in {out} ({os.path.getsize(out) / 1e6:.1f} MB); "
           f"restore with: python tools/park.py restore {out}")
     return 0
 
@@ -225,7 +225,7 @@ def restore(archive):
     for run in manifest["runs"]:
         done = ", ".join(f"{phase} epoch {n}" for phase, n in run["epochs_done"].items())
         print(f"{run['run']}: {done or 'no epoch yet'}")
-    print(f"restored {len(manifest['runs'])} run(s) into {target} (parked {manifest['parked_at']}); "
+    print(f"restored {cli.count(len(manifest['runs']), 'run')} into {target} (parked {manifest['parked_at']}); "
           f"run the same training or sweep command to resume")
     return 0
 

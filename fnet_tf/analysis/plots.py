@@ -67,7 +67,7 @@ def summary(metrics, path, title):
     fig, ax = plt.subplots(figsize=(6, 3.8))
     keys = ["p50", "p90", "p99", "mean"]
     ax.bar(keys, [lat[k] for k in keys], color="tab:purple")
-    ax.set_ylabel(f"latency (ms, {lat['threads']} thread(s))")
+    ax.set_ylabel(f"latency (ms, {lat['threads']} {'thread' if lat['threads'] == 1 else 'threads'})")
     acc = metrics.get("accuracy_top1")
     ax.set_title(f"{title}\ntop-1 {acc:.2%} on {metrics['num_images']} images, "
                  f"{metrics['macs'] / 1e6:.2f} M MACs, {metrics['size_bytes'] / 1024:.1f} KiB")

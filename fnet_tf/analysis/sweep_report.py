@@ -20,6 +20,7 @@ import numpy as np
 from fnet_tf import fileio
 from fnet_tf.architectures import width_text
 from fnet_tf.errors import UserError
+from fnet_tf.wording import count
 
 QAT_FILE = "model_int8.tflite"
 PTQ_FILE = "model_ptq_int8.tflite"
@@ -193,7 +194,7 @@ def collect_rows(out, dataset, latency_runs=200, peer=None):
                     "max_channel_ratio_layer": "",
                     "min_sqnr_db": float("nan"), "run": "peer"}
         contents.append(content)
-    print(f"timing {len(contents)} INT8 models, interleaved, 1 thread", file=sys.stderr, flush=True)
+    print(f"timing {count(len(contents), 'INT8 model')}, interleaved, 1 thread", file=sys.stderr, flush=True)
     latencies = benchmark.latency(contents, threads=1, runs=latency_runs)
     for row, lat in zip(rows + ([peer_row] if peer_row else []), latencies):
         row["latency_p50_ms"] = lat["p50"]
@@ -477,5 +478,5 @@ def write_report(out, data=None, peer=None, latency_runs=200, cache_dir=None):
                 "(BN folded) and INT8 error for each initializer (first seed)", legend="{}")
             written.append(name)
     print(summary_markdown(entries, peer_row, title))
-    print(f"wrote {out}/ ({', '.join(written)}) from {len(rows)} runs")
+    print(f"wrote {out}/ ({', '.join(written)}) from {count(len(rows), 'run')}")
     return entries

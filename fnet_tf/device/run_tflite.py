@@ -46,6 +46,14 @@ class RunError(Exception):
     """A mistake to report as one line (exit code 2)."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a mistake on the command line is one ``error:`` line and exit code 2, as
+    every other mistake (argparse prints its usage and the error on two lines)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {' '.join(message.split())} (see --help)\n")
+
+
 XNNPACK_NOTICE = "Created TensorFlow Lite XNNPACK delegate for CPU"  # LiteRT's, on every load
 
 
@@ -159,6 +167,9 @@ def fit_image(im, height, width):
 def load_image(path, height, width):
     from PIL import Image, UnidentifiedImageError
 
+    if os.path.isdir(path):
+        raise RunError(f"image {path!r} is a folder: pass the image files in it, e.g. "
+                       f"{os.path.join(path, '*.jpg')}")
     if not os.path.isfile(path):
         raise RunError(f"image {path!r} does not exist")
     try:
@@ -192,7 +203,17 @@ def scores_of(interpreter):
     return exp / exp.sum()
 
 
+def check_label_count(interpreter, labels, labels_file):
+    """A --labels file must name every output of the model, no more and no fewer."""
+    classes = int(interpreter.get_output_details()[0]["shape"][-1])
+    if labels_file and labels is not None and len(labels) != classes:
+        raise RunError(f"labels file {labels_file!r} has {len(labels)} names but the model has "
+                       f"{classes} outputs: pass a file with one name a line for each of them")
+    return labels
+
+
 def classify(interpreter, images, labels, top):
+    """Print the ``top`` classes of each image (every class when the model has fewer)."""
     inp = interpreter.get_input_details()[0]
     _, height, width, _ = inp["shape"]
     for path in images:
@@ -361,14 +382,18 @@ def benchmark(interpreter, runs, warmup=20):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("-h", "--help", "--helpshort", action="help",
+                        help="show this help message and exit")
     parser.add_argument("model", help="the .tflite file")
     parser.add_argument("images", nargs="*", help="image files to classify")
-    parser.add_argument("--top", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--top", type=int, default=5,
+                        help="classes shown per image (all of them when the model has fewer)")
     parser.add_argument("--labels", help="a labels file, one class a line (default: embedded)")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
                         help="time N invokes after a warm-up and print latency percentiles")
-    parser.add_argument("--threads", type=int, default=1, help="interpreter threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="interpreter threads (0: all cores)")
     parser.add_argument("--no-xnnpack", action="store_true",
                         help="run TFLite's builtin kernels, not the default XNNPACK delegate")
     parser.add_argument("--batch", help="a .npz (images, labels) or .npy of images to run")
@@ -382,8 +407,12 @@ def main(argv=None):
                              "than this many MB (checked before anything is decompressed)")
     args = parser.parse_intermixed_args(argv)  # options anywhere: model --top 3 a.jpg b.jpg
     try:
-        if args.threads < 1:
-            raise RunError(f"--threads must be 1 or more, got {args.threads}")
+        if args.threads < 0:
+            raise RunError(f"--threads must be 0 (all cores) or a positive count, "
+                           f"got {args.threads}")
+        args.threads = args.threads or os.cpu_count() or 1
+        if args.top < 1:
+            raise RunError(f"--top must be 1 or more, got {args.top}")
         if args.max_batch_mb < 1:
             raise RunError(f"--max_batch_mb must be 1 or more, got {args.max_batch_mb}")
         if (args.dump_logits or args.compare_with) and not args.batch:
@@ -391,7 +420,9 @@ def main(argv=None):
         if not args.images and not args.benchmark and not args.batch:
             raise RunError("give image files to classify, --batch FILE, or --benchmark N")
         interpreter = load_interpreter(args.model, args.threads, xnnpack=not args.no_xnnpack)
-        classify(interpreter, args.images, read_labels(args.model, args.labels), args.top)
+        labels = check_label_count(interpreter, read_labels(args.model, args.labels),
+                                   args.labels)
+        classify(interpreter, args.images, labels, args.top)
         if args.batch:
             run_batch(interpreter, args.batch, args.dump_logits, args.compare_with,
                       args.max_batch_mb)
