@@ -12,8 +12,8 @@ import shutil
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.errors import UserError
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "results", "Destination folder.")
@@ -33,8 +33,9 @@ def row(run):
 
 
 def main(argv):
-    from fnet_tf import artifacts, fileio
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run import artifacts
+    from fnet_tf.core import fileio
+    from fnet_tf.run.rundir import RunDir
 
     runs = [RunDir(p) for p in argv[1:] if artifacts.is_run_dir(p)]
     if not runs:

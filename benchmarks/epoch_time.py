@@ -16,7 +16,7 @@ import time
 
 from absl import flags
 
-from fnet_tf import cli
+from fnet_tf.core import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "../shared/data/cifar10-jpeg.tar.gz", "Dataset (see fnet_tf.train).")
@@ -45,12 +45,14 @@ def interleaved(model, datasets, steps, rounds):
 
 
 def main(argv):
-    from fnet_tf.backend import configure_threads
+    from fnet_tf.core.backend import configure_threads
 
     configure_threads(FLAGS.threads)
-    from fnet_tf import architectures, data as data_lib, training
-    from fnet_tf.backend import tf
-    from fnet_tf.recipe import Recipe
+    from fnet_tf.arch import architectures
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.training import loop as training
+    from fnet_tf.core.backend import tf
+    from fnet_tf.training.recipe import Recipe
 
     dataset = data_lib.load(FLAGS.data, val_split=5000)
     recipe = Recipe(batch_size=FLAGS.batch_size, epochs=100)

@@ -55,8 +55,9 @@ def command(args):
 def main(argv):
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(FLAGS.threads))
     import fnet_tf  # noqa: F401  (TF_USE_LEGACY_KERAS; Keras 3 is still `import keras`)
-    from fnet_tf import benchmark, data as data_lib
-    from fnet_tf.backend import configure_threads
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.core.backend import configure_threads
 
     configure_threads(FLAGS.threads)
     import keras

@@ -3,7 +3,7 @@
     python benchmarks/latency_model.py results/design-space/design_space.csv --fit 30 --splits 4
 
 Reads a design-space table (designs timed in one pass with the peer), fits
-``fnet_tf.latency_model`` on ``--fit`` random designs and predicts the others, ``--splits``
+``fnet_tf.search.latency_model`` on ``--fit`` random designs and predicts the others, ``--splits``
 times with different random splits (seeds 0, 1, ...), and prints the Spearman rank correlation
 and the median relative error of predicted against timed p50 per split, then the fitted
 coefficients of the last split. Times nothing: the timings are the table's.
@@ -15,8 +15,8 @@ import sys
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fnet_tf import cli  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.core import cli  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("fit", 30, "Designs the model is fitted on in each split.")
@@ -26,7 +26,8 @@ flags.DEFINE_integer("splits", 4, "Random splits (seeds 0 .. splits-1).")
 def main(argv):
     import numpy as np
 
-    from fnet_tf import architectures, latency_model
+    from fnet_tf.arch import architectures
+    from fnet_tf.search import latency_model
 
     if len(argv) != 2 or not os.path.isfile(argv[1]):
         raise UserError("pass one design_space.csv (python -m fnet_tf.sweep --design_space ...)")

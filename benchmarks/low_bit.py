@@ -30,12 +30,13 @@ import time
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from fnet_tf import cli  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.core import cli  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-cli.define_level(3)
+arch_flags.define_level(3)
 flags.DEFINE_string("init_from", None, "The float model every variant starts from (as "
                     "fnet_tf.train --init_from).")
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
@@ -126,7 +127,7 @@ def _train_args(variant):
 
 def _steps(variant):
     """(name, done, args) of one variant, in order."""
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(_run_dir(variant))
     cache = ["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []
@@ -142,9 +143,10 @@ def _steps(variant):
 
 def _measure(variant, dataset):
     """Test accuracy (LiteRT) and bit budget of one exported variant, cached in its run."""
-    from fnet_tf import benchmark, fileio
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.core import fileio
     from fnet_tf.analysis.bit_budget import bit_budget
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(_run_dir(variant))
     path = run.file("model_int8.tflite")
@@ -214,7 +216,7 @@ def _markdown(rows, title):
 
 
 def _write_table(rows, name):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS)
@@ -261,7 +263,7 @@ def recipes_summary(top1, recipes, budget):
 
 def recipes_report(results):
     """qat_recipes.png and summary.md from every table under ``results``."""
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
     from fnet_tf.analysis import plots
 
     tables = _read_tables(results)
@@ -291,7 +293,7 @@ def replot(results):
 
 
 def main(argv):
-    from fnet_tf.child import run_streamed
+    from fnet_tf.core.child import run_streamed
 
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
@@ -324,7 +326,8 @@ def main(argv):
             run_streamed(args, prefix)
             print(f"{prefix}: done in {time.time() - started:.0f}s", flush=True)
 
-    from fnet_tf import benchmark, data as data_lib
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.data import datasets as data_lib
 
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir)
     rows = [_measure(v, dataset) for v in order]

@@ -14,8 +14,8 @@ import os
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.errors import UserError
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("run", None, "Run directory with float + int8 QAT and its exports.")
@@ -25,8 +25,10 @@ flags.DEFINE_string("data", None, "Dataset (default: the run's --data).")
 
 
 def main(argv):
-    from fnet_tf import benchmark, data as data_lib, fileio
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.core import fileio
+    from fnet_tf.run.rundir import RunDir
 
     if not FLAGS.run or not FLAGS.per_tensor_run:
         raise UserError("pass --run and --per_tensor_run")

@@ -15,8 +15,8 @@ import sys
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.errors import UserError
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Dataset whose test split checks the accuracy.")
@@ -41,7 +41,11 @@ def main(argv):
         raise UserError("--data and an existing --peer .tflite are required")
     import numpy as np
 
-    from fnet_tf import benchmark, data as data_lib, export, fileio, zoo
+    from fnet_tf.release import zoo
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.tflite import convert as export
+    from fnet_tf.core import fileio
 
     regroup = _regroup_module()
     data_lib.check_source(FLAGS.data)

@@ -53,9 +53,11 @@ def main(argv):
     if len(argv) != 2:
         raise app.UsageError("usage: python benchmarks/teacher_tta.py RUN_DIR [flags]")
     sys.path.insert(0, REPO)
-    from fnet_tf import artifacts, data as data_lib, fileio
-    from fnet_tf.backend import configure_threads
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run import artifacts
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.core import fileio
+    from fnet_tf.core.backend import configure_threads
+    from fnet_tf.run.rundir import RunDir
 
     configure_threads(FLAGS.threads)
     run = RunDir(argv[1])

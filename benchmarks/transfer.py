@@ -88,7 +88,8 @@ def run(args):
 
 
 def int8_top1(tflite, folder):
-    from fnet_tf import data as data_lib, export
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.tflite import convert as export
 
     dataset = data_lib.load(folder, image_size=(32, 32))
     with open(tflite, "rb") as f:
@@ -99,7 +100,7 @@ def int8_top1(tflite, folder):
 
 def one_run(model, regime, folder, arm, seed):
     """Train, export and measure one (model, regime, arm, seed); reuses a finished run."""
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     released = zoo.metrics(model)
     budget = (f"test{FLAGS.test_share:g}-few{FLAGS.per_class}-e{FLAGS.epochs}f{FLAGS.freeze_epochs}"
@@ -179,7 +180,7 @@ def plot(stats, path, regimes, what="QAT INT8"):
 def main(argv):
     del argv
     import fnet_tf  # noqa: F401  (TF_USE_LEGACY_KERAS before anything imports TensorFlow)
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     os.makedirs(FLAGS.out, exist_ok=True)
     # the folders and runs are named by every setting that decides them, so a run with other

@@ -3,7 +3,7 @@
 Importing the package sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow is loaded, so that
 ``tf.keras`` resolves to Keras 2 (``tf_keras``), which is what TF Model Optimization needs.
 Nothing else happens at import time: TensorFlow itself is loaded by the first module that
-needs it (``fnet_tf.backend``).
+needs it (``fnet_tf.core.backend``).
 """
 import os
 
@@ -13,10 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up cha
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "fnet_tf.architectures",
-    "list_models": "fnet_tf.architectures",
-    "model_spec": "fnet_tf.architectures",
-    "build_model": "fnet_tf.spec",
+    "create_model": "fnet_tf.arch.architectures",
+    "list_models": "fnet_tf.arch.architectures",
+    "model_spec": "fnet_tf.arch.architectures",
+    "build_model": "fnet_tf.arch.spec",
 }
 
 

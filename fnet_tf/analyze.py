@@ -15,8 +15,8 @@ import time
 import numpy as np
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.errors import UserError
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Dataset for accuracy and calibration images (default: the "
@@ -46,8 +46,9 @@ class Target:
     """A model to analyze: its flatbuffer and, for a run directory, its Keras models."""
 
     def __init__(self, path):
-        from fnet_tf import artifacts, zoo
-        from fnet_tf.rundir import RunDir
+        from fnet_tf.release import zoo
+        from fnet_tf.run import artifacts
+        from fnet_tf.run.rundir import RunDir
 
         self.path, self.run = path, None
         self.released = zoo.released_name(path)  # zoo:NAME: a released model
@@ -78,7 +79,7 @@ class Target:
         """A float .tflite beside a bare int8 file (x_int8.tflite -> x_float32.tflite)."""
         if self.run is not None:
             return None
-        from fnet_tf.export import float_reference_name
+        from fnet_tf.tflite.convert import float_reference_name
 
         folder, base = os.path.split(os.path.abspath(self.tflite))
         path = os.path.join(folder, float_reference_name(base))
@@ -86,7 +87,7 @@ class Target:
 
     def is_ptq(self):
         """Whether the run's model_int8.tflite was post-training quantized (no QAT)."""
-        from fnet_tf.quantization import get_scheme
+        from fnet_tf.quantization.schemes import get_scheme
 
         if self.run is None:
             return False
@@ -97,10 +98,10 @@ class Target:
 
     def keras_models(self):
         """(model, float architecture) for the layer-wise analysis, or None with a reason."""
-        from fnet_tf import artifacts
+        from fnet_tf.run import artifacts
 
         if self.released is not None:  # its INT8 file was QAT-trained: compare with the float
-            from fnet_tf import zoo
+            from fnet_tf.release import zoo
 
             model = zoo.keras_model(self.released)
             return (model, model), None
@@ -119,7 +120,7 @@ class Target:
 
 def measure(target, dataset):
     """Accuracy and graph statistics of one target (latency is measured separately)."""
-    from fnet_tf import benchmark
+    from fnet_tf.tflite import measure as benchmark
 
     stats = benchmark.graph_stats(target.content)
     print(f"{target.name}: evaluating on {len(dataset.test) if FLAGS.limit is None else FLAGS.limit} "
@@ -142,8 +143,9 @@ def measure(target, dataset):
 
 def layerwise(target, dataset, out):
     """layers.csv and the layer-wise plots; returns (rows, note)."""
-    from fnet_tf import fileio
-    from fnet_tf.analysis import layerwise as lw, plots
+    from fnet_tf.analysis import layerwise as lw
+    from fnet_tf.analysis import plots
+    from fnet_tf.core import fileio
 
     images = dataset.train.images[:FLAGS.layer_images]  # calibration data: training split
     sibling = target.float_sibling()
@@ -181,8 +183,8 @@ def layerwise(target, dataset, out):
     if sibling:
         return rows, f"layer-wise analysis against the float file {sibling}"
     if target.is_ptq():
-        from fnet_tf import data as data_lib
         from fnet_tf.analysis.ptq_debugger import debug_ptq
+        from fnet_tf.data import datasets as data_lib
 
         debug_ptq(architecture, data_lib.representative_dataset(dataset.train, len(images)),
                   os.path.join(out, "ptq_debugger.csv"))
@@ -230,7 +232,7 @@ def share(value):
 
 
 def report(metrics, rows, note, out, op_rows=None):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     lat = metrics["latency_ms"]
     lines = [f"# Analysis of {metrics['model']}", "",
@@ -302,9 +304,8 @@ def main(argv):
         return plot_evolution(argv[1:])
     if FLAGS.sensitivity:
         return run_sensitivity(argv[1:])
-    from fnet_tf import data as data_lib
-
     from fnet_tf.analysis.output_names import unique_names
+    from fnet_tf.data import datasets as data_lib
 
     targets = unique_names([Target(p) for p in argv[1:]])
     source = FLAGS.data or next((t.data for t in targets if t.data), None)
@@ -312,7 +313,9 @@ def main(argv):
         raise UserError("pass --data (e.g. ../shared/data/cifar10-jpeg.tar.gz): a .tflite file "
                         "does not say which data it was trained on")
     data_lib.check_source(source)
-    from fnet_tf import benchmark, export, fileio
+    from fnet_tf.core import fileio
+    from fnet_tf.tflite import convert as export
+    from fnet_tf.tflite import measure as benchmark
 
     interpreters = [export.interpreter(t.content) for t in targets]  # a corrupt file fails here
     for t, it in zip(targets, interpreters):
@@ -403,8 +406,8 @@ def main(argv):
 def compare_layers(targets, dataset, out):
     """Each target's layer-wise analysis (in ``out/<name>/``), compared: layers_compared.png and
     a markdown section of where INT8 error enters (``analysis.layer_compare``)."""
-    from fnet_tf import fileio
     from fnet_tf.analysis import layer_compare, plots
+    from fnet_tf.core import fileio
 
     rows_by_model, notes = {}, []
     for t in targets:
@@ -425,9 +428,9 @@ def compare_layers(targets, dataset, out):
 
 
 def plot_evolution(paths):
-    from fnet_tf import artifacts
     from fnet_tf.analysis import plots
     from fnet_tf.analysis.callback import STATS_FILE, read_stats
+    from fnet_tf.run import artifacts
 
     if len(paths) != 1 or not artifacts.is_run_dir(paths[0]):
         raise UserError("--evolution takes one run directory")
@@ -444,11 +447,12 @@ def plot_evolution(paths):
 
 def run_sensitivity(paths):
     """``--sensitivity``: fnet_tf.analysis.sensitivity on a run's float model."""
-    from fnet_tf import artifacts, data as data_lib, fileio
     from fnet_tf.analysis import plots, sensitivity
-    from fnet_tf.rundir import RunDir
-
-    from fnet_tf import zoo
+    from fnet_tf.core import fileio
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.release import zoo
+    from fnet_tf.run import artifacts
+    from fnet_tf.run.rundir import RunDir
 
     released = zoo.released_name(paths[0]) if len(paths) == 1 else None
     if len(paths) != 1 or not (released or artifacts.is_run_dir(paths[0])):
@@ -498,7 +502,7 @@ def _released_for_sensitivity(name):
     """(float model, a run-like config, what to name in errors, default output folder) of
     released model ``name``: its float weights, and the validation split its recipe held out
     (the same images its training never saw, given the same --data)."""
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     released = zoo.metrics(name)
     config = {"model": released["model"], "level": released["level"],
@@ -516,8 +520,8 @@ def _fast_evaluator(config, images, labels):
         logits = model.predict(images.astype(np.float32), batch_size=500, verbose=0)
         return float(np.mean(np.argmax(logits, -1) == labels))
 
-    from fnet_tf import architectures
-    from fnet_tf.spec import build_model, has_grouped_convs
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import build_model, has_grouped_convs
 
     try:
         spec = architectures.model_spec(config["model"], config["level"], config.get("width", 1.0),
@@ -528,7 +532,7 @@ def _fast_evaluator(config, images, labels):
         return accuracy
     from dataclasses import replace
 
-    from fnet_tf.grouped import transfer_weights
+    from fnet_tf.arch.grouped import transfer_weights
 
     fast = {}
 
@@ -542,7 +546,7 @@ def _fast_evaluator(config, images, labels):
 
 
 def _write_csv(path, rows):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["op"])

@@ -3,7 +3,7 @@
 ``python -m fnet_tf.keras3_float --model factorizenet --level 3 --data ARCHIVE --out DIR``
 
 The same ``ModelSpec`` that ``fnet_tf.train`` builds in tf_keras is built here in Keras 3
-(``fnet_tf.spec.build_model(spec, keras=<Keras 3>)``), trained in float with the same recipe
+(``fnet_tf.arch.spec.build_model(spec, keras=<Keras 3>)``), trained in float with the same recipe
 (SGD Nesterov, warm-up + cosine, decoupled weight decay off BN/biases/depthwise kernels, the
 same numpy augmentation and epoch order), and written to ``DIR`` as
 
@@ -14,7 +14,7 @@ same numpy augmentation and epoch order), and written to ``DIR`` as
 - ``history.csv``: one row per epoch.
 
 This is the second of two places that import Keras: it imports Keras 3 on purpose, for float
-training only. QAT and export always run in tf_keras (``fnet_tf.backend``).
+training only. QAT and export always run in tf_keras (``fnet_tf.core.backend``).
 Float training only, no resume: a run that is cut off leaves no ``float_weights.npz``.
 """
 import csv
@@ -29,14 +29,16 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli, fileio  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
-from fnet_tf.portable_weights import RESULT, WEIGHTS, weights_by_layer  # noqa: E402
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.core import fileio  # noqa: E402
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError  # noqa: E402
+from fnet_tf.run.portable_weights import RESULT, WEIGHTS, weights_by_layer  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-cli.define_level(0)
-cli.define_width()
+arch_flags.define_level(0)
+arch_flags.define_width()
 flags.DEFINE_string("data", None, "Image-folder tree or its .tar.gz/.zip (no TensorFlow here, "
                     "so not 'cifar10').")
 flags.DEFINE_string("out", None, "Output directory (float_weights.npz, keras3_result.json).")
@@ -46,9 +48,9 @@ flags.DEFINE_integer("epochs", 150, "Float training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_float("lr", 0.1, "Peak learning rate (SGD, Nesterov momentum 0.9).")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "sgd_gradboost"], "sgd_gradboost: with FrostNet's "
-                  "GradBoost noise (fnet_tf/gradboost.py).")
+                  "GradBoost noise (fnet_tf/training/gradboost.py).")
 flags.DEFINE_string("teacher", None, "Distill from a Keras 3 --out directory's float model "
-                    "(its logits on each augmented epoch; fnet_tf/distill.py).")
+                    "(its logits on each augmented epoch; fnet_tf/training/distill.py).")
 flags.DEFINE_float("kd_alpha", 0.5, "--teacher: weight of the distillation term.")
 flags.DEFINE_float("kd_temperature", 4.0, "--teacher: softmax temperature of the distillation.")
 flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
@@ -80,7 +82,7 @@ def make_optimizer(keras, model, steps_per_epoch):
         warmup_target=FLAGS.lr, warmup_steps=warmup)
     sgd, extra = keras.optimizers.SGD, {}
     if FLAGS.optimizer == "sgd_gradboost":
-        from fnet_tf.gradboost import with_gradboost_keras3
+        from fnet_tf.training.gradboost import with_gradboost_keras3
 
         sgd = with_gradboost_keras3(sgd, keras)
         extra = {"gradboost_clip": FLAGS.gradboost_clip, "gradboost_decay": FLAGS.gradboost_decay}
@@ -97,9 +99,9 @@ def _keras3_teacher(keras, path, num_classes):
     """A Keras 3 --out directory's float model, built from the spec it names."""
     from dataclasses import replace
 
-    from fnet_tf import architectures
-    from fnet_tf.portable_weights import load_weights_by_layer, read_result, read_weights
-    from fnet_tf.spec import build_model
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.run.portable_weights import load_weights_by_layer, read_result, read_weights
 
     if not os.path.isfile(os.path.join(path, WEIGHTS)):
         raise UserError(f"--teacher {path} has no {WEIGHTS}: pass a finished Keras 3 --out "
@@ -116,7 +118,7 @@ def _one_hot(labels, n):
 
 
 def _epoch_arrays(split, epoch):
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     batches = list(data_lib.epoch_batches(split, FLAGS.batch_size, seed=FLAGS.seed,
                                           epoch=epoch, cutout=FLAGS.cutout))
@@ -149,8 +151,9 @@ def main(argv):
         raise UserError(f"--epochs must be positive, got {FLAGS.epochs}")
     from dataclasses import replace
 
-    from fnet_tf import architectures, data as data_lib
-    from fnet_tf.spec import build_model, summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import build_model, summarize
+    from fnet_tf.data import datasets as data_lib
 
     spec = architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)
     data_lib.check_source(FLAGS.data)
@@ -163,13 +166,13 @@ def main(argv):
     spec = replace(spec, num_classes=len(dataset.classes))
     n = len(dataset.classes)
     model = build_model(spec, keras=keras, kernel_initializer=FLAGS.init)
-    from fnet_tf import teacher_init
+    from fnet_tf.arch import whitening as teacher_init
 
     teacher_init.prepare(model, dataset.train.images, FLAGS.seed)  # airbench_whitened's stem
     steps = -(-len(dataset.train) // FLAGS.batch_size)
     teacher = _keras3_teacher(keras, FLAGS.teacher, n) if FLAGS.teacher else None
     if teacher is not None:
-        from fnet_tf import distill
+        from fnet_tf.training import distill
 
         loss, accuracy = distill.loss_and_accuracy(keras, n, FLAGS.kd_alpha, FLAGS.kd_temperature,
                                                    distill.keras3_ops(keras), FLAGS.label_smoothing)

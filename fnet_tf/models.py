@@ -6,15 +6,16 @@ folded, at 8 bits (int8 kernels, int32 biases) and at 32 bits.
 """
 from absl import flags
 
-from fnet_tf import cli
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.core import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Only this registered model (default: all).")
-cli.define_width()
+arch_flags.define_width()
 
 
 def table(models, width=1.0):
-    from fnet_tf import architectures
+    from fnet_tf.arch import architectures
 
     rows = []
     for name in models:
@@ -32,7 +33,7 @@ def format_table(rows):
 
 
 def main(argv):
-    from fnet_tf import architectures
+    from fnet_tf.arch import architectures
 
     models = [FLAGS.model] if FLAGS.model else architectures.list_models()
     print(format_table(table(models, FLAGS.width)))

@@ -7,7 +7,7 @@ step in the point's own run directory ``OUT/runs/<model>-l<level>-s<seed>-<init>
 steps already complete there.
 An interrupted sweep therefore resumes where it stopped; a finished one re-reports in seconds.
 At the end all INT8 files are timed in one interleaved pass and ``OUT`` gets ``sweep.csv``,
-``summary.md`` and the plots (``fnet_tf.analysis.sweep_report``).
+``summary.md`` and the plots (``fnet_tf.search.sweep_report``).
 
     python -m fnet_tf.sweep --levels 0-7 --data ../shared/data/cifar10-jpeg.tar.gz \\
         --out sweeps/fnet --epochs 30 --qat_epochs 3
@@ -24,18 +24,19 @@ import time
 
 from absl import flags
 
-from fnet_tf import cli, fileio
-from fnet_tf.architectures import width_text
-from fnet_tf.child import run_streamed
-from fnet_tf.errors import UserError
-from fnet_tf.rundir import same_setting
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.arch.architectures import width_text
+from fnet_tf.core import cli, fileio
+from fnet_tf.core.child import run_streamed
+from fnet_tf.core.errors import UserError
+from fnet_tf.run.rundir import same_setting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
 flags.DEFINE_string("levels", None, "Levels: 'all', '0-7', '0,3,7' or a mix ('0-2,7'); a "
                     "part with dots is one design with a level per stage ('0.0.7', with "
                     "--width 0.5,0.75,1).")
-cli.define_width()
+arch_flags.define_width()
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Sweep directory (runs/, sweep.csv, summary.md, plots).")
 flags.DEFINE_integer("epochs", 30, "Float epochs per point (ignored with --float_from).")
@@ -61,7 +62,7 @@ flags.DEFINE_string("peer", None, "A reference INT8 .tflite (e.g. the MLPerf Tin
 flags.DEFINE_integer("check_images", 2000, "Test images for the export's Keras/LiteRT check.")
 flags.DEFINE_integer("latency_runs", 200, "Timed invokes per model in the interleaved pass.")
 flags.DEFINE_integer("latency_probes", 0, "--design_space: time this many designs (spread over "
-                     "MACs) first, fit a latency model (fnet_tf/latency_model.py) and choose the "
+                     "MACs) first, fit a latency model (fnet_tf/search/latency_model.py) and choose the "
                      "--max_candidates others by predicted latency (0: spread over MACs).",
                      lower_bound=0)
 flags.DEFINE_integer("latency_passes", 1, "--design_space: interleaved timing passes; the table "
@@ -79,7 +80,7 @@ flags.DEFINE_string("select", None, "Print the best level under constraints, e.g
                     "accuracy), from the existing sweep.csv; trains nothing.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_string("design_space", None, "Time a design space untrained and stop (no training): "
-                    "'levels=0-7 per stage; width=0.75,1,1.25' (fnet_tf/design_space.py); then "
+                    "'levels=0-7 per stage; width=0.75,1,1.25' (fnet_tf/search/design_space.py); then "
                     "--levels front trains its MACs/latency front, --levels capacity_front the "
                     "most MACs at each latency no slower than the peer.")
 flags.DEFINE_float("max_macs", None, "--design_space: drop designs above this many MACs.")
@@ -103,7 +104,7 @@ class Point:
         self.run_dir = os.path.join(out, "runs", self.name)
 
     def run(self):
-        from fnet_tf.rundir import RunDir
+        from fnet_tf.run.rundir import RunDir
 
         return RunDir(self.run_dir)
 
@@ -115,7 +116,7 @@ def plan_points(out, model, designs, inits, seeds):
 
 
 def _image_size():
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     return data_lib.image_size_flag(FLAGS.image_size)
 
@@ -193,7 +194,7 @@ def point_changes(point):
 
 def run_point(point, index, total):
     """Every missing step of one point, in order; complete steps are reused."""
-    from fnet_tf.analysis import sweep_report as report
+    from fnet_tf.search import sweep_report as report
 
     prefix = f"level {point.level} ({index}/{total}) seed {point.seed} {point.init}"
     run = point.run()
@@ -281,13 +282,14 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
     _validate()
-    from fnet_tf.analysis import sweep_report as report
+    from fnet_tf.search import sweep_report as report
 
     if FLAGS.select:
         print(report.select_text(FLAGS.out, FLAGS.select))
         return 0
     if FLAGS.design_space:
-        from fnet_tf import data as data_lib, design_space
+        from fnet_tf.data import datasets as data_lib
+        from fnet_tf.search import design_space
 
         data_lib.check_source(FLAGS.data)
         design_space.run(FLAGS.design_space, FLAGS.model, FLAGS.out, FLAGS.data, FLAGS.peer,
@@ -299,20 +301,21 @@ def main(argv):
                          image_size=_image_size())
         return 0
     if not FLAGS.report:
-        from fnet_tf import architectures, data as data_lib
+        from fnet_tf.arch import architectures
+        from fnet_tf.data import datasets as data_lib
 
         top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
         if FLAGS.levels in ("front", "capacity_front"):
-            from fnet_tf import design_space
+            from fnet_tf.search import design_space
 
             designs = design_space.read_front(FLAGS.out, FLAGS.levels)
         else:
-            designs = [(lvl, FLAGS.width) for lvl in cli.parse_levels(FLAGS.levels, top, FLAGS.model)]
+            designs = [(lvl, FLAGS.width) for lvl in arch_flags.parse_levels(FLAGS.levels, top, FLAGS.model)]
         for lvl, width in designs:  # a per-stage design of the wrong length fails here, not later
             architectures.model_spec(FLAGS.model, lvl, width)
         levels = [lvl for lvl, _ in designs]
         data_lib.check_source(FLAGS.data)
-        from fnet_tf import initializers
+        from fnet_tf.arch import initializers
 
         for init in FLAGS.init:
             if not initializers.is_well_formed(init):

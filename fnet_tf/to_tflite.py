@@ -15,8 +15,8 @@ import sys
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.errors import UserError
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "Output .tflite (default: RUN_DIR/model_int8.tflite, or "
@@ -45,9 +45,9 @@ flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all).")
 
 def _resolve(target):
     """(keras model, scheme, run or None, default output path, classes-from-run, data source)."""
-    from fnet_tf import artifacts
-    from fnet_tf.quantization import get_scheme
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.quantization.schemes import get_scheme
+    from fnet_tf.run import artifacts
+    from fnet_tf.run.rundir import RunDir
 
     if artifacts.is_run_dir(target):
         run = RunDir(target)
@@ -82,7 +82,7 @@ def _resolve(target):
     if FLAGS.scheme != "auto" and get_scheme(FLAGS.scheme).qat:
         raise UserError(f"--scheme {FLAGS.scheme} needs a QAT run directory; a model file is "
                         f"exported with --scheme ptq or ptq_per_tensor")
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     name = zoo.released_name(target)
     if name is not None:  # a released model's float weights, quantized again
@@ -91,7 +91,7 @@ def _resolve(target):
     else:
         model = artifacts.load_model(target, FLAGS.trust_model_code)
     if FLAGS.input_scale != 1.0 or FLAGS.input_offset != 0.0:
-        from fnet_tf.export import with_input_transform
+        from fnet_tf.tflite.convert import with_input_transform
 
         model = with_input_transform(model, FLAGS.input_scale, FLAGS.input_offset)
     stem = os.path.splitext(os.path.abspath(target).rstrip(os.sep))[0]
@@ -108,7 +108,8 @@ def _agreement(model, content, dataset, run, scheme):
     largest; below --min_agreement it is an error and nothing is written."""
     import numpy as np
 
-    from fnet_tf import artifacts, export
+    from fnet_tf.run import artifacts
+    from fnet_tf.tflite import convert as export
 
     images = dataset.test.images[:FLAGS.check_images]
     keras_top1 = np.argmax(model.predict(images.astype(np.float32), verbose=0), -1)
@@ -150,16 +151,19 @@ def main(argv):
                                   or not FLAGS.out.endswith(".tflite")):
         raise UserError(f"--out {FLAGS.out!r} is not a .tflite file name: pass the file to write, "
                         f"e.g. --out {os.path.join(FLAGS.out.rstrip('/' + os.sep) or '.', 'model_int8.tflite')}")
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     if zoo.released_name(target) is None and not os.path.exists(target):
         raise UserError(f"{target!r} does not exist: pass a run directory, a .keras/.h5 file or a "
                         f"SavedModel directory")
-    from fnet_tf import data as data_lib
-    from fnet_tf.backend import configure_threads
+    from fnet_tf.core.backend import configure_threads
+    from fnet_tf.data import datasets as data_lib
 
     configure_threads(FLAGS.threads)
-    from fnet_tf import artifacts, benchmark, export, fileio
+    from fnet_tf.core import fileio
+    from fnet_tf.run import artifacts
+    from fnet_tf.tflite import convert as export
+    from fnet_tf.tflite import measure as benchmark
 
     model, scheme, run, default_out, data_source = _resolve(target)
     if not data_source:

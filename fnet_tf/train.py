@@ -19,15 +19,16 @@ from dataclasses import replace
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.recipe import Recipe
-from fnet_tf.rundir import local_or_name
-from fnet_tf.errors import UserError
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.core import cli
+from fnet_tf.core.errors import UserError
+from fnet_tf.run.rundir import local_or_name
+from fnet_tf.training.recipe import Recipe
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model (python -m fnet_tf.models lists them).")
-cli.define_level(0)
-cli.define_width()
+arch_flags.define_level(0)
+arch_flags.define_width()
 flags.DEFINE_string("data", "cifar10", "'cifar10' (tensorflow-datasets), an image-folder tree, "
                     "or its .tar.gz/.zip, e.g. ../shared/data/cifar10-jpeg.tar.gz.")
 flags.DEFINE_string("run_dir", None, "Run directory (default runs/<model>-l<level>, with "
@@ -39,11 +40,11 @@ flags.DEFINE_integer("epochs", 30, "Float training epochs.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adamw", "sgd_gradboost", "adamw_gradboost"],
                   "Optimizer (SGD: Nesterov momentum 0.9); *_gradboost adds FrostNet's GradBoost "
-                  "gradient noise (fnet_tf/gradboost.py).")
+                  "gradient noise (fnet_tf/training/gradboost.py).")
 flags.DEFINE_float("gradboost_clip", 1e-3, "GradBoost: the noise is clipped to +-this.")
 flags.DEFINE_float("gradboost_decay", 1e-2, "GradBoost: the noise scales by (1 - decay)^step.")
 flags.DEFINE_string("teacher", None, "Distill float training from this model's logits (a run "
-                    "directory, a .keras file or a Keras 3 --out directory; fnet_tf/distill.py).")
+                    "directory, a .keras file or a Keras 3 --out directory; fnet_tf/training/distill.py).")
 flags.DEFINE_float("kd_alpha", 0.5, "--teacher: weight of the distillation term (0: plain "
                    "cross-entropy).")
 flags.DEFINE_float("kd_temperature", 4.0, "--teacher: softmax temperature of the distillation.")
@@ -80,11 +81,11 @@ flags.DEFINE_bool("lookahead", False, "airbench's lookahead: the weights move to
 flags.DEFINE_integer("seed", 0, "Seed of the weights, data order and augmentation.")
 flags.DEFINE_string("init", "he_normal", "Kernel initializer of convs and dense: a Keras name "
                     "(he_normal, glorot_uniform, ...) or a naive fixed-range one, normal_stdS or "
-                    "uniform_limL (fnet_tf.initializers).")
+                    "uniform_limL (fnet_tf.arch.initializers).")
 flags.DEFINE_integer("threads", 0, "CPU threads for TensorFlow (0: all cores).")
 flags.DEFINE_enum("distribute", "none", ["none", "mirrored", "multi_worker"],
                   "tf.distribute strategy: mirrored (several GPUs), multi_worker (TF_CONFIG; "
-                  "only the chief writes --run_dir, see fnet_tf.distribute).")
+                  "only the chief writes --run_dir, see fnet_tf.training.distribute).")
 flags.DEFINE_string("worker_dir", None, "With --distribute multi_worker, where a non-chief "
                     "worker writes its copy of the run (default: a temporary directory, deleted "
                     "at the end). The chief ignores it.")
@@ -207,7 +208,7 @@ def validate_flags():
 
 def image_size():
     """--image_size as (height, width), or None when not given."""
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     return data_lib.image_size_flag(FLAGS.image_size)
 
@@ -221,8 +222,8 @@ def input_size():
     if size or not source or (os.path.isfile(source) and
                               os.path.basename(source) != "model_float.keras"):
         return size
-    from fnet_tf.artifacts import is_run_dir
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.artifacts import is_run_dir
+    from fnet_tf.run.rundir import RunDir
 
     folder = source if os.path.isdir(source) else os.path.dirname(source)
     recorded = (RunDir(folder).config() or {}).get("image_size") if is_run_dir(folder) else None
@@ -232,7 +233,7 @@ def input_size():
 def model_fields():
     """(model, level, width) of the architecture to train: the flags', or, for
     ``--init_from zoo:NAME``, the released model's (flags given with it must agree)."""
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     name = zoo.released_name(FLAGS.init_from)
     if name is None:
@@ -292,7 +293,7 @@ def recorded_flags():
     is. Returns whether recorded values were used."""
     if not FLAGS.run_dir or not os.path.isfile(os.path.join(FLAGS.run_dir, "config.json")):
         return False
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(FLAGS.run_dir)
     if not run.has_progress():
@@ -323,8 +324,10 @@ def main(argv):
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: fnet_tf.train takes flags only")
     recorded_flags()
     validate_flags()
-    from fnet_tf import architectures, data as data_lib, distribute
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.arch import architectures
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.run.rundir import RunDir
+    from fnet_tf.training import distribute
 
     spec = architectures.model_spec(*model_fields(), input_size())  # fails fast if unknown
     data_lib.check_source(FLAGS.data)
@@ -340,8 +343,9 @@ def main(argv):
 
 
 def _train(spec, run):
-    from fnet_tf import data as data_lib, distribute
-    from fnet_tf.quantization import get_scheme
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.quantization.schemes import get_scheme
+    from fnet_tf.training import distribute
 
     recipe = recipe_from_flags()
     model, level, width = model_fields()
@@ -384,17 +388,17 @@ def _train(spec, run):
         print(f"training in {run.path} is already complete ({done}); nothing to do")
         return 0
 
-    from fnet_tf.backend import configure_threads
+    from fnet_tf.core.backend import configure_threads
 
     configure_threads(FLAGS.threads)
     strategy = distribute.make_strategy(FLAGS.distribute)
-    from fnet_tf import initializers
-    from fnet_tf.backend import keras
+    from fnet_tf.arch import initializers
+    from fnet_tf.core.backend import keras
 
     initializers.check(FLAGS.init, keras)
     users_model = None
     if init_source and _is_users_model_file(init_source):
-        from fnet_tf import artifacts
+        from fnet_tf.run import artifacts
 
         users_model = (artifacts.load_keras_model(init_source, FLAGS.trust_model_code)
                        if need_float else  # a Keras 3 file: its tf_keras twin
@@ -420,7 +424,7 @@ def _train(spec, run):
               f"input {tuple(users_model.input_shape[1:])}", flush=True)
     else:
         spec = replace(spec, num_classes=len(dataset.classes))
-        from fnet_tf.spec import summarize
+        from fnet_tf.arch.spec import summarize
 
         print(f"{spec.name}: " + ", ".join(f"{k} {v:,}" for k, v in summarize(spec).items()),
               flush=True)
@@ -449,11 +453,10 @@ def _train(spec, run):
 
 def _check_init_from(path, run):
     """The float model file ``--init_from`` names, checked before any time is spent."""
-    from fnet_tf.artifacts import FLOAT_MODEL, is_run_dir
-    from fnet_tf.rundir import RunDir
-
-    from fnet_tf import zoo
-    from fnet_tf.portable_weights import RESULT, WEIGHTS, read_result
+    from fnet_tf.release import zoo
+    from fnet_tf.run.artifacts import FLOAT_MODEL, is_run_dir
+    from fnet_tf.run.portable_weights import RESULT, WEIGHTS, read_result
+    from fnet_tf.run.rundir import RunDir
 
     if zoo.released_name(path) is not None:  # its architecture is the spec (model_fields)
         return path
@@ -487,7 +490,7 @@ def _check_init_from(path, run):
 def _record_final_metrics(run, phase, model, dataset, **extra):
     """Measure ``model`` on the test split once and record it as ``phase`` in metrics.json
     (with ``--evaluate_test=false``: the phase's last validation accuracy, never the test's)."""
-    from fnet_tf.training import evaluate
+    from fnet_tf.training.loop import evaluate
 
     history = [r for r in run.history() if r.get("phase") == phase]
     seconds = [float(r["seconds"]) for r in history]
@@ -506,9 +509,9 @@ def _record_final_metrics(run, phase, model, dataset, **extra):
 
 def _finish_float(model, dataset, spec, run, extra_artifacts=(), **info):
     """Save the float model, measure it on the test split once, mark the step complete."""
-    from fnet_tf import fileio
-    from fnet_tf.artifacts import FLOAT_MODEL
-    from fnet_tf.spec import summarize
+    from fnet_tf.arch.spec import summarize
+    from fnet_tf.core import fileio
+    from fnet_tf.run.artifacts import FLOAT_MODEL
 
     model_path = run.file(FLOAT_MODEL)
     with fileio.atomic_path(model_path) as tmp:
@@ -531,17 +534,17 @@ def _stats_callbacks(run, phase, dataset):
 
 def _training_form(spec):
     """How grouped convs are built for training: as block-diagonal standard convs where the
-    spec has any (TF's grouped-conv kernels train 50-200x slower on CPU; fnet_tf.grouped)."""
-    from fnet_tf.spec import has_grouped_convs
+    spec has any (TF's grouped-conv kernels train 50-200x slower on CPU; fnet_tf.arch.grouped)."""
+    from fnet_tf.arch.spec import has_grouped_convs
 
     return "block_diagonal" if spec is not None and has_grouped_convs(spec) else "native"
 
 
 def _start_model(source, users_model, spec, dataset):
-    """The float model fine-tuning starts from (``fnet_tf.finetune``), described in one line."""
-    from fnet_tf import finetune
-    from fnet_tf.backend import keras
-    from fnet_tf.spec import build_model
+    """The float model fine-tuning starts from (``fnet_tf.training.finetune``), described in one line."""
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.core.backend import keras
+    from fnet_tf.training import finetune
 
     num_classes = len(dataset.classes)
     if users_model is not None:
@@ -562,7 +565,8 @@ def _start_model(source, users_model, spec, dataset):
 def _source_weights(source):
     """({'<layer>/<i>': array}, the classes they predict or None, a description) of an
     --init_from that names a registered architecture's weights."""
-    from fnet_tf import portable_weights, zoo
+    from fnet_tf.release import zoo
+    from fnet_tf.run import portable_weights
 
     name = zoo.released_name(source)
     if name is not None:
@@ -574,32 +578,31 @@ def _source_weights(source):
     if source.endswith(".npz"):
         classes = portable_weights.read_result(os.path.dirname(source)).get("classes")
         return portable_weights.read_weights(source), classes, f"Keras 3 float weights {source}"
-    from fnet_tf.artifacts import load_keras_model
+    from fnet_tf.run.artifacts import load_keras_model
 
     model = load_keras_model(source, FLAGS.trust_model_code)
     classes = None
     run_dir = os.path.dirname(os.path.abspath(source))
     if os.path.basename(source) == "model_float.keras":
-        from fnet_tf.rundir import RunDir
+        from fnet_tf.run.rundir import RunDir
 
         classes = (RunDir(run_dir).read_json(RunDir.METRICS, {}).get("float") or {}).get("classes")
     return portable_weights.weights_by_layer(model), classes, f"{source}"
 
 
 def _train_float(spec, dataset, recipe, run, verbose, start=None):
-    """Float training from scratch, or, with ``start`` (``fnet_tf.finetune.Start``), from its
+    """Float training from scratch, or, with ``start`` (``fnet_tf.training.finetune.Start``), from its
     model: the classifier alone first for --freeze_epochs, then everything."""
-    from fnet_tf.grouped import transfer_weights
-    from fnet_tf.spec import build_model
-    from fnet_tf.training import fit_phase
-
-    from fnet_tf.backend import keras
+    from fnet_tf.arch.grouped import transfer_weights
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.core.backend import keras
+    from fnet_tf.training.loop import fit_phase
 
     keras.utils.set_random_seed(recipe.seed)  # --seed decides the initial weights too
     form = _training_form(spec)
     if start is None:
         model = build_model(spec, kernel_initializer=FLAGS.init, grouped_form=form)
-        from fnet_tf import teacher_init
+        from fnet_tf.arch import whitening as teacher_init
 
         if teacher_init.prepare(model, dataset.train.images, recipe.seed):  # a resume overwrites
             print("[float] whitening stem set from the training images; group convs dirac-"
@@ -618,7 +621,7 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
               f"and the optimizer state carry into QAT", flush=True)
     teacher = bank = None
     if FLAGS.teacher:
-        from fnet_tf.distill import load_teacher
+        from fnet_tf.training.distill import load_teacher
 
         teacher = load_teacher(FLAGS.teacher, len(dataset.classes), FLAGS.trust_model_code)
         if tuple(teacher.input_shape[1:3]) != dataset.image_shape[:2]:
@@ -627,7 +630,7 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
                             f"{dataset.image_shape[0]}x{dataset.image_shape[1]}: distill from a "
                             f"teacher of the student's input size")
         if recipe.teacher_bank and recipe.kd_alpha > 0:
-            from fnet_tf.logit_bank import LogitBank
+            from fnet_tf.training.logit_bank import LogitBank
 
             bank = LogitBank(teacher, FLAGS.teacher, dataset.train, dataset.source, recipe,
                              recipe.teacher_bank, recipe.teacher_tta, FLAGS.cache_dir)
@@ -661,8 +664,8 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
 def _train_head(model, dataset, recipe, run, verbose):
     """--freeze_epochs: the classifier alone (phase 'head', resumable like the others), at the
     float recipe's peak LR without warm-up."""
-    from fnet_tf import finetune
-    from fnet_tf.training import fit_phase
+    from fnet_tf.training import finetune
+    from fnet_tf.training.loop import fit_phase
 
     before = finetune.freeze_body(model)
     print(f"[head] training the classifier alone for {cli.count(FLAGS.freeze_epochs, 'epoch')}",
@@ -679,8 +682,8 @@ OPTIMIZER_STATE = "statassist_optimizer.npz"
 def _save_optimizer_state(run, model):
     import numpy as np
 
-    from fnet_tf import fileio
-    from fnet_tf.gradboost import state_arrays
+    from fnet_tf.core import fileio
+    from fnet_tf.training.gradboost import state_arrays
 
     path = run.file(OPTIMIZER_STATE)
     with fileio.atomic_path(path) as tmp:
@@ -692,8 +695,8 @@ def _save_optimizer_state(run, model):
 def _carry_optimizer_state(run):
     """on_fresh_start of StatAssist's QAT phase: the warm-up's optimizer state into QAT's."""
     def carry(model, optimizer):
-        from fnet_tf.gradboost import load_state
-        from fnet_tf.portable_weights import read_weights
+        from fnet_tf.run.portable_weights import read_weights
+        from fnet_tf.training.gradboost import load_state
 
         arrays = read_weights(run.file(OPTIMIZER_STATE))
         copied = load_state(optimizer, model.trainable_variables, arrays)
@@ -704,10 +707,9 @@ def _carry_optimizer_state(run):
 
 def _float_initialized(spec, dataset, run):
     """--qat_recipe scratch: the float 'model' is the initialized one (no float training)."""
-    from fnet_tf.backend import keras
-    from fnet_tf.spec import build_model
-
-    from fnet_tf import teacher_init
+    from fnet_tf.arch import whitening as teacher_init
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(FLAGS.seed)
     model = build_model(spec, kernel_initializer=FLAGS.init)
@@ -719,7 +721,7 @@ def _float_initialized(spec, dataset, run):
 def _is_users_model_file(path):
     """True for a model file the user made (not a run directory's own float model, whose
     registered spec the config names)."""
-    from fnet_tf.artifacts import FLOAT_MODEL, KERAS_EXTENSIONS
+    from fnet_tf.run.artifacts import FLOAT_MODEL, KERAS_EXTENSIONS
 
     return (path.lower().endswith(KERAS_EXTENSIONS) and
             not (os.path.basename(path) == FLOAT_MODEL and
@@ -738,8 +740,8 @@ def _float_from_users_model(model, path, run, dataset):
 
 
 def _float_from(path, run, dataset, spec):
-    from fnet_tf import zoo
-    from fnet_tf.artifacts import load_keras_model
+    from fnet_tf.release import zoo
+    from fnet_tf.run.artifacts import load_keras_model
 
     name = zoo.released_name(path)
     if name is not None:  # the released float model itself, for QAT or PTQ
@@ -766,8 +768,8 @@ def _float_from(path, run, dataset, spec):
 
 
 def _float_from_keras3(path, run, dataset, spec):
-    from fnet_tf.portable_weights import load_weights_by_layer, read_result, read_weights
-    from fnet_tf.spec import build_model
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.run.portable_weights import load_weights_by_layer, read_result, read_weights
 
     arrays = read_weights(path)
     model = load_weights_by_layer(build_model(spec), arrays)
@@ -816,10 +818,11 @@ def _calibrate_ranges(float_model, dataset, batch_size):
 
 
 def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
-    from fnet_tf import artifacts, fileio
-    from fnet_tf.grouped import transfer_weights
-    from fnet_tf.spec import build_model
-    from fnet_tf.training import fit_phase
+    from fnet_tf.arch.grouped import transfer_weights
+    from fnet_tf.arch.spec import build_model
+    from fnet_tf.core import fileio
+    from fnet_tf.run import artifacts
+    from fnet_tf.training.loop import fit_phase
 
     if float_model is None:
         float_model = artifacts.float_model(run, FLAGS.trust_model_code)

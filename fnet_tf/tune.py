@@ -23,16 +23,17 @@ import time
 
 from absl import flags
 
-from fnet_tf import cli
-from fnet_tf.child import run_streamed
-from fnet_tf.errors import UserError
-from fnet_tf.recipe_grid import BASE, plan_trials
-from fnet_tf.wording import count
+from fnet_tf.arch import flags as arch_flags
+from fnet_tf.core import cli
+from fnet_tf.core.child import run_streamed
+from fnet_tf.core.errors import UserError
+from fnet_tf.core.wording import count
+from fnet_tf.search.recipe_grid import BASE, plan_trials
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model.")
-cli.define_level(0)
-cli.define_width()
+arch_flags.define_level(0)
+arch_flags.define_width()
 flags.DEFINE_string("data", None, "Dataset (as fnet_tf.train --data).")
 flags.DEFINE_string("out", None, "Tuning directory (trials/, tune.csv, tune.md, chosen.json).")
 flags.DEFINE_integer("epochs", 15, "Float epochs per trial (the same for every trial).")
@@ -62,7 +63,7 @@ def train_args(run_dir, settings):
 
 def trial_result(run_dir):
     """Validation figures of a finished trial, or None when it has not finished."""
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(run_dir)
     if not run.is_complete("float"):
@@ -80,8 +81,8 @@ def trial_result(run_dir):
 
 def report(out, trials):
     """Rank the finished trials by last-epoch validation accuracy; write the four outputs."""
-    from fnet_tf import fileio
     from fnet_tf.analysis import plots
+    from fnet_tf.core import fileio
 
     rows = []
     for name, setting, value, settings in trials:
@@ -146,7 +147,8 @@ def main(argv):
         raise UserError(f"--epochs must be 1 or more, got {FLAGS.epochs}")
     trials = plan_trials(FLAGS.base, FLAGS.vary)
     if not FLAGS.report:
-        from fnet_tf import architectures, data as data_lib
+        from fnet_tf.arch import architectures
+        from fnet_tf.data import datasets as data_lib
 
         if not FLAGS.data:
             raise UserError("--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)")

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHARED_ARCHIVE, last_line, run_module
-from fnet_tf import architectures, export, quantization
+from fnet_tf.quantization import schemes
+from fnet_tf.arch import architectures
+from fnet_tf.tflite import convert as export
 from fnet_tf.analysis import layerwise
 
 PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
@@ -14,8 +16,9 @@ PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_in
 
 @pytest.fixture(scope="module")
 def float_model_and_images(qat_run, tiny_archive):
-    from fnet_tf import artifacts, data
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run import artifacts
+    from fnet_tf.data import datasets as data
+    from fnet_tf.run.rundir import RunDir
 
     return artifacts.float_model(RunDir(qat_run)), data.load(tiny_archive).train.images[:48]
 
@@ -23,7 +26,7 @@ def float_model_and_images(qat_run, tiny_archive):
 def _convert(model, images, scheme):
     return export.convert_int8(model, lambda: ([images[i:i + 1].astype(np.float32)]
                                                for i in range(len(images))),
-                               quantization.get_scheme(scheme))
+                               schemes.get_scheme(scheme))
 
 
 def test_tensors_match_their_keras_layers(float_model_and_images):
@@ -46,7 +49,7 @@ def _spread_depthwise_channels(model, ratio=20.0):
     """A copy of ``model`` whose depthwise layers' BN gammas span ``ratio`` (log-uniform), as
     in trained networks, where per-channel weight ranges differ by one to two orders of
     magnitude; a barely trained model's channels are all alike, which hides the effect."""
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
@@ -60,7 +63,7 @@ def _spread_depthwise_channels(model, ratio=20.0):
 
 
 def test_kernels_before_and_after_bn_folding():
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, use_bias=False, name="c")(inputs)
@@ -77,8 +80,8 @@ def test_kernels_before_and_after_bn_folding():
 
 def test_per_channel_beats_per_tensor_on_depthwise_layers(tiny_archive):
     """A FactorizeNet with depthwise layers of 16-32 channels whose ranges spread 20:1."""
-    from fnet_tf import data
-    from fnet_tf.backend import keras
+    from fnet_tf.data import datasets as data
+    from fnet_tf.core.backend import keras
     from test_benchmark import _with_random_bn
 
     keras.utils.set_random_seed(0)
@@ -100,8 +103,8 @@ def test_per_channel_beats_per_tensor_on_depthwise_layers(tiny_archive):
 
 
 def test_qat_reference_carries_the_qat_weights(qat_run):
-    from fnet_tf import artifacts
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run import artifacts
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(qat_run)
     qat, _ = artifacts.qat_model(run)

@@ -1,9 +1,9 @@
 """The registry, the factorization schedule and the analytic counts."""
 import pytest
 
-from fnet_tf import architectures
-from fnet_tf.errors import UserError
-from fnet_tf.spec import Conv, summarize
+from fnet_tf.arch import architectures
+from fnet_tf.core.errors import UserError
+from fnet_tf.arch.spec import Conv, summarize
 
 ALL = [(name, level) for name in architectures.list_models()
        for level in range(architectures.model_spec(name).meta["max_level"] + 1)]
@@ -110,8 +110,8 @@ def test_factorized_conv_requires_bn():
 
 
 def test_per_stage_levels_match_a_hand_count():
-    from fnet_tf import architectures
-    from fnet_tf.spec import summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import summarize
 
     spec = architectures.model_spec("factorizenet", "0,3,7")
     assert spec.name == "factorizenet-l0_3_7" and spec.meta["level"] == "0.3.7"
@@ -132,8 +132,8 @@ def test_per_stage_levels_match_a_hand_count():
 
 
 def test_per_stage_widths_match_a_hand_count():
-    from fnet_tf import architectures
-    from fnet_tf.spec import summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import summarize
 
     spec = architectures.model_spec("factorizenet", "0,7,7", "0.5,1,1.25")
     assert spec.name == "factorizenet-l0_7_7-w0_5-1-1_25" and spec.meta["width"] == "0.5,1,1.25"
@@ -156,8 +156,8 @@ def test_per_stage_widths_match_a_hand_count():
 @pytest.mark.parametrize("width,message", [("1,2", "3 stages"), ("0,1,1", "positive"),
                                            ("a,b,c", "not a width")])
 def test_bad_per_stage_widths_are_user_errors(width, message):
-    from fnet_tf import architectures
-    from fnet_tf.errors import UserError
+    from fnet_tf.arch import architectures
+    from fnet_tf.core.errors import UserError
 
     with pytest.raises(UserError, match=message):
         architectures.model_spec("factorizenet", 3, width)
@@ -166,8 +166,8 @@ def test_bad_per_stage_widths_are_user_errors(width, message):
 @pytest.mark.parametrize("level,message", [("1,2", "3 stages"), ("0,9,1", "from 0 to 7"),
                                            ("a", "not a level")])
 def test_bad_per_stage_levels_are_user_errors(level, message):
-    from fnet_tf import architectures
-    from fnet_tf.errors import UserError
+    from fnet_tf.arch import architectures
+    from fnet_tf.core.errors import UserError
 
     with pytest.raises(UserError, match=message):
         architectures.model_spec("factorizenet", level)

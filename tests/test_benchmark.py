@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from fnet_tf import architectures, benchmark, export, quantization
+from fnet_tf.quantization import schemes
+from fnet_tf.arch import architectures
+from fnet_tf.tflite import measure as benchmark
+from fnet_tf.tflite import convert as export
 
 PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
 
@@ -14,7 +17,7 @@ PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_in
 def _ptq(model, n=4):
     images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3)).astype(np.float32)
     return export.convert_int8(model, lambda: ([images[i:i + 1]] for i in range(n)),
-                               quantization.get_scheme("ptq"))
+                               schemes.get_scheme("ptq"))
 
 
 def _with_random_bn(model):
@@ -42,7 +45,7 @@ def test_graph_macs_and_params_match_the_spec_hand_count():
 
 
 def test_peak_activation_of_a_chain_by_hand():
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, padding="same")(inputs)   # 32x32x8
@@ -75,7 +78,7 @@ def test_latency_times_exactly_the_runs_asked_for():
 
 
 def test_top5_is_left_out_where_it_measures_nothing():
-    from fnet_tf.data import Split
+    from fnet_tf.data.datasets import Split
 
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.uint8)
     labels = np.arange(6) % 5
@@ -88,7 +91,8 @@ def test_top5_is_left_out_where_it_measures_nothing():
 
 
 def test_the_int8_peak_probes_and_efficiency_arithmetic():
-    from fnet_tf import benchmark, export
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.tflite import convert as export
 
     probes = benchmark.peak_probes()
     assert set(probes) == set(benchmark.PEAK_PROBES)

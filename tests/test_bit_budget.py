@@ -10,9 +10,9 @@ from fnet_tf.analysis import bit_budget
 def small_file():
     """Conv 3x3 (3 -> 4 channels, 8x8, 'same'), global pooling, dense 4 -> 10. Filters 0 and 1
     of the conv are ternary ({-a, 0, a}); int8 per-channel quantization keeps them so."""
-    from fnet_tf import export
-    from fnet_tf.backend import keras
-    from fnet_tf.quantization import get_scheme
+    from fnet_tf.tflite import convert as export
+    from fnet_tf.core.backend import keras
+    from fnet_tf.quantization.schemes import get_scheme
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -61,7 +61,7 @@ def test_a_released_int8_file_has_no_ternary_filters():
 
     from conftest import REPO
 
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     with open(os.path.join(REPO, "models", "factorizenet-l7", "model_int8.tflite"), "rb") as f:
         content = f.read()

@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
-from fnet_tf import architectures
-from fnet_tf.backend import keras
-from fnet_tf.checkpoints import EpochCheckpoints
-from fnet_tf.errors import UserError
+from fnet_tf.arch import architectures
+from fnet_tf.core.backend import keras
+from fnet_tf.run.checkpoints import EpochCheckpoints
+from fnet_tf.core.errors import UserError
 
 
 def _model_and_optimizer():

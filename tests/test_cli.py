@@ -1,17 +1,17 @@
-"""fnet_tf.cli: the helpers every command shares, and the rule that keeps their flags apart."""
+"""fnet_tf.core.cli: the helpers every command shares, and the rule that keeps their flags apart."""
 import ast
 import glob
 import os
 
 import pytest
 
-from fnet_tf.errors import UserError
+from fnet_tf.core.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_parse_levels():
-    from fnet_tf.cli import parse_levels
+    from fnet_tf.arch.flags import parse_levels
 
     assert parse_levels("0-2,7", 7) == [0, 1, 2, 7]
     assert parse_levels(" 3 , 1 ", 7) == [1, 3]
@@ -58,7 +58,7 @@ def test_tests_import_no_command_module_in_process():
     commands = set()
     for path in glob.glob(os.path.join(ROOT, "fnet_tf", "**", "*.py"), recursive=True):
         module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
-        if module != "fnet_tf.cli" and _defines_flags_on_import(path):
+        if module != "fnet_tf.core.cli" and _defines_flags_on_import(path):
             commands.add(module)
     assert {"fnet_tf.analyze", "fnet_tf.sweep", "fnet_tf.train"} <= commands  # the scan works
     offenders = {os.path.basename(path): sorted(_imported_modules(path) & commands)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, SHARED_ARCHIVE, make_image_tree
-from fnet_tf import data
-from fnet_tf.errors import UserError
+from fnet_tf.data import datasets as data
+from fnet_tf.core.errors import UserError
 
 
 def test_archive_loads_and_is_cached(tiny_archive, tmp_path):

@@ -16,7 +16,7 @@ def _filters(array):
 
 
 def test_high_temperature_is_smooth_in_weights_thresholds_and_scales():
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
     from fnet_tf.quantization.dbq import dbq_weights, greedy_branches
 
     w = np.random.default_rng(0).normal(size=(3, 3, 4, 6)).astype(np.float32)
@@ -35,7 +35,7 @@ def test_high_temperature_is_smooth_in_weights_thresholds_and_scales():
 
 @pytest.mark.parametrize("branches", [1, 2, 3])
 def test_annealed_branches_give_at_most_3_to_the_k_levels(branches):
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
     from fnet_tf.quantization.dbq import dbq_weights, greedy_branches
 
     w = np.random.default_rng(1).normal(size=(5, 5, 8, 4)).astype(np.float32)
@@ -83,7 +83,7 @@ def test_two_branch_filters_are_counted_with_their_digits():
 
 def test_a_tiny_dbq_run_exports_a_verified_int8_file_with_at_most_9_levels(tiny_archive,
                                                                             tmp_path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
     from fnet_tf.analysis.bit_budget import bit_budget
 
     content, stdout = train_and_export([*TRAIN, "--data", tiny_archive, "--dbq_branches", "2"],

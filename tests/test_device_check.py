@@ -105,7 +105,8 @@ def test_arm64_check_names_files_by_stem_and_refuses_a_clash(tmp_path):
 
 
 def test_card_keeps_an_arm64_check_only_for_the_same_file(tmp_path):
-    from fnet_tf import fileio, model_card
+    from fnet_tf.core import fileio
+    from fnet_tf.release import card as model_card
 
     metrics = fileio.read_json(os.path.join(REPO, "models", "factorizenet-l7", "metrics.json"))
     check = {"sha256": metrics["sha256"], "top1_agreement": 0.999, "images": 1000,
@@ -121,7 +122,8 @@ def test_card_keeps_an_arm64_check_only_for_the_same_file(tmp_path):
 
 
 def test_released_cards_carry_the_arm64_figures_of_their_own_file():
-    from fnet_tf import fileio, zoo
+    from fnet_tf.release import zoo
+    from fnet_tf.core import fileio
 
     for name in zoo.names():
         metrics = fileio.read_json(os.path.join(zoo.zoo_dir(), name, zoo.METRICS))

@@ -1,4 +1,4 @@
-"""fnet_tf.distill: the KD loss by hand, and a tiny distilled run."""
+"""fnet_tf.training.distill: the KD loss by hand, and a tiny distilled run."""
 import os
 
 import numpy as np
@@ -8,8 +8,8 @@ from conftest import run_module
 
 
 def _loss(targets, logits, alpha, temperature, num_classes=3, smoothing=0.0):
-    from fnet_tf.backend import tf
-    from fnet_tf.distill import kd_loss, tf_ops
+    from fnet_tf.core.backend import tf
+    from fnet_tf.training.distill import kd_loss, tf_ops
 
     return kd_loss(tf.constant(targets, tf.float32), tf.constant(logits, tf.float32), alpha,
                    temperature, num_classes, tf_ops, smoothing).numpy()
@@ -21,7 +21,7 @@ def _log_softmax(x):
 
 
 def test_alpha_0_is_cross_entropy_and_the_kd_term_matches_a_hand_count():
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     logits = np.array([[2.0, -1.0, 0.5], [0.1, 0.2, 3.0]])
     onehot = np.array([[1.0, 0, 0], [0, 1.0, 0]])

@@ -54,7 +54,7 @@ def test_two_workers_share_one_run_directory_and_end_with_identical_weights(tiny
     assert "worker 0; it writes" in results[0][0]
     assert f"this worker writes only {worker_dir}" in results[1][0]
 
-    from fnet_tf.artifacts import load_keras_model
+    from fnet_tf.run.artifacts import load_keras_model
 
     chief = load_keras_model(str(run_dir / "model_float.keras")).get_weights()
     other = load_keras_model(str(worker_dir / "model_float.keras")).get_weights()
@@ -70,7 +70,7 @@ def test_two_workers_share_one_run_directory_and_end_with_identical_weights(tiny
 
 def test_a_non_chief_worker_resumes_from_the_chief_state_and_writes_elsewhere(tmp_path,
                                                                             monkeypatch):
-    from fnet_tf import distribute
+    from fnet_tf.training import distribute
 
     shared = tmp_path / "run"
     (shared / "checkpoints" / "float" / "epoch-0001").mkdir(parents=True)

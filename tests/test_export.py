@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf import export
+from fnet_tf.tflite import convert as export
 
 TO_TFLITE = os.path.join(REPO, "export", "to_tflite.py")
 RUN_TFLITE = os.path.join(REPO, "export", "run_tflite.py")
@@ -36,8 +36,9 @@ def test_qat_run_exports_a_verified_int8_file(exported, qat_run):
 
 
 def test_int8_file_agrees_with_the_qat_keras_model(exported, qat_run, tiny_archive):
-    from fnet_tf import artifacts, data
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run import artifacts
+    from fnet_tf.data import datasets as data
+    from fnet_tf.run.rundir import RunDir
 
     path, stdout = exported
     model, _ = artifacts.qat_model(RunDir(qat_run))
@@ -81,7 +82,7 @@ def test_mlperf_reference_runs_unchanged(tiny_tree):
 
 def test_foreign_keras_model_exports_int8(tmp_path, tiny_archive):
     """MobileNetV2 expects pixels in [-1, 1]: the transform is folded into the int8 graph."""
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), weights=None, classes=10,
                                            alpha=0.35)
@@ -96,13 +97,13 @@ def test_foreign_keras_model_exports_int8(tmp_path, tiny_archive):
 
 
 def _sin(t):
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
 
     return tf.math.sin(t)
 
 
 def test_model_with_a_float_op_is_rejected(tmp_path, tiny_archive):
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(4, 3)(inputs)

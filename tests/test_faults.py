@@ -2,7 +2,7 @@
 files, bad data and bad flags. Nothing completed may be lost, nothing half-written may look
 whole, and every user mistake gets one line and exit code 2 (never a traceback).
 
-Crash points come from ``fnet_tf.fileio.crash_point``: ``FNET_TF_CRASH_AT=atomic-dir/epoch-0002:1`` makes
+Crash points come from ``fnet_tf.core.fileio.crash_point``: ``FNET_TF_CRASH_AT=atomic-dir/epoch-0002:1`` makes
 the process SIGKILL itself when it is about to rename the fully written directory
 of the epoch-2 checkpoint into place.
 """
@@ -39,7 +39,7 @@ def _history_epochs(run_dir, phase="float"):
 
 
 def _assert_run_whole(run_dir):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     manifest = json.load(open(os.path.join(run_dir, "run.json")))
     for step in manifest["steps"].values():
@@ -75,7 +75,7 @@ def test_kill_while_writing_a_checkpoint_resumes_after_the_last_whole_epoch(tiny
 def _max_weight_difference(a, b):
     """The largest difference between two models' weights, relative to each tensor's range
     (BN moving variances of raw-pixel inputs run to 1e5 and more)."""
-    from fnet_tf.artifacts import load_keras_model
+    from fnet_tf.run.artifacts import load_keras_model
 
     wa, wb = load_keras_model(a).get_weights(), load_keras_model(b).get_weights()
     return max(float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)) for x, y in zip(wa, wb))
@@ -110,7 +110,7 @@ def test_kill_while_exporting_leaves_no_file_that_looks_whole(qat_run, tmp_path)
     killed = run_module(args, env={"FNET_TF_CRASH_AT": "atomic-file/model_int8.tflite:1"})
     assert killed.returncode == -signal.SIGKILL
     assert not os.path.exists(out)
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     assert not RunDir(run_dir).is_complete("export:model_int8.tflite")
     again = run_module(args)

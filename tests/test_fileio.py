@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from fnet_tf import fileio
+from fnet_tf.core import fileio
 
 
 def test_write_and_replace(tmp_path):

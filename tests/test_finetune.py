@@ -35,7 +35,7 @@ def five_class_64px(tmp_path_factory):
 def test_mixed_sizes_are_resized_by_the_one_rule(five_class_64px):
     from PIL import Image
 
-    from fnet_tf import data
+    from fnet_tf.data import datasets as data
     from fnet_tf.device.run_tflite import fit_image, load_image
 
     dataset = data.load(five_class_64px, image_size=(64, 64))
@@ -66,7 +66,7 @@ def test_fit_image_resizes_the_shorter_side_then_center_crops():
 
 
 def test_augmentation_lengths_scale_with_the_image():
-    from fnet_tf import data
+    from fnet_tf.data import datasets as data
 
     assert data.scaled_to(4, (32, 32, 3)) == 4
     assert data.scaled_to(4, (96, 128, 3)) == 12
@@ -74,8 +74,8 @@ def test_augmentation_lengths_scale_with_the_image():
 
 
 def test_macs_at_64_pixels_equal_a_hand_count():
-    from fnet_tf import architectures
-    from fnet_tf.spec import summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import summarize
 
     spec = architectures.model_spec("factorizenet", 0, 1.0, image_size=(64, 64))
     # two 3x3 convs a stage (32, 64, 128 filters), 2x2 pooling between stages: 64, 32, 16 px
@@ -87,8 +87,8 @@ def test_macs_at_64_pixels_equal_a_hand_count():
 
 
 def test_odd_sizes_pool_as_keras_does():
-    from fnet_tf import architectures
-    from fnet_tf.spec import build_model, summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.arch.spec import build_model, summarize
 
     spec = architectures.model_spec("resnet8", 0, 1.0, image_size=(50, 38))
     model = build_model(spec)
@@ -140,8 +140,8 @@ def test_a_released_model_fine_tunes_at_64_px_and_exports(five_class_64px, tmp_p
 def test_freeze_body_trains_the_classifier_alone():
     """While frozen only the classifier moves (BN's statistics too stay); afterwards every
     layer trains again, and a layer frozen before (a whitening stem) stays frozen."""
-    from fnet_tf import finetune
-    from fnet_tf.backend import keras
+    from fnet_tf.training import finetune
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
@@ -171,8 +171,8 @@ def test_freeze_body_trains_the_classifier_alone():
 
 
 def test_a_users_model_gets_a_new_head_and_loses_its_softmax():
-    from fnet_tf import finetune
-    from fnet_tf.backend import keras
+    from fnet_tf.training import finetune
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(inputs))

@@ -258,7 +258,7 @@ def test_ctrl_c_while_tensorflow_builds_is_interrupted_not_a_traceback(tmp_path)
     script = tmp_path / "command.py"
     script.write_text(
         "import os, signal\n"
-        "from fnet_tf import cli\n"
+        "from fnet_tf.core import cli\n"
         "def main(argv):\n"
         "    try:\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"

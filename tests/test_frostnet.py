@@ -9,8 +9,8 @@ from conftest import REPO, run_module
 
 
 def _noise(gradient, low, high, step, uniform, coin, clip=1e-3, decay=1e-2):
-    from fnet_tf.backend import tf
-    from fnet_tf.gradboost import boost_noise
+    from fnet_tf.core.backend import tf
+    from fnet_tf.training.gradboost import boost_noise
 
     return boost_noise(tf.constant(gradient), tf.constant(low), tf.constant(high), step, clip,
                        decay, tf.constant(uniform), tf.constant(coin), tf).numpy()
@@ -36,22 +36,22 @@ def test_the_noise_has_the_gradients_sign_is_clipped_masked_and_decays():
 
 
 def _optimizer(boost, lr=0.1):
-    from fnet_tf.backend import keras
-    from fnet_tf.gradboost import with_gradboost
+    from fnet_tf.core.backend import keras
+    from fnet_tf.training.gradboost import with_gradboost
 
     return with_gradboost(keras.optimizers.SGD)(lr, momentum=0.9, nesterov=True, boost=boost,
                                                 gradboost_seed=3)
 
 
 def _steps(optimizer, variable, grads):
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
 
     for g in grads:
         optimizer.apply_gradients([(tf.constant(g), variable)])
 
 
 def test_warm_up_only_gathers_statistics_and_boosting_changes_the_update():
-    from fnet_tf.backend import keras, tf
+    from fnet_tf.core.backend import keras, tf
 
     rng = np.random.default_rng(1)
     grads = [rng.normal(size=(20,)).astype(np.float32) * 1e-2 for _ in range(5)]
@@ -74,7 +74,7 @@ def test_warm_up_only_gathers_statistics_and_boosting_changes_the_update():
 
 
 def test_gradboost_state_survives_a_checkpoint_round_trip(tmp_path):
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
 
     rng = np.random.default_rng(2)
     grads = [rng.normal(size=(4, 3)).astype(np.float32) * 1e-2 for _ in range(8)]
@@ -94,8 +94,8 @@ def test_gradboost_state_survives_a_checkpoint_round_trip(tmp_path):
 
 
 def test_state_carries_by_variable_name_into_another_optimizer():
-    from fnet_tf.backend import tf
-    from fnet_tf.gradboost import load_state, state_arrays
+    from fnet_tf.core.backend import tf
+    from fnet_tf.training.gradboost import load_state, state_arrays
 
     source_var = tf.Variable(np.ones((3,), np.float32), name="layer/kernel")
     source = _optimizer(False)
@@ -110,8 +110,8 @@ def test_state_carries_by_variable_name_into_another_optimizer():
 
 
 def test_the_frost_block_matches_a_hand_count_and_falls_back():
-    from fnet_tf.backend import keras
-    from fnet_tf.spec import BuildContext, FrostBottleneck
+    from fnet_tf.core.backend import keras
+    from fnet_tf.arch.spec import BuildContext, FrostBottleneck
 
     block = FrostBottleneck(40, kernel=5, expansion=3, squeeze_ratio=4, stride=1)
     # C_in 40: squeeze 40 -> 10 -> make_divisible 16; concat 56; expand 168; dw 5x5; project 40
@@ -135,9 +135,9 @@ def test_the_frost_block_matches_a_hand_count_and_falls_back():
 
 
 def test_frostnet_cifar_costs_like_level_3_and_resnet8_and_has_no_levels():
-    from fnet_tf import architectures
-    from fnet_tf.errors import UserError
-    from fnet_tf.spec import summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.arch.spec import summarize
 
     macs = summarize(architectures.model_spec("frostnet_cifar"))["macs"]
     assert 9.2e6 <= macs <= 12.5e6
@@ -149,7 +149,7 @@ def test_frostnet_cifar_costs_like_level_3_and_resnet8_and_has_no_levels():
 
 def test_statassist_with_gradboost_trains_qats_and_exports_a_fully_int8_file(tiny_archive,
                                                                              tmp_path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     run_dir = str(tmp_path / "run")
     trained = run_module(["-m", "fnet_tf.train", "--model", "frostnet_cifar", "--width", "0.5",
@@ -188,7 +188,7 @@ def test_keras3_gradboost_draws_and_bounded_updates():
     keras3 = pytest.importorskip("keras")
     if not keras3.__version__.startswith("3."):
         pytest.skip("Keras 3 is not installed")
-    from fnet_tf.gradboost import _hash_draws, with_gradboost_keras3
+    from fnet_tf.training.gradboost import _hash_draws, with_gradboost_keras3
 
     uniform, coin = (np.asarray(a) for a in _hash_draws((4000,), 7, 2, keras3.ops))
     assert 0 < uniform.min() and uniform.max() <= 1 and abs(uniform.mean() - 0.5) < 0.03
@@ -275,8 +275,8 @@ def test_the_recipes_report_compares_every_recipe_with_finetune(tmp_path):
 def test_the_ramp_warm_up_is_a_slice_of_the_longer_linear_warm_up():
     """--statassist_warmup ramp: the float epochs run the first part of a --warmup_epochs linear
     warm-up (not capped at 20% of the phase, never annealed), as the reference code does."""
-    from fnet_tf.recipe import Recipe
-    from fnet_tf.training import lr_schedule
+    from fnet_tf.training.recipe import Recipe
+    from fnet_tf.training.loop import lr_schedule
 
     def lrs(warmup, epochs, steps=10):
         lr = lr_schedule(Recipe(epochs=epochs, lr=0.2, warmup_epochs=2.0, warmup=warmup), steps)

@@ -1,10 +1,11 @@
-"""Grouped convs trained as block-diagonal standard convs (fnet_tf.grouped)."""
+"""Grouped convs trained as block-diagonal standard convs (fnet_tf.arch.grouped)."""
 import numpy as np
 import pytest
 
-from fnet_tf import architectures, grouped
-from fnet_tf.backend import keras
-from fnet_tf.spec import build_model, has_grouped_convs
+from fnet_tf.arch import architectures
+from fnet_tf.arch import grouped
+from fnet_tf.core.backend import keras
+from fnet_tf.arch.spec import build_model, has_grouped_convs
 
 
 def test_block_diagonal_round_trip_and_layout():

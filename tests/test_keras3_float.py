@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import last_line, run_module
-from fnet_tf import architectures
-from fnet_tf.portable_weights import load_weights_by_layer, weights_by_layer
-from fnet_tf.spec import build_model
+from fnet_tf.arch import architectures
+from fnet_tf.run.portable_weights import load_weights_by_layer, weights_by_layer
+from fnet_tf.arch.spec import build_model
 
 keras3 = pytest.importorskip("keras")
 
@@ -34,7 +34,7 @@ def test_keras3_and_tf_keras_builds_compute_the_same(name, level):
 
 
 def test_import_refuses_weights_of_another_level():
-    from fnet_tf.errors import UserError
+    from fnet_tf.core.errors import UserError
 
     weights = weights_by_layer(build_model(architectures.model_spec("factorizenet", 2, 0.25)))
     with pytest.raises(UserError, match="another model"):

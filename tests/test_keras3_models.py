@@ -43,7 +43,7 @@ def _cnn(keras, classes):
 def keras3_files(tiny_tree, tmp_path_factory):
     """The CNN trained on the tiny data, saved the three ways a Keras 3 user saves it."""
     keras = _keras3()
-    from fnet_tf import data
+    from fnet_tf.data import datasets as data
 
     dataset = data.load(tiny_tree)
     keras.utils.set_random_seed(0)
@@ -66,7 +66,8 @@ def keras3_files(tiny_tree, tmp_path_factory):
 
 
 def test_keras3_files_are_told_apart_and_pass_the_inspection(keras3_files):
-    from fnet_tf import keras3_models, model_safety
+    from fnet_tf.run import keras3_models
+    from fnet_tf.run import model_safety
 
     files, _, _ = keras3_files
     assert keras3_models.file_kind(files["keras"]) == keras3_models.KERAS3
@@ -93,7 +94,7 @@ def _agreement(stdout):
 @pytest.mark.parametrize("kind", ["keras", "h5", "saved_model"])
 def test_each_keras3_format_exports_a_verified_full_int8_file(keras3_files, tiny_tree, kind,
                                                               tmp_path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     files, _, dataset = keras3_files
     out = tmp_path / "cnn_int8.tflite"
@@ -115,7 +116,7 @@ def test_each_keras3_format_exports_a_verified_full_int8_file(keras3_files, tiny
 
 def test_mobilenet_v3_small_from_keras_applications_exports_at_96(tiny_tree, tmp_path):
     keras = _keras3()
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     keras.utils.set_random_seed(0)
     model = keras.applications.MobileNetV3Small(input_shape=(96, 96, 3), weights=None,
@@ -159,8 +160,8 @@ def test_a_keras3_lambda_that_writes_a_file_is_refused_and_never_runs(tiny_tree,
 
 
 def test_keras3_layers_that_load_code_are_refused(tmp_path):
-    from fnet_tf import model_safety
-    from fnet_tf.errors import UserError
+    from fnet_tf.run import model_safety
+    from fnet_tf.core.errors import UserError
 
     config = {"module": "keras.src.models.functional", "class_name": "Functional", "config": {
         "name": "m", "layers": [{"module": "keras.layers", "class_name": "TFSMLayer",
@@ -177,8 +178,8 @@ def test_keras3_layers_that_load_code_are_refused(tmp_path):
 
 
 def test_the_tf_keras_twin_gives_the_keras3_outputs(keras3_files):
-    from fnet_tf import artifacts
-    from fnet_tf.backend import keras as tf_keras
+    from fnet_tf.run import artifacts
+    from fnet_tf.core.backend import keras as tf_keras
 
     files, model, dataset = keras3_files
     images = dataset.test.images.astype(np.float32)
@@ -192,8 +193,8 @@ def test_the_tf_keras_twin_gives_the_keras3_outputs(keras3_files):
 
 def test_a_keras3_layer_without_a_tf_keras_twin_is_one_line(tmp_path):
     keras = _keras3()
-    from fnet_tf import artifacts
-    from fnet_tf.errors import UserError
+    from fnet_tf.run import artifacts
+    from fnet_tf.core.errors import UserError
 
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, activation="hard_silu")(inputs)
@@ -205,7 +206,7 @@ def test_a_keras3_layer_without_a_tf_keras_twin_is_one_line(tmp_path):
 
 def test_qat_of_a_keras3_model_exports_a_verified_full_int8_file(keras3_files, tiny_tree,
                                                                 tmp_path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     files, _, dataset = keras3_files
     run_dir = tmp_path / "qat"

@@ -1,9 +1,9 @@
 """Layer factories: the layer sequences TF-MOT and the int8 converter expect."""
 import numpy as np
 
-from fnet_tf import layers
-from fnet_tf.backend import keras
-from fnet_tf.spec import BuildContext, ModelSpec, basic_block, bottleneck_block, build_model
+from fnet_tf.arch import layers
+from fnet_tf.core.backend import keras
+from fnet_tf.arch.spec import BuildContext, ModelSpec, basic_block, bottleneck_block, build_model
 
 
 def _model(fn):

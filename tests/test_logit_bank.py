@@ -1,13 +1,13 @@
-"""The teacher-logit bank (``fnet_tf.logit_bank``): computed once, reused, the student's view."""
+"""The teacher-logit bank (``fnet_tf.training.logit_bank``): computed once, reused, the student's view."""
 import numpy as np
 
-from fnet_tf import data
-from fnet_tf.logit_bank import LogitBank
-from fnet_tf.recipe import Recipe
+from fnet_tf.data import datasets as data
+from fnet_tf.training.logit_bank import LogitBank
+from fnet_tf.training.recipe import Recipe
 
 
 def _teacher(tmp_path):
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))

@@ -2,16 +2,19 @@
 import numpy as np
 import pytest
 
-from fnet_tf import architectures, benchmark, export, quantization
+from fnet_tf.quantization import schemes
+from fnet_tf.arch import architectures
+from fnet_tf.tflite import measure as benchmark
+from fnet_tf.tflite import convert as export
 from fnet_tf.analysis import op_latency
-from fnet_tf.errors import UserError
+from fnet_tf.core.errors import UserError
 
 
 def _int8(name, level, width=0.25):
     model = architectures.create_model(name, level, width)
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
     return export.convert_int8(model, lambda: ([images[i:i + 1]] for i in range(4)),
-                               quantization.get_scheme("ptq"))
+                               schemes.get_scheme("ptq"))
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def test_device_scripts_are_single_files_and_the_checkout_paths_reach_them(scrip
 
 
 def test_the_zoo_is_found_in_an_installed_package(tmp_path, monkeypatch):
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     packaged = tmp_path / "released" / "some-model"
     packaged.mkdir(parents=True)

@@ -21,7 +21,7 @@ def _float_epochs(run_dir):
 
 
 def _weights(path):
-    from fnet_tf.artifacts import load_keras_model
+    from fnet_tf.run.artifacts import load_keras_model
 
     return load_keras_model(path).get_weights()
 

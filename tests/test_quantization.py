@@ -2,14 +2,16 @@
 import numpy as np
 import pytest
 
-from fnet_tf import architectures, export, quantization
-from fnet_tf.errors import UserError
+from fnet_tf.quantization import schemes
+from fnet_tf.arch import architectures
+from fnet_tf.tflite import convert as export
+from fnet_tf.core.errors import UserError
 
 
 def test_registry():
-    assert {"int8", "int8_per_tensor", "ptq"} <= set(quantization.list_schemes())
+    assert {"int8", "int8_per_tensor", "ptq"} <= set(schemes.list_schemes())
     with pytest.raises(UserError, match="unknown quantization scheme 'int4'"):
-        quantization.get_scheme("int4")
+        schemes.get_scheme("int4")
 
 
 def _weight_scale_counts(content):
@@ -22,10 +24,10 @@ def _weight_scale_counts(content):
 @pytest.mark.parametrize("name,per_channel", [("int8", True), ("int8_per_tensor", False),
                                               ("ptq", True)])
 def test_schemes_convert_fully_int8_with_their_weight_granularity(name, per_channel):
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)  # independent of the tests that ran before
-    scheme = quantization.get_scheme(name)
+    scheme = schemes.get_scheme(name)
     model = architectures.create_model("factorizenet", 5, width=0.25)
     qmodel = scheme.quantize(model)
     assert (qmodel is model) == (not scheme.qat)
@@ -33,7 +35,7 @@ def test_schemes_convert_fully_int8_with_their_weight_granularity(name, per_chan
     images[0, 0, 0] = (0, 255, 0)  # the full pixel range
     if scheme.qat:
         # A QAT model's input range is what its input quantizer has seen in training.
-        from fnet_tf.backend import keras
+        from fnet_tf.core.backend import keras
 
         qmodel.compile(keras.optimizers.SGD(1e-5), "categorical_crossentropy")
         qmodel.fit(images, np.eye(10)[np.arange(8) % 10], epochs=1, verbose=0)

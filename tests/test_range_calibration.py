@@ -3,7 +3,7 @@ import numpy as np
 
 
 def _float_model():
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3), name="image")
@@ -15,7 +15,7 @@ def _float_model():
 
 
 def test_ranges_come_from_the_float_models_batches_and_bn_is_left_as_it_was():
-    from fnet_tf.quantization import get_scheme
+    from fnet_tf.quantization.schemes import get_scheme
     from fnet_tf.quantization.range_calibration import batch_ranges, calibrate
 
     model = _float_model()

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf import architectures, export, quantization
+from fnet_tf.quantization import schemes
+from fnet_tf.arch import architectures
+from fnet_tf.tflite import convert as export
 
 SCRIPT = os.path.join(REPO, "export", "regroup.py")
 _spec = importlib.util.spec_from_file_location("regroup", SCRIPT)
@@ -18,14 +20,14 @@ def _int8(model, n=4):
     shape = model.input_shape[1:]
     images = np.random.default_rng(0).integers(0, 256, (n, *shape)).astype(np.float32)
     return export.convert_int8(model, lambda: ([images[i:i + 1]] for i in range(n)),
-                               quantization.get_scheme("ptq"))
+                               schemes.get_scheme("ptq"))
 
 
 @pytest.fixture(scope="module")
 def grouped_net():
     """A conv over 8 groups of 2 input channels and one over 4 groups of 8, with a channel
     multiplier (each group has more outputs than inputs)."""
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((12, 12, 16))
     x = keras.layers.Conv2D(16, 3, padding="same", groups=8, activation="relu")(inputs)
@@ -52,7 +54,7 @@ def test_expand_filter_places_each_channel_at_its_inputs():
 
 
 def test_a_factorizenet_level_keeps_its_accuracy_exactly(tiny_archive, tmp_path):
-    from fnet_tf import data
+    from fnet_tf.data import datasets as data
 
     labels = [f"class{i}" for i in range(10)]
     content = export.attach_labels(_int8(architectures.create_model("factorizenet", 4, width=0.5)),
@@ -78,7 +80,7 @@ def test_a_factorizenet_level_keeps_its_accuracy_exactly(tiny_archive, tmp_path)
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     inputs = keras.Input((8, 8, 3))
     plain = _int8(keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs)))

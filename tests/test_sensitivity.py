@@ -39,8 +39,8 @@ def test_b_bit_filters_are_symmetric_per_filter(bits):
 
 
 def _trained_tiny_model(tiny_archive):
-    from fnet_tf import data
-    from fnet_tf.backend import keras
+    from fnet_tf.data import datasets as data
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     split = data.load(tiny_archive).train

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf.analysis import sweep_report
-from fnet_tf.errors import UserError
+from fnet_tf.search import sweep_report
+from fnet_tf.core.errors import UserError
 
 FIELDS = ("level", "params", "macs", "size_bytes", "float_accuracy", "ptq_int8_accuracy",
           "ptq_per_tensor_int8_accuracy", "qat_int8_accuracy", "int8_drop", "w4_val_accuracy",
@@ -201,7 +201,7 @@ def test_a_sweep_folder_of_two_models_names_each_row():
 def test_the_summary_gives_mean_and_sample_std_over_seeds_on_a_hand_made_csv(tmp_path):
     import csv
 
-    from fnet_tf.analysis import sweep_report as report
+    from fnet_tf.search import sweep_report as report
 
     rows = []
     for level, init, seed, acc, lat in [(7, "he_normal", 0, 0.80, 0.05), (7, "he_normal", 1, 0.84, 0.07),
@@ -231,7 +231,7 @@ def test_designs_that_differ_only_in_width_are_separate_rows_of_the_summary(tmp_
     """A capacity-front sweep trains one level at several widths: never averaged together."""
     import csv
 
-    from fnet_tf.analysis import sweep_report as report
+    from fnet_tf.search import sweep_report as report
 
     rows = [{"model": "factorizenet", "level": "0.0.7", "width": width, "seed": seed,
              "init": "he_normal", "params": 1, "macs": 2, "size_bytes": 3,
@@ -255,7 +255,7 @@ def test_designs_that_differ_only_in_width_are_separate_rows_of_the_summary(tmp_
 
 
 def test_the_design_space_step_times_untrained_designs_and_trains_nothing(tiny_archive, tmp_path):
-    from fnet_tf import design_space
+    from fnet_tf.search import design_space
 
     per_stage, widths = design_space.parse_space("levels=5-7 per stage; width=0.25,0.5")
     every = design_space.candidates("factorizenet", per_stage, widths)
@@ -295,7 +295,9 @@ def test_a_bad_design_space_is_one_line(tmp_path, tiny_archive):
 
 
 def test_the_latency_model_recovers_known_costs_and_chooses_by_prediction():
-    from fnet_tf import architectures, design_space, latency_model
+    from fnet_tf.arch import architectures
+    from fnet_tf.search import design_space
+    from fnet_tf.search import latency_model
 
     specs = [architectures.model_spec("factorizenet", lvl, w)
              for lvl in (0, 3, 5, 7, "0,5,7", "0,7,7", "3,5,7") for w in (0.75, 1.0, "0.75,1,1.25")]
@@ -321,7 +323,8 @@ def test_the_latency_model_recovers_known_costs_and_chooses_by_prediction():
 
 
 def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
-    from fnet_tf.analysis import plots, sweep_report
+    from fnet_tf.analysis import plots
+    from fnet_tf.search import sweep_report
 
     runs = []
     for level in (0, 7):
@@ -346,7 +349,8 @@ def test_layers_by_init_takes_each_initializers_first_seed(tmp_path):
 
 def test_layers_across_levels_takes_per_stage_designs_and_widths_apart(tmp_path):
     """A capacity-front sweep mixes uniform levels and per-stage designs at several widths."""
-    from fnet_tf.analysis import plots, sweep_report
+    from fnet_tf.analysis import plots
+    from fnet_tf.search import sweep_report
 
     runs = []
     for level, width in ((0, 0.5), ("0.0.7", "0.5,0.75,0.75"), ("0.0.7", "0.5,0.5,1"), (7, 1.0)):
@@ -363,7 +367,7 @@ def test_layers_across_levels_takes_per_stage_designs_and_widths_apart(tmp_path)
 
 
 def test_layer_table_by_init_gives_each_layers_mean_and_std_over_seeds(tmp_path):
-    from fnet_tf.analysis import sweep_report
+    from fnet_tf.search import sweep_report
 
     runs = []
     for init, raw in (("he_normal", 0.2), ("normal_std1.0", 1.0)):

@@ -1,13 +1,13 @@
 """airbench's initialisation and lookahead for the teacher (``airbench_whitened``)."""
 import numpy as np
 
-from fnet_tf import teacher_init
+from fnet_tf.arch import whitening as teacher_init
 
 
 def test_whitening_stem_whitens_the_training_patches():
-    from fnet_tf import architectures
-    from fnet_tf.backend import keras
-    from fnet_tf.spec import build_model, summarize
+    from fnet_tf.arch import architectures
+    from fnet_tf.core.backend import keras
+    from fnet_tf.arch.spec import build_model, summarize
 
     spec = architectures.model_spec("airbench_whitened")
     model = build_model(spec)
@@ -37,7 +37,7 @@ def test_dirac_makes_the_first_filters_the_identity():
 
 
 def test_lookahead_decay_grows_as_the_cube_of_progress():
-    from fnet_tf.lookahead import PEAK_DECAY, decay_at
+    from fnet_tf.training.lookahead import PEAK_DECAY, decay_at
 
     assert decay_at(0, 100) == 0.0
     assert abs(decay_at(50, 100) - PEAK_DECAY / 8) < 1e-12
@@ -45,7 +45,7 @@ def test_lookahead_decay_grows_as_the_cube_of_progress():
 
 
 def _trained(lookahead, epochs=2):
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
@@ -53,7 +53,7 @@ def _trained(lookahead, epochs=2):
     x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
     y = np.random.default_rng(1).normal(size=(64, 3)).astype(np.float32)
     averages = []
-    for epoch in range(epochs):  # one fit per epoch, as fnet_tf.training does
+    for epoch in range(epochs):  # one fit per epoch, as fnet_tf.training.loop does
         model.fit(x, y, batch_size=8, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                   shuffle=False, callbacks=[lookahead] if lookahead else [])
         if lookahead:
@@ -64,7 +64,7 @@ def _trained(lookahead, epochs=2):
 def test_lookahead_leaves_the_weights_on_their_average_at_every_epoch_end():
     """An update falls on every epoch's last step (so a checkpoint holds the average), and
     the averaging changes the weights: they are not plain SGD's."""
-    from fnet_tf.lookahead import Lookahead
+    from fnet_tf.training.lookahead import Lookahead
 
     model, averages = _trained(Lookahead(total_steps=16, batch_size=5120))  # every step
     for average, weight in zip(averages[-1], model.weights):

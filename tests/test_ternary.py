@@ -11,7 +11,7 @@ TRAIN = ["-m", "fnet_tf.train", "--model", "factorizenet", "--level", "3", "--wi
 
 
 def test_chosen_filters_are_ternary_with_the_twn_rule_and_gradients_pass_straight():
-    from fnet_tf.backend import tf
+    from fnet_tf.core.backend import tf
     from fnet_tf.quantization.ternary_hybrid import hybrid_ternary
 
     rng = np.random.default_rng(0)
@@ -37,7 +37,7 @@ def test_chosen_filters_are_ternary_with_the_twn_rule_and_gradients_pass_straigh
 
 
 def test_sensitivity_allocation_ternarizes_the_least_sensitive_layers_first():
-    from fnet_tf import architectures
+    from fnet_tf.arch import architectures
     from fnet_tf.quantization.ternary_hybrid import sensitivity_fractions, uniform_fractions
 
     model = architectures.create_model("factorizenet", level=6, width=0.5)
@@ -58,7 +58,7 @@ def test_sensitivity_allocation_ternarizes_the_least_sensitive_layers_first():
 
 def test_a_tiny_ternary_run_exports_a_verified_int8_file_with_the_declared_share(tiny_archive,
                                                                                   tmp_path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
     from fnet_tf.analysis.bit_budget import bit_budget
 
     content, stdout = train_and_export([*TRAIN, "--data", tiny_archive, "--ternary_fraction", "0.5"],

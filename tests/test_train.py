@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf import fileio
+from fnet_tf.core import fileio
 
 
 def _train_args(archive, run_dir, epochs, *extra):
@@ -131,8 +131,9 @@ def test_an_epochs_dataset_is_its_batches_with_the_teachers_logits():
     ``data.epoch_batches``, the short last one included, with the teacher's logits on them."""
     import numpy as np
 
-    from fnet_tf import data, training
-    from fnet_tf.backend import keras
+    from fnet_tf.data import datasets as data
+    from fnet_tf.training import loop as training
+    from fnet_tf.core.backend import keras
 
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (70, 8, 8, 3), dtype=np.uint8),
@@ -160,7 +161,8 @@ def test_epoch_arrays_built_ahead_are_the_epochs_own_arrays():
     nothing past the last epoch."""
     import numpy as np
 
-    from fnet_tf import data, training
+    from fnet_tf.data import datasets as data
+    from fnet_tf.training import loop as training
 
     rng = np.random.default_rng(1)
     split = data.Split(rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8),

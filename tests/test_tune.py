@@ -9,7 +9,7 @@ from conftest import last_line, run_module
 
 
 def test_plan_is_the_base_then_one_change_at_a_time():
-    from fnet_tf.recipe_grid import plan_trials
+    from fnet_tf.search.recipe_grid import plan_trials
 
     trials = plan_trials(["weight_decay=5e-3"], ["label_smoothing=0.1",
                                                  "weight_decay=2.5e-3,5e-3,1e-2", "cutout=8"])
@@ -21,7 +21,7 @@ def test_plan_is_the_base_then_one_change_at_a_time():
 
 
 def test_a_distilled_base_recipe_is_tuned_like_any_other():
-    from fnet_tf.recipe_grid import plan_trials
+    from fnet_tf.search.recipe_grid import plan_trials
 
     trials = plan_trials(["teacher=runs/big", "kd_alpha=0.5", "kd_temperature=4"],
                          ["cutout=8", "kd_alpha=0", "teacher=runs/other/"])
@@ -38,8 +38,8 @@ def test_a_distilled_base_recipe_is_tuned_like_any_other():
     ("cutout=big", "cutout takes int values"),
 ])
 def test_bad_settings_are_named(vary, message):
-    from fnet_tf.errors import UserError
-    from fnet_tf.recipe_grid import plan_trials
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.search.recipe_grid import plan_trials
 
     with pytest.raises(UserError, match=message):
         plan_trials([], [vary])

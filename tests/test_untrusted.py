@@ -70,7 +70,7 @@ def _model_with(keras, layer):
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
     """Model files whose loading would write ``marker`` (it is deleted after saving them)."""
-    from fnet_tf.backend import keras, tf
+    from fnet_tf.core.backend import keras, tf
 
     root = tmp_path_factory.mktemp("hostile")
     marker = root / "MARKER"
@@ -119,7 +119,7 @@ def test_model_files_with_code_are_refused_and_never_run(hostile, kind, needle, 
 
 
 def test_a_foreign_run_directory_holding_a_lambda_is_refused(hostile, tmp_path):
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     files, marker = hostile
     run = RunDir(tmp_path / "foreign")
@@ -143,8 +143,9 @@ def test_trust_model_code_loads_a_model_you_made(hostile, tiny_tree):
 
 
 def test_keras_safe_mode_refusal_says_unsafe_not_corrupt(hostile, monkeypatch):
-    from fnet_tf import artifacts, model_safety
-    from fnet_tf.errors import UserError
+    from fnet_tf.run import artifacts
+    from fnet_tf.run import model_safety
+    from fnet_tf.core.errors import UserError
 
     files, marker = hostile
     monkeypatch.setattr(model_safety, "check_model_file", lambda path: 0)  # only Keras is left
@@ -155,8 +156,9 @@ def test_keras_safe_mode_refusal_says_unsafe_not_corrupt(hostile, monkeypatch):
 
 
 def test_our_own_models_and_keras_applications_pass_the_inspection(tmp_path):
-    from fnet_tf import architectures, model_safety
-    from fnet_tf.backend import keras
+    from fnet_tf.arch import architectures
+    from fnet_tf.run import model_safety
+    from fnet_tf.core.backend import keras
 
     ours = architectures.create_model("factorizenet", level=3, width=0.25)
     theirs = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10,
@@ -177,7 +179,7 @@ def _write_zeros(stream, nbytes, chunk=1 << 22):
 
 
 def _tflite_with_labels_bomb(path):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     with open(RELEASED, "rb") as f:
         content = f.read()
@@ -287,8 +289,8 @@ def _zip_bomb(path):
 def test_a_dataset_archive_bomb_is_refused_before_extracting(tmp_path, make):
     bomb = make(tmp_path / ("bomb.tar.gz" if make is _tar_bomb else "bomb.zip"))
     cache = tmp_path / "cache"
-    result, peak = _peak_mb(["-c", "import sys; from fnet_tf import cli, data; "
-                             "from fnet_tf.errors import UserError\n"
+    result, peak = _peak_mb(["-c", "import sys; from fnet_tf.core import cli; from fnet_tf.data import datasets as data; "
+                             "from fnet_tf.core.errors import UserError\n"
                              "try: data.load(sys.argv[1], cache_dir=sys.argv[2])\n"
                              "except UserError as e: cli._fail(e)", str(bomb), str(cache)])
     _one_line_error(result, bomb.name, "200x the archive's own size")
@@ -304,8 +306,8 @@ def test_a_dataset_archive_bomb_is_refused_before_extracting(tmp_path, make):
 
 def test_archives_with_links_or_more_than_the_free_space_are_refused(tmp_path, tiny_tree,
                                                                      monkeypatch):
-    from fnet_tf import data
-    from fnet_tf.errors import UserError
+    from fnet_tf.data import datasets as data
+    from fnet_tf.core.errors import UserError
 
     linked = tmp_path / "linked.tar.gz"
     with tarfile.open(linked, "w:gz") as t:
@@ -334,8 +336,8 @@ def test_archives_with_links_or_more_than_the_free_space_are_refused(tmp_path, t
 
 
 def test_keras3_weights_bomb_is_refused(tmp_path):
-    from fnet_tf.errors import UserError
-    from fnet_tf.portable_weights import read_weights
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.run.portable_weights import read_weights
 
     bomb = _npz_bomb(tmp_path / "float_weights.npz", name="b0_conv/0")
     with pytest.raises(UserError, match="refusing to decompress"):
@@ -349,7 +351,7 @@ def low_agreement_model(tmp_path_factory):
     """A model whose logits differ by far less than one int8 step of its output: one logit is
     pinned at -1000, so the output scale is ~4 and the other nine logits (spread ~0.01) all
     round to the same int8 value. Its INT8 file picks class 0 for every image."""
-    from fnet_tf.backend import keras
+    from fnet_tf.core.backend import keras
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))
@@ -394,8 +396,8 @@ def test_a_trained_model_exports_without_the_warning(qat_run):
 
 
 def test_a_crafted_deeply_nested_config_is_one_line(tmp_path):
-    from fnet_tf import model_safety
-    from fnet_tf.errors import UserError
+    from fnet_tf.run import model_safety
+    from fnet_tf.core.errors import UserError
 
     path = tmp_path / "deep.keras"
     with zipfile.ZipFile(path, "w") as z:
@@ -410,7 +412,7 @@ def _foreign_run(path):
     """A run directory someone else made: a finished float step (its model file a stand-in that
     nothing here loads), one history row and metrics. At ``OUT/trials/base``, so both
     ``fnet_tf.train --run_dir`` and ``fnet_tf.tune --report --out OUT`` read it."""
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(path)
     run.bind_config({"model": "factorizenet", "level": 0})
@@ -432,7 +434,7 @@ def _outside(run):
 
 def _with_artifact(rel):
     def write(run):
-        from fnet_tf import fileio
+        from fnet_tf.core import fileio
 
         target = _outside(run)
         rel_path = rel(run, target) if callable(rel) else rel
@@ -442,7 +444,7 @@ def _with_artifact(rel):
 
 
 def _symlink_out(run):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     target = _outside(run)
     os.remove(run.file("model_float.keras"))
@@ -460,7 +462,7 @@ def _write(name, content):
 
 def _oversized(name, limit):
     def write(run):
-        from fnet_tf import fileio
+        from fnet_tf.core import fileio
 
         with open(run.file(name), "ab") as f:
             f.truncate(getattr(fileio, limit) + 1)  # sparse: no disk, no time
@@ -533,8 +535,8 @@ def test_a_hostile_run_directory_is_one_line(tmp_path, corrupt, kind, needles):
 
 
 def test_an_escaping_artifact_is_refused_before_it_is_hashed(tmp_path, monkeypatch):
-    from fnet_tf import fileio
-    from fnet_tf.errors import UserError
+    from fnet_tf.core import fileio
+    from fnet_tf.core.errors import UserError
 
     run = _foreign_run(tmp_path / "out" / "trials" / "base")
     _with_artifact(lambda run, target: target)(run)
@@ -552,7 +554,7 @@ def test_an_escaping_artifact_is_refused_before_it_is_hashed(tmp_path, monkeypat
 def test_a_run_directory_reached_through_a_symlink_still_reads(tmp_path):
     run = _foreign_run(tmp_path / "real" / "run")
     os.symlink(tmp_path / "real", tmp_path / "link")
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     linked = RunDir(tmp_path / "link" / "run")
     assert linked.is_complete("float")
@@ -561,8 +563,8 @@ def test_a_run_directory_reached_through_a_symlink_still_reads(tmp_path):
 
 
 def test_bounded_json_reader(tmp_path):
-    from fnet_tf import fileio
-    from fnet_tf.errors import UserError
+    from fnet_tf.core import fileio
+    from fnet_tf.core.errors import UserError
 
     path = tmp_path / "a.json"
     path.write_text('{"x": [1, 2.5, "y"]}')
@@ -586,8 +588,8 @@ def test_bounded_json_reader(tmp_path):
 
 
 def test_bounded_csv_reader(tmp_path):
-    from fnet_tf import fileio
-    from fnet_tf.errors import UserError
+    from fnet_tf.core import fileio
+    from fnet_tf.core.errors import UserError
 
     path = tmp_path / "t.csv"
     path.write_text('a,b\n1,"x,\ny"\n\n3,4\n')
@@ -604,11 +606,11 @@ def test_bounded_csv_reader(tmp_path):
 
 
 def test_layer_stats_checkpoint_meta_and_keras3_result_are_checked(tmp_path):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
     from fnet_tf.analysis.callback import read_stats
-    from fnet_tf.checkpoints import EpochCheckpoints
-    from fnet_tf.errors import UserError
-    from fnet_tf.portable_weights import RESULT, read_result
+    from fnet_tf.run.checkpoints import EpochCheckpoints
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.run.portable_weights import RESULT, read_result
 
     stats = tmp_path / "layer_stats.jsonl"
     stats.write_text('{"phase": "float", "epoch": 1, "weights": {}}\n{"phase": "flo')  # torn

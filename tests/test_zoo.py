@@ -5,8 +5,9 @@ import os
 import pytest
 
 from conftest import REPO, last_line, run_module
-from fnet_tf import fileio, zoo
-from fnet_tf.errors import UserError
+from fnet_tf.release import zoo
+from fnet_tf.core import fileio
+from fnet_tf.core.errors import UserError
 
 PEER = os.path.join(REPO, "..", "shared", "peers", "mlperf-tiny-ic", "resnet8_int8.tflite")
 
@@ -135,8 +136,8 @@ def test_released_models_load_and_the_readme_table_is_current():
 
 
 def test_a_card_with_other_seeds_shows_their_mean_and_sample_std():
-    from fnet_tf import model_card
-    from fnet_tf.analysis.sweep_report import seed_spread
+    from fnet_tf.release import card as model_card
+    from fnet_tf.search.sweep_report import seed_spread
 
     fields = seed_spread({"int8_accuracy": [0.80, 0.82], "float_accuracy": [0.81, 0.85]})
     assert fields["seeds"] == 2 and fields["int8_accuracy_seeds"] == [0.80, 0.82]
@@ -152,8 +153,8 @@ def test_a_card_with_other_seeds_shows_their_mean_and_sample_std():
 
 
 def test_every_registered_model_is_named_for_what_it_is_in_its_card():
-    from fnet_tf import model_card
-    from fnet_tf.architectures import list_models
+    from fnet_tf.release import card as model_card
+    from fnet_tf.arch.architectures import list_models
 
     for name in list_models():
         line = model_card.description({"model": name, "level": 0})
@@ -169,7 +170,7 @@ def _card(name, model, accuracy, macs, ratio, size, **extra):
 
 
 def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
-    from fnet_tf.analysis import zoo_front
+    from fnet_tf.release import front as zoo_front
 
     rows = [_card("resnet8", "resnet8", 0.8369, 12_500_000, 1.02, 95_571,
                   peer_macs=12_501_632, peer_size_bytes=96_000),
@@ -206,7 +207,7 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
 
 
 def test_a_distilled_model_is_judged_against_the_resnet8_distilled_from_the_same_teacher():
-    from fnet_tf.analysis import zoo_front
+    from fnet_tf.release import front as zoo_front
 
     plain = {"qat_scheme": "int8", "float_epochs": 80}
     taught = dict(plain, teacher="big", kd_alpha=0.5)
@@ -234,7 +235,7 @@ def test_a_distilled_model_is_judged_against_the_resnet8_distilled_from_the_same
 
 
 def test_the_cards_recipe_sentence_says_what_the_recorded_recipe_did():
-    from fnet_tf import model_card
+    from fnet_tf.release import card as model_card
 
     old = {"lr": 0.2, "warmup_epochs": 2.0, "weight_decay": 0.005, "batch_size": 128,
            "label_smoothing": 0.0, "val_split": 5000}  # a card from before these were recorded

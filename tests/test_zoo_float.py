@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_ARCHIVE
-from fnet_tf import fileio, zoo, zoo_float
-from fnet_tf.errors import UserError
+from fnet_tf.release import zoo
+from fnet_tf.core import fileio
+from fnet_tf.release import float_weights as zoo_float
+from fnet_tf.core.errors import UserError
 
 RELEASED = [n for n in zoo.names() if os.path.isfile(zoo.float_weights_path(n))]
 needs_zoo = pytest.mark.skipif(not RELEASED, reason="no released float weights")
@@ -21,11 +23,11 @@ VARIED = [n for n in ("factorizenet-l3", "resnet8", "frostnet_cifar") if n in RE
 
 def archive_images(split, per_class):
     """The first ``per_class`` images of each class of the shared archive's ``split``, read
-    straight from the archive (decoded as ``fnet_tf.data`` decodes them), with their labels:
+    straight from the archive (decoded as ``fnet_tf.data.datasets`` decodes them), with their labels:
     a few hundred images without decoding all 60,000."""
     from PIL import Image
 
-    from fnet_tf.data import CIFAR10_CLASSES
+    from fnet_tf.data.datasets import CIFAR10_CLASSES
     from fnet_tf.device.run_tflite import fit_image
 
     taken = {c: [] for c in CIFAR10_CLASSES}
@@ -45,7 +47,7 @@ def archive_images(split, per_class):
 
 
 def int8_top1(name, images):
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     with open(zoo.load(name), "rb") as f:
         return export.predict(f.read(), images).argmax(1)
@@ -123,7 +125,7 @@ def test_derived_bn_adds_the_folded_bias_in_train_mode_too():
     """The file with unnamed weight tensors (ternary_hybrid emits no FakeQuant op) and grouped
     convs, derived again: inference agrees with the INT8 file, and on the calibration batch
     itself train-mode BN (the batch's own statistics) computes what inference does."""
-    from fnet_tf.architectures import model_spec
+    from fnet_tf.arch.architectures import model_spec
 
     name = next((n for n in ("factorizenet-l3-hybrid60", "factorizenet-l3") if n in RELEASED),
                 RELEASED[0])
@@ -142,7 +144,7 @@ def test_derived_bn_adds_the_folded_bias_in_train_mode_too():
 
 @needs_zoo
 def test_a_file_of_another_model_is_refused():
-    from fnet_tf.architectures import model_spec
+    from fnet_tf.arch.architectures import model_spec
 
     images = np.zeros((4, 32, 32, 3), np.uint8)
     name = RELEASED[0]
@@ -208,7 +210,7 @@ def test_a_malformed_or_oversized_weights_file_is_a_one_line_error(tmp_path, mon
 def test_each_cards_float_top1_is_re_measured_from_the_released_weights():
     """The acceptance check: every card's float top-1 of its released float weights, measured
     again on the whole test split, within 0.1 point."""
-    from fnet_tf import data
+    from fnet_tf.data import datasets as data
 
     test = data.load(SHARED_ARCHIVE).test
     for name in RELEASED:

@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.core import cli  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "export", "run_tflite.py")
@@ -192,7 +192,7 @@ def _load_runner():
 
 def resolve_models(items):
     """[(name, path, zoo name or None)] for zoo names and .tflite paths."""
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     items = items or zoo.names()
     if not items:
@@ -215,7 +215,7 @@ def resolve_models(items):
 
 def _file_model_name(path):
     """A .tflite's name: its stem, or its folder's for a zoo-style ``<name>/model_int8.tflite``."""
-    from fnet_tf import zoo
+    from fnet_tf.release import zoo
 
     stem = os.path.splitext(os.path.basename(path))[0]
     if stem == os.path.splitext(zoo.MODEL_FILE)[0]:
@@ -225,7 +225,7 @@ def _file_model_name(path):
 
 def fixed_batch(data, count, cache_dir=None):
     """``count`` test images evenly spread over the test split, and their labels."""
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     data_lib.check_source(data)
     test = data_lib.load(data, cache_dir=cache_dir).test
@@ -237,7 +237,7 @@ def fixed_batch(data, count, cache_dir=None):
 
 def check_model(rootfs, work, name, path, labels, runner):
     """Run one model on x86 and under emulated arm64; compare the raw outputs."""
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     shutil.copyfile(path, os.path.join(work, "model.tflite"))
     x86_out, arm_out = os.path.join(work, "x86.npy"), os.path.join(work, "arm64.npy")
@@ -266,7 +266,9 @@ def check_model(rootfs, work, name, path, labels, runner):
 
 
 def update_zoo(zoo_name, check):
-    from fnet_tf import fileio, model_card, zoo
+    from fnet_tf.release import zoo
+    from fnet_tf.core import fileio
+    from fnet_tf.release import card as model_card
 
     folder = os.path.dirname(zoo.load(zoo_name))
     metrics = fileio.read_json(os.path.join(folder, zoo.METRICS))
@@ -323,7 +325,7 @@ def main(argv):
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if FLAGS.out:
-        from fnet_tf import fileio
+        from fnet_tf.core import fileio
 
         fileio.write_json(FLAGS.out, {"versions": versions, "x86_litert": x86_litert,
                                       "images": len(images), "results": results})

@@ -4,7 +4,7 @@
     python tools/derive_float_weights.py --data ../shared/data/cifar10-jpeg.tar.gz
     python tools/derive_float_weights.py --data ... --models factorizenet-l3,resnet8
 
-For each model (every released one by default), ``fnet_tf.zoo_float.derive`` builds the float
+For each model (every released one by default), ``fnet_tf.release.float_weights.derive`` builds the float
 tf_keras model of its card's spec from ``model_int8.tflite``, its BN statistics taken on
 ``--calibration_images`` training images (a fixed draw: ``--seed``); ``float_weights.npz`` is
 written beside the file (atomically). The float model's top-1 on the whole test split and its
@@ -19,8 +19,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli, fileio, zoo  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.release import zoo
+from fnet_tf.core import cli
+from fnet_tf.core import fileio  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", [], "Released model names (default: every released model).")
@@ -37,7 +39,7 @@ def measure(model, content, test):
     """(float top-1, top-1 agreement with the INT8 file) on the whole ``test`` split."""
     import numpy as np
 
-    from fnet_tf import export
+    from fnet_tf.tflite import convert as export
 
     float_top1 = model.predict(test.images.astype(np.float32), batch_size=250,
                                verbose=0).argmax(1)
@@ -47,8 +49,9 @@ def measure(model, content, test):
 
 def derive_one(name, dataset, calibration):
     """Derive, write and measure one released model's float weights; its card's entry."""
-    from fnet_tf import model_card, zoo_float
-    from fnet_tf.architectures import model_spec
+    from fnet_tf.release import card as model_card
+    from fnet_tf.release import float_weights as zoo_float
+    from fnet_tf.arch.architectures import model_spec
 
     card = zoo.metrics(name)
     if card.get("data") != dataset.source:
@@ -88,7 +91,7 @@ def main(argv):
         zoo.load(name)  # a UserError listing the released names, before any work
     import numpy as np
 
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     data_lib.check_source(FLAGS.data)
     datasets = {}

@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.core import cli  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "save: the archive (default results/in-progress/<DIR name>.tar.gz).")
@@ -59,8 +59,8 @@ def _run_dirs(directory):
 def is_finished(run_dir):
     """Every export the run recorded is verified and the analyzer has described its int8 file:
     the sweep needs nothing more from the run's Keras models."""
-    from fnet_tf.analysis import sweep_report
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.search import sweep_report
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(run_dir)
     exports = [step for step in run.manifest()["steps"] if step.startswith("export:")]
@@ -76,7 +76,7 @@ def _results_only_runs(runs):
 
 def _training_artifacts(run_dirs):
     """The models of the non-export steps (``model_float.keras``, ``model_qat.weights.h5``)."""
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     return {os.path.abspath(os.path.join(run_dir, rel))
             for run_dir in run_dirs
@@ -88,8 +88,8 @@ def _training_artifacts(run_dirs):
 def _kept_checkpoints(directory):
     """The newest whole checkpoint of each phase folder (``checkpoints/<phase>/epoch-N``) whose
     phase is not complete: a finished phase resumes from its model, never its checkpoints."""
-    from fnet_tf.checkpoints import EpochCheckpoints
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.checkpoints import EpochCheckpoints
+    from fnet_tf.run.rundir import RunDir
 
     kept = set()
     for root, dirs, _ in os.walk(directory):
@@ -120,7 +120,7 @@ def _files_to_park(directory, results_only):
 
 
 def _run_summary(run_dir, directory, results_only):
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(run_dir)
     config = run.config() or {}
@@ -135,7 +135,7 @@ def _run_summary(run_dir, directory, results_only):
 
 
 def save(directory):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     if not os.path.isdir(directory):
         raise UserError(f"{directory!r} is not a directory: pass a run or sweep directory")
@@ -171,7 +171,7 @@ def _open_archive(path):
     """The archive's members and manifest, after its listing passed the dataset loader's
     bounds (``data.check_archive``: declared size, entry count, links, paths) and with the
     manifest read up to ``MAX_MANIFEST_BYTES``: the archive may come from elsewhere."""
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     if not os.path.isfile(path):
         raise UserError(f"{path!r} does not exist: pass an archive written by tools/park.py save")
@@ -202,7 +202,7 @@ def _open_archive(path):
 
 
 def restore(archive):
-    from fnet_tf import fileio
+    from fnet_tf.core import fileio
 
     tar, members, manifest = _open_archive(archive)
     target = FLAGS.to or manifest.get("path")

@@ -10,7 +10,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from fnet_tf import fileio, zoo  # noqa: E402
+from fnet_tf.release import zoo
+from fnet_tf.core import fileio  # noqa: E402
 
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
 

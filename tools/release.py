@@ -37,8 +37,11 @@ sys.path.insert(0, REPO)
 
 from absl import flags  # noqa: E402
 
-from fnet_tf import cli, fileio, zoo, zoo_float  # noqa: E402
-from fnet_tf.errors import UserError  # noqa: E402
+from fnet_tf.release import front, zoo
+from fnet_tf.core import cli
+from fnet_tf.core import fileio
+from fnet_tf.release import float_weights as zoo_float  # noqa: E402
+from fnet_tf.core.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "The dataset the runs were trained on (test split used).")
@@ -111,7 +114,7 @@ def _check_seeds(name, runs):
 
 def add_seeds(argv):
     """``--add_seeds``: other seeds' figures merged into released cards (no re-release)."""
-    from fnet_tf import data as data_lib
+    from fnet_tf.data import datasets as data_lib
 
     pairs = _parse(argv)
     if not FLAGS.data:
@@ -147,7 +150,7 @@ def add_seeds(argv):
 
 
 def _check_run(run_dir, analysis=True):
-    from fnet_tf.rundir import RunDir
+    from fnet_tf.run.rundir import RunDir
 
     run = RunDir(run_dir)
     for step in ("float", "qat", "export:model_int8.tflite"):
@@ -162,8 +165,9 @@ def _agreement(run, content, dataset):
     """Top-1 agreement of the INT8 file (LiteRT) with the QAT Keras model, all test images."""
     import numpy as np
 
-    from fnet_tf import artifacts, export
-    from fnet_tf.training import eval_dataset
+    from fnet_tf.run import artifacts
+    from fnet_tf.tflite import convert as export
+    from fnet_tf.training.loop import eval_dataset
 
     model, _ = artifacts.qat_model(run)
     keras_logits = model.predict(eval_dataset(dataset.test, len(dataset.classes))
@@ -181,7 +185,7 @@ def _timed_with_peak(contents):
     """
     import numpy as np
 
-    from fnet_tf import benchmark
+    from fnet_tf.tflite import measure as benchmark
 
     probes = [c for c, _ in benchmark.peak_probes().values()]
     passes, peaks = [], []
@@ -204,7 +208,7 @@ def _other_seeds(entry, other_runs, dataset):
     """The card's seed fields: float and INT8 (LiteRT, whole test split) top-1 of the other
     seeds' runs after those already on ``entry`` (the released file's own, and any seeds
     added before)."""
-    from fnet_tf import benchmark
+    from fnet_tf.tflite import measure as benchmark
 
     float_top1 = list(entry.get("float_accuracy_seeds", [entry["float_accuracy"]]))
     int8_top1 = list(entry.get("int8_accuracy_seeds", [entry["int8_accuracy"]]))
@@ -215,21 +219,21 @@ def _other_seeds(entry, other_runs, dataset):
         float_top1.append(fileio.read_json(run.file("metrics.json"))["float"]["test_accuracy"])
         print(f"{entry['name']}: other seed {run.path}: INT8 {100 * int8_top1[-1]:.2f}%",
               flush=True)
-    from fnet_tf.analysis.sweep_report import seed_spread
+    from fnet_tf.search.sweep_report import seed_spread
 
     return seed_spread({"int8_accuracy": int8_top1, "float_accuracy": float_top1})
 
 
 def _peer_fields(peer):
     """The peer's MACs and file size for every card (the zoo's Pareto plot draws it)."""
-    from fnet_tf import benchmark
+    from fnet_tf.tflite import measure as benchmark
 
     return {"peer_macs": benchmark.graph_stats(peer)["macs"], "peer_size_bytes": len(peer)}
 
 
 def _write_card(folder, entry):
     """A released model's metrics.json and the card rendered from it (each atomically)."""
-    from fnet_tf import model_card
+    from fnet_tf.release import card as model_card
 
     fileio.write_json(os.path.join(folder, zoo.METRICS), entry)
     fileio.write_text(os.path.join(folder, zoo.CARD), model_card.card_text(entry))
@@ -239,12 +243,12 @@ def _write_front():
     """The zoo's Pareto plot and front table, from every released card (``fnet-zoo pareto``)."""
     default = (os.path.join(os.path.dirname(os.path.abspath(FLAGS.zoo.rstrip("/"))), "zoo-front")
                if FLAGS.zoo else os.path.join(REPO, "results", "zoo"))
-    zoo.write_front(FLAGS.front_out or default)
+    front.write_released(FLAGS.front_out or default)
 
 
 def retime(argv):
     """Every released model and the peer timed again, interleaved, in ``--passes`` passes."""
-    from fnet_tf import benchmark
+    from fnet_tf.tflite import measure as benchmark
     from fnet_tf.analysis import op_latency
     from fnet_tf.analysis.bit_budget import bit_budget
 
@@ -291,7 +295,7 @@ def _kept_float_weights(model_dir, sha256):
 
 def render_cards(argv):
     """Every released card rendered again from its metrics.json, which is left as it is."""
-    from fnet_tf import model_card
+    from fnet_tf.release import card as model_card
 
     if len(argv) > 1:
         raise UserError("--render_cards takes no NAME=RUN_DIR: it renders every released card")
@@ -326,9 +330,11 @@ def main(argv):
                             f"cards compare CIFAR-10 models at 32x32 with the peer on one test "
                             f"split: share a model of another size as its run's model_int8.tflite")
     seeds = {name: _check_seeds(name, seed_runs) for name, _, seed_runs in runs}
-    from fnet_tf import benchmark, data as data_lib, model_card
+    from fnet_tf.tflite import measure as benchmark
+    from fnet_tf.data import datasets as data_lib
+    from fnet_tf.release import card as model_card
     from fnet_tf.analysis.bit_budget import bit_budget
-    from fnet_tf.analysis.sweep_report import lowest_sqnr_layer
+    from fnet_tf.search.sweep_report import lowest_sqnr_layer
 
     data_lib.check_source(FLAGS.data)
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir)

@@ -25,7 +25,8 @@ import os
 
 import numpy as np
 
-from fnet_tf import export
+from fnet_tf.tflite import convert as export
+from fnet_tf.tflite.measure import op_macs
 
 ENERGY_TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "energy_45nm.json")
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -85,7 +86,6 @@ def two_branch_digits(column, tolerance=1):
 
 def layer_budget(op, tensors, it):
     """One row: the op's filters, distinct levels, ternary filters, packed bits, MACs."""
-    from fnet_tf.benchmark import op_macs
 
     weights = it.get_tensor(op["inputs"][1]).astype(np.int64)
     filters = _filters(op["op_name"], weights)

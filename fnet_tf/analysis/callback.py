@@ -13,7 +13,9 @@ import os
 import numpy as np
 
 from fnet_tf.analysis import layerwise
-from fnet_tf.backend import keras, tf
+from fnet_tf.core import fileio
+from fnet_tf.core.backend import keras, tf
+from fnet_tf.core.errors import UserError
 
 STATS_FILE = "layer_stats.jsonl"
 
@@ -35,8 +37,6 @@ def _entry_problem(entry):
 def read_stats(path):
     """The whole entries of ``path`` (a line torn by a kill is dropped), read with a size bound
     and checked: the file may come with someone else's run directory."""
-    from fnet_tf import fileio
-    from fnet_tf.errors import UserError
 
     if not os.path.isfile(path):
         return []
@@ -60,7 +60,6 @@ def read_stats(path):
 def truncate_stats(path, phase, epochs):
     """Rewrite the file with the whole entries of other phases and of ``phase`` up to
     ``epochs`` (the restored checkpoint), dropping a line torn by a kill."""
-    from fnet_tf import fileio
 
     if not os.path.isfile(path):
         return

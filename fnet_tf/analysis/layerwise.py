@@ -22,7 +22,9 @@ layer whose output the tensor holds. The model's output tensor is the model's ou
 """
 import numpy as np
 
-from fnet_tf import export
+from fnet_tf.arch.grouped import diagonal_blocks, training_groups
+from fnet_tf.core import backend
+from fnet_tf.tflite import convert as export
 
 CONV_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
 
@@ -36,7 +38,7 @@ def float_reference(model, float_architecture=None):
         return model
     if float_architecture is None:
         raise ValueError("a QAT model needs its float architecture to compare against")
-    from fnet_tf.backend import keras
+    keras = backend.keras
 
     # A wrapper holds its layer's variables under the layer's own names ("b0_conv/kernel:0")
     # beside its quantizer state ("quant_b0_conv/kernel_min:0").
@@ -55,7 +57,7 @@ def _inner(layer):
     return getattr(layer, "layer", layer)
 
 
-def _next_layer(layer):
+def next_layer(layer):
     nodes = getattr(layer, "_outbound_nodes", [])
     return nodes[0].outbound_layer if len(nodes) == 1 else None
 
@@ -68,7 +70,6 @@ def folded_kernels(model, fold_bn=True):
     (a quantize wrapper owns its layer's variables under the layer's names) and the BN that
     follows a conv is found through the Keras graph.
     """
-    from fnet_tf.grouped import diagonal_blocks, training_groups
 
     values = {v.name: v for v in model.weights}
     result = {}
@@ -81,7 +82,7 @@ def folded_kernels(model, fold_bn=True):
         kernel = values[f"{layer.name}/{var}:0"].numpy().astype(np.float64)
         if kind == "DepthwiseConv2D":  # (kh, kw, in, multiplier): one output per (in, m)
             kernel = kernel.reshape(*kernel.shape[:2], -1)
-        nxt = _next_layer(outer)
+        nxt = next_layer(outer)
         bn = _inner(nxt) if nxt is not None else None
         if fold_bn and bn is not None and type(bn).__name__ == "BatchNormalization":
             scale = values.get(f"{bn.name}/gamma:0")  # none where BN does not scale
@@ -182,7 +183,7 @@ def quant_error(reference, quantized, scale):
 
 
 def keras_outputs(model, names, images, batch_size=128):
-    from fnet_tf.backend import keras
+    keras = backend.keras
 
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names])
     outs = probe.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
@@ -252,10 +253,10 @@ def _conv_feeding(model):
     for layer in model.layers:
         if type(layer).__name__ in CONV_TYPES:
             feeding[layer.name] = layer.name
-            nxt = _next_layer(layer)
+            nxt = next_layer(layer)
             while nxt is not None and type(nxt).__name__ in ("BatchNormalization", "ReLU"):
                 feeding[nxt.name] = layer.name
-                nxt = _next_layer(nxt)
+                nxt = next_layer(nxt)
     return feeding
 
 

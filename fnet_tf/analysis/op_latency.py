@@ -17,7 +17,11 @@ import io
 import os
 from dataclasses import dataclass
 
-from fnet_tf.errors import UserError
+from fnet_tf.analysis import plots
+from fnet_tf.core import fileio
+from fnet_tf.core.errors import UserError
+from fnet_tf.tflite import convert as export
+from fnet_tf.tflite import measure as benchmark
 
 FIELDS = ["index", "op", "kind", "output_shape", "macs", "kernel", "p50_us", "share"]
 
@@ -66,7 +70,6 @@ def _pack(model):
 
 def op_slices(content):
     """One single-operator flatbuffer per operator of ``content``'s main subgraph."""
-    from fnet_tf import benchmark, export
 
     it = export.interpreter(content)  # a damaged file fails here, in one line
     tensors = {t["index"]: t for t in it.get_tensor_details()}
@@ -104,7 +107,6 @@ def op_latency(content, threads=1, runs=300):
     Returns ``{"whole_p50_ms", "sum_of_ops_p50_ms", "threads", "ops": [row, ...]}``, one row per
     operator in execution order with the fields of ``FIELDS``.
     """
-    from fnet_tf import benchmark
 
     slices = op_slices(content)
     timings = benchmark.latency([content] + [s.content for s in slices], threads, runs)
@@ -159,8 +161,6 @@ def kinds_of(by_kinds):
 
 def write(rows, folder, title):
     """``op_latency.csv`` and ``op_latency.png`` of one model in ``folder``."""
-    from fnet_tf import fileio
-    from fnet_tf.analysis import plots
 
     fileio.write_text(os.path.join(folder, "op_latency.csv"), csv_text(rows))
     plots.op_latency(rows, os.path.join(folder, "op_latency.png"), title)

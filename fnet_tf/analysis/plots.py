@@ -5,8 +5,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fnet_tf import fileio  # noqa: E402
 from fnet_tf.analysis.pareto import pareto_front  # noqa: E402
+from fnet_tf.arch.architectures import width_text, width_tuple
+from fnet_tf.core import fileio  # noqa: E402
 
 
 def _save(fig, path):
@@ -190,37 +191,75 @@ def pareto(entries, peer, path, title):
     _save(fig, path)
 
 
-def zoo_pareto(points, peer, axes_spec, path, title):
+def _place_labels(fig, ax, labels):
+    """Write each ``(x, y, text)`` beside its point, at the first of a few offsets where it
+    overlaps no label already placed (the last one tried where every offset does)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    offsets = ((4, 3, "left"), (4, -10, "left"), (-4, 3, "right"), (-4, -10, "right"),
+               (4, 12, "left"), (-4, 12, "right"))
+    for x, y, text in sorted(labels, key=lambda t: -t[1]):
+        for dx, dy, ha in offsets:
+            label = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), ha=ha,
+                                textcoords="offset points")
+            box = label.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed) or (dx, dy, ha) == offsets[-1]:
+                placed.append(box)
+                break
+            label.remove()
+
+
+def zoo_pareto(points, peer, axes_spec, path, title, labeled=()):
     """The released models' INT8 accuracy against each cost in ``axes_spec`` ((key, unit,
-    label) triples): one colour per family, names beside the points, the Pareto front over all
-    families, the peer as a star (on the axes where it has a value)."""
+    label) triples): one colour per family, the Pareto front over all families, names beside
+    the front's models and those in ``labeled`` only (the table has the rest), the accuracy
+    axis zoomed on the models; the peer as a star, or, below that range, as an arrow at the
+    bottom edge with its accuracy."""
     families = sorted({p["family"] for p in points})
     colors = dict(zip(families, plt.get_cmap("tab10")(np.arange(len(families)) % 10)))
-    fig, axes = plt.subplots(1, len(axes_spec), figsize=(6 * len(axes_spec), 5.2))
+    fig, axes = plt.subplots(1, len(axes_spec), figsize=(4.6 * len(axes_spec), 4.4))
+    ys = [100 * p["accuracy"] for p in points]
+    spread = [100 * p.get("accuracy_std", 0.0) for p in points]
+    low = min(y - s for y, s in zip(ys, spread)) - 0.4
+    high = max(y + s for y, s in zip(ys, spread)) + 0.5
     for ax, (key, unit, label) in zip(np.atleast_1d(axes), axes_spec):
         xs = [p[key] / unit for p in points]
-        ys = [100 * p["accuracy"] for p in points]
         for fam in families:
             idx = [i for i, p in enumerate(points) if p["family"] == fam]
             ax.errorbar([xs[i] for i in idx], [ys[i] for i in idx],
-                        yerr=[100 * points[i].get("accuracy_std", 0.0) for i in idx],
-                        fmt="o", color=colors[fam], capsize=3, label=fam)
-        for p, x, y in zip(points, xs, ys):
-            ax.annotate(p["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+                        yerr=[spread[i] for i in idx], fmt="o", markersize=4,
+                        color=colors[fam], capsize=2, label=fam)
         front = pareto_front(list(zip(xs, ys)))
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="k",
                 alpha=0.35, label="Pareto front")
+        if key != "latency_ratio":  # costs spanning 5-40 M MACs, 60-540 KiB: a log axis
+            from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(low, high)
+        names = [(i, p["name"]) for i, p in enumerate(points) if i in front or p["name"] in labeled]
+        _place_labels(fig, ax, [(xs[i], ys[i], name) for i, name in names])
         if peer and key in peer:
-            ax.scatter([peer[key] / unit], [100 * peer["accuracy"]], marker="*", s=180,
-                       color="tab:red", label=f"peer: {peer['name']}", zorder=3)
+            peer_x, peer_y = peer[key] / unit, 100 * peer["accuracy"]
+            if peer_y >= low:
+                ax.scatter([peer_x], [peer_y], marker="*", s=150, color="tab:red",
+                           label=f"peer: {peer['name']}", zorder=3)
+            else:  # far below the models: an arrow at the bottom edge, its value written
+                ax.annotate(f"peer: {peer_y:.1f}% (below)", (peer_x, low), xytext=(10, 16),
+                            textcoords="offset points", ha="left", fontsize=7,
+                            color="tab:red", arrowprops={"arrowstyle": "->", "color": "tab:red"})
         if key == "latency_ratio":
             ax.axvline(1.0, color="tab:red", linestyle=":", linewidth=1)
         ax.set_xlabel(label)
         ax.set_ylabel("QAT INT8 top-1 (%)")
         ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
+    handles, names = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=7, loc="lower center", ncol=min(4, len(names)))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     _save(fig, path)
 
 
@@ -439,7 +478,6 @@ def qat_recipes(tables, recipes, path, title):
 
 def design_space(rows, path, title):
     """Untrained INT8 latency (as a ratio to the peer) against MACs, the front highlighted."""
-    from fnet_tf.architectures import width_text, width_tuple
 
     def first_stage(width):  # the full-resolution stage's width: what decides the latency
         return width_tuple(width, 1)[0]

@@ -10,12 +10,12 @@ import csv
 import io
 import warnings
 
-from fnet_tf import fileio
+from fnet_tf.core import backend, fileio
 
 
 def debug_ptq(float_model, representative, path):
     """Write the debugger's layer statistics CSV to ``path``; return its rows."""
-    from fnet_tf.backend import tf
+    tf = backend.tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(float_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -21,6 +21,7 @@ Assumptions (stated because the sub-8-bit schemes build on them):
 """
 import numpy as np
 
+from fnet_tf.analysis.layerwise import CONV_TYPES, next_layer
 from fnet_tf.quantization.ternary_hybrid import twn_filters
 
 BITS = ("ternary", 4, 8)
@@ -41,14 +42,13 @@ def quantize_filters(kernel, bits):
 
 def _fold_factors(model):
     """{conv/dense layer: (weight index, per-output-channel BN factor or None)}."""
-    from fnet_tf.analysis.layerwise import CONV_TYPES, _next_layer
 
     factors = {}
     for layer in model.layers:
         kind = type(layer).__name__
         if kind not in CONV_TYPES:
             continue
-        nxt = _next_layer(layer)
+        nxt = next_layer(layer)
         factor = None
         if nxt is not None and type(nxt).__name__ == "BatchNormalization":
             gamma, _, _, variance = nxt.get_weights()

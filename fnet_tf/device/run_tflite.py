@@ -150,8 +150,8 @@ def read_labels(path, labels_file=None):
 def fit_image(im, height, width):
     """THE resize rule of fnet_tf, on a PIL image: RGB, then resized (bilinear) so its shorter
     side fits the model's input, then center-cropped to ``height`` x ``width``; an image of the
-    right size is untouched. Training data, calibration, evaluation (``fnet_tf.data``) and this
-    runner all use it, so a model meets on the device the pixels it was trained on."""
+    right size is untouched. Training data, calibration, evaluation (``fnet_tf.data.datasets``)
+    and this runner all use it, so a model meets on the device the pixels it was trained on."""
     from PIL import Image
 
     im = im.convert("RGB")

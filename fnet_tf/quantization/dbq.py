@@ -31,10 +31,13 @@ Assumptions (the paper's code is not public; stated again in BUILD_NOTES.md):
 """
 import numpy as np
 
-from fnet_tf.quantization import register_scheme
-from fnet_tf.quantization.ternary_hybrid import (_weight_layers, bake_weights, layer_form,
-                                                 twn_filters)
-from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
+from fnet_tf.core import backend
+from fnet_tf.core.errors import UserError
+from fnet_tf.quantization.registry import register_scheme
+from fnet_tf.quantization.ternary_hybrid import bake_weights, layer_form
+from fnet_tf.quantization.ternary_hybrid import quantizer_classes as weight_classes
+from fnet_tf.quantization.ternary_hybrid import twn_filters, weight_layers
+from fnet_tf.quantization.tfmot_int8 import TfmotScheme
 
 MAX_BRANCHES = 4
 ANNEALS = ("exponential", "linear")
@@ -99,10 +102,10 @@ def _classes():
     if _CLASSES:
         return _CLASSES
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_registry as registry
 
-    from fnet_tf.backend import keras, tf
+    keras, tf = backend.keras, backend.tf
 
     class DbqWeights(tfmot.quantization.keras.quantizers.Quantizer):
         """Weight quantizer: ``K`` residual ternary branches, learnable per filter."""
@@ -193,14 +196,13 @@ def initialize_branches(qat_model):
 
 
 @register_scheme
-class Dbq(_TfmotScheme):
+class Dbq(TfmotScheme):
     name = "dbq"
     description = "TF-MOT QAT with DBQ weights (sums of K learnable ternary branches)"
     option_names = ("dbq_branches", "dbq_temperature", "dbq_temperature_end", "dbq_anneal")
 
     def __init__(self, dbq_branches=2, dbq_temperature=0.5, dbq_temperature_end=0.01,
                  dbq_anneal="exponential"):
-        from fnet_tf.errors import UserError
 
         if not 1 <= int(dbq_branches) <= MAX_BRANCHES or int(dbq_branches) != dbq_branches:
             raise UserError(f"--dbq_branches is the number of ternary branches per filter, 1 to "
@@ -223,9 +225,8 @@ class Dbq(_TfmotScheme):
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
 
-        from fnet_tf.quantization.ternary_hybrid import _classes as weight_classes
 
-        eligible, classes = set(_weight_layers(model)[1]), _classes()
+        eligible, classes = set(weight_layers(model)[1]), _classes()
         branches, tau = self.options["dbq_branches"], self.options["dbq_temperature"]
 
         def config_for(layer, config):

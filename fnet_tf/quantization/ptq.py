@@ -1,6 +1,6 @@
 """Post-training quantization only: the float model is calibrated and converted as it is."""
-from fnet_tf.quantization import register_scheme
 from fnet_tf.quantization.base import Scheme
+from fnet_tf.quantization.registry import register_scheme
 
 
 @register_scheme

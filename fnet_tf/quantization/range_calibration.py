@@ -20,6 +20,8 @@ start.
 """
 import numpy as np
 
+from fnet_tf.core import backend
+
 WRAPPER_PREFIX = "quant_"
 RANGE_VARIABLES = {"output_min": np.minimum, "output_max": np.maximum,
                    "post_activation_min": np.minimum, "post_activation_max": np.maximum}
@@ -45,7 +47,7 @@ def _range_variables(qat_model):
 def batch_ranges(float_model, layer_names, images, batch_size):
     """{layer: (mean batch min, mean batch max)} of the outputs of ``layer_names`` in
     ``float_model`` over ``images``, each batch's range widened to include 0 (TF-MOT's)."""
-    from fnet_tf.backend import keras
+    keras = backend.keras
 
     outputs = [float_model.get_layer(name).output for name in layer_names]
     probe = keras.Model(float_model.inputs, outputs)

@@ -16,8 +16,11 @@ folding, and BN folding scales a whole output channel, so the deployed int8 filt
 import math
 import os
 
-from fnet_tf.quantization import register_scheme
-from fnet_tf.quantization.tfmot_int8 import _TfmotScheme
+from fnet_tf.arch.grouped import training_groups
+from fnet_tf.core import backend, fileio
+from fnet_tf.core.errors import UserError
+from fnet_tf.quantization.registry import register_scheme
+from fnet_tf.quantization.tfmot_int8 import TfmotScheme
 
 WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
 TWN_THRESHOLD = 0.7  # a weight is kept when |w| > TWN_THRESHOLD * mean|w| of its filter
@@ -40,7 +43,7 @@ def twn_filters(flat, groups=1):
 def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
     """``weights`` with the ``fraction`` of filters (output channels) that ternarize best made
     ternary and the rest rounded to the 8-bit per-channel grid; straight-through gradient.
-    ``groups``: a grouped conv in its block-diagonal training form (``fnet_tf.grouped``), whose
+    ``groups``: a grouped conv in its block-diagonal training form (``fnet_tf.arch.grouped``), whose
     filters hold ``groups - 1`` blocks of zeros: the mean |w| is taken over the real block, so
     training and the exported native grouped conv ternarize alike.
     No FakeQuant op is emitted (a per-channel one cannot follow a depthwise kernel's reshape in
@@ -68,16 +71,18 @@ def hybrid_ternary(weights, fraction, tf, depthwise=False, groups=1):
     return weights + tf.stop_gradient(tf.reshape(mixed, shape) - weights)
 
 
-def _classes():
+def quantizer_classes():
     """The TF-MOT classes of this scheme (built on first use: TF-MOT loads only then)."""
     global _CLASSES
     if _CLASSES:
         return _CLASSES
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry as registry, default_8bit_quantize_scheme as scheme)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_registry as registry
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_scheme as scheme
 
-    from fnet_tf.backend import tf
+    tf = backend.tf
 
     class HybridTernaryWeights(tfmot.quantization.keras.quantizers.Quantizer):
         def __init__(self, fraction, depthwise=False, groups=1):
@@ -143,8 +148,7 @@ _CLASSES = {}
 def layer_form(layer):
     """(depthwise, groups) of a conv/dense layer as its weight quantizer sees the kernel: a
     depthwise kernel's filters span two axes; ``groups`` > 1 for a grouped conv in its
-    block-diagonal training form (``fnet_tf.grouped``)."""
-    from fnet_tf.grouped import training_groups
+    block-diagonal training form (``fnet_tf.arch.grouped``)."""
 
     return type(layer).__name__ == "DepthwiseConv2D", training_groups(layer) or 1
 
@@ -162,7 +166,7 @@ def bake_weights(qat_model, quantizer_class):
     return qat_model
 
 
-def _weight_layers(model):
+def weight_layers(model):
     layers = [layer for layer in model.layers if type(layer).__name__ in WEIGHT_TYPES]
     sizes = {layer.name: _native_size(layer) for layer in layers}
     eligible = layers[1:-1] if len(layers) > 2 else []  # first conv, classifier: 8-bit
@@ -171,7 +175,6 @@ def _weight_layers(model):
 
 def _native_size(layer):
     """Weights of a layer as the exported (native grouped) conv holds them."""
-    from fnet_tf.grouped import training_groups
 
     return layer.get_weights()[0].size // (training_groups(layer) or 1)
 
@@ -179,7 +182,7 @@ def _native_size(layer):
 def uniform_fractions(model, share):
     """Per layer ternary filter fraction so that at least ``share`` of all conv/dense weights
     are ternary, spread evenly over the eligible layers (first conv and classifier excluded)."""
-    sizes, eligible = _weight_layers(model)
+    sizes, eligible = weight_layers(model)
     pool = sum(sizes[n] for n in eligible)
     fraction = min(1.0, share * sum(sizes.values()) / pool) if pool else 0.0
     return {name: fraction for name in eligible}
@@ -189,9 +192,8 @@ def sensitivity_fractions(model, share, rows):
     """Per layer fraction with the least sensitive layers ternary first: eligible layers in
     order of their ternary accuracy drop (``fnet_tf.analyze --sensitivity`` rows, 'only this
     layer' quantized) become fully ternary until ``share`` of all weights is reached."""
-    from fnet_tf.errors import UserError
 
-    sizes, eligible = _weight_layers(model)
+    sizes, eligible = weight_layers(model)
     drop = {r["layer"]: float(r["drop_only_this"]) for r in rows if r["bits"] == "ternary"}
     missing = [n for n in eligible if n not in drop]
     if missing:
@@ -208,8 +210,6 @@ def sensitivity_fractions(model, share, rows):
 
 
 def read_sensitivity(path):
-    from fnet_tf import fileio
-    from fnet_tf.errors import UserError
 
     if not os.path.isfile(path):
         raise UserError(f"cannot read the sensitivity table {path!r} (no such file): run python "
@@ -221,13 +221,12 @@ def read_sensitivity(path):
 
 
 @register_scheme
-class TernaryHybrid(_TfmotScheme):
+class TernaryHybrid(TfmotScheme):
     name = "ternary_hybrid"
     description = "TF-MOT QAT with per-layer hybrid ternary/int8 filter banks"
     option_names = ("ternary_fraction", "ternary_allocation", "sensitivity_csv")
 
     def __init__(self, ternary_fraction=0.5, ternary_allocation="uniform", sensitivity_csv=None):
-        from fnet_tf.errors import UserError
 
         if not 0 <= ternary_fraction <= 1:
             raise UserError(f"--ternary_fraction is a share of the weights in [0, 1], got "
@@ -245,7 +244,7 @@ class TernaryHybrid(_TfmotScheme):
     def scope(self):
         import tensorflow_model_optimization as tfmot
 
-        return tfmot.quantization.keras.quantize_scope(dict(_classes()))
+        return tfmot.quantization.keras.quantize_scope(dict(quantizer_classes()))
 
     def fractions(self, model):
         share = self.options["ternary_fraction"]
@@ -254,12 +253,12 @@ class TernaryHybrid(_TfmotScheme):
         return uniform_fractions(model, share)
 
     def export_form(self, model):
-        return bake_weights(model, _classes()["HybridTernaryWeights"])
+        return bake_weights(model, quantizer_classes()["HybridTernaryWeights"])
 
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
 
-        fractions, classes = self.fractions(model), _classes()
+        fractions, classes = self.fractions(model), quantizer_classes()
 
         def config_for(layer, config):
             fraction = fractions.get(layer.name, 0.0)

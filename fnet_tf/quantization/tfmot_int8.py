@@ -9,11 +9,12 @@ deployed model is at least as precise as the trained one.
 and in the converted model (the converter's per-channel quantization switched off); checked
 end to end on TF 2.21 / TF-MOT 0.8.1: the exported file has one weight scale per conv.
 """
-from fnet_tf.quantization import register_scheme
+from fnet_tf.core import backend
 from fnet_tf.quantization.base import Scheme
+from fnet_tf.quantization.registry import register_scheme
 
 
-class _TfmotScheme(Scheme):
+class TfmotScheme(Scheme):
     def scope(self):
         import tensorflow_model_optimization as tfmot
 
@@ -21,8 +22,8 @@ class _TfmotScheme(Scheme):
 
     def quantize(self, model):
         import tensorflow_model_optimization as tfmot
-        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-            default_8bit_quantize_scheme)
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+            default_8bit_quantize_scheme
 
         scheme = default_8bit_quantize_scheme.Default8BitQuantizeScheme(
             disable_per_axis=not self.per_channel)
@@ -44,10 +45,10 @@ def annotate_preprocessing(model):
     if not any(type(layer).__name__ in PREPROCESSING_LAYERS for layer in model.layers):
         return model
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_configs)
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import \
+        default_8bit_quantize_configs
 
-    from fnet_tf.backend import keras
+    keras = backend.keras
 
     def annotate(layer):
         if type(layer).__name__ in PREPROCESSING_LAYERS:
@@ -59,13 +60,13 @@ def annotate_preprocessing(model):
 
 
 @register_scheme
-class Int8(_TfmotScheme):
+class Int8(TfmotScheme):
     name = "int8"
     description = "TF-MOT QAT, int8 weights per channel, activations per tensor"
 
 
 @register_scheme
-class Int8PerTensor(_TfmotScheme):
+class Int8PerTensor(TfmotScheme):
     name = "int8_per_tensor"
     description = "TF-MOT QAT, int8 weights per tensor (one scale per layer)"
     per_channel = False

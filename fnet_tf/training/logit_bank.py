@@ -1,0 +1,114 @@
+"""Cheap distillation: a teacher's logits computed once for a bank of augmented epochs.
+
+Distilling with the teacher in the loop runs its forward pass on every augmented batch, which
+for a teacher ~10-25x a student's MACs costs more than the student's whole training step. A
+bank instead holds the teacher's logits for ``K`` augmented copies of the training split
+(``fnet_tf.data.datasets.epoch_batches`` with a fixed bank seed, the student's crop/cutout settings
+and batch size), computed once, on first use, and kept in the data cache, where every student
+trained with the same teacher, data and augmentation reuses them (another seed included).
+
+Student epoch ``e`` trains on bank epoch ``e mod K``: the same augmented images the teacher
+saw (teacher and student see the same view), in an order drawn from the student's seed and
+``e``, so each cycle visits them in a new order. With ``tta="flip"`` a logit is the mean of the
+teacher's logits on the image and on its mirror (the teacher's flip test-time augmentation).
+"""
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fnet_tf.core import fileio
+from fnet_tf.data import datasets as data_lib
+from fnet_tf.run.artifacts import FLOAT_MODEL, is_run_dir
+from fnet_tf.run.portable_weights import WEIGHTS
+
+BANK_SEED = 1000  # the bank's augmentation seed: one bank serves every student seed
+TTA_MODES = ("none", "flip")
+
+
+@dataclass(frozen=True)
+class BankKey:
+    """Everything the bank's logits depend on."""
+
+    teacher_sha256: str
+    data: str
+    train_images: int
+    image_shape: tuple
+    batch_size: int
+    crop_pad: int
+    crop_mode: str
+    cutout: int
+    tta: str
+
+    def digest(self):
+        text = json.dumps(self.__dict__, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def teacher_file(path):
+    """The file whose bytes identify a teacher: a run's float model, or the file itself."""
+
+    if is_run_dir(path):
+        return os.path.join(path, FLOAT_MODEL)
+    if os.path.isdir(path):  # a Keras 3 --out folder
+        return os.path.join(path, WEIGHTS)
+    return path
+
+
+class LogitBank:
+    """The teacher's logits for ``size`` augmented epochs of ``split`` (see the module)."""
+
+    def __init__(self, teacher, teacher_path, split, dataset_source, recipe, size, tta,
+                 cache_dir=None):
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+        self.teacher, self.split, self.recipe, self.size, self.tta = (
+            teacher, split, recipe, int(size), tta)
+        key = BankKey(fileio.sha256_file(teacher_file(teacher_path)), dataset_source,
+                      len(split), tuple(int(v) for v in split.images.shape[1:]),
+                      recipe.batch_size, recipe.crop_pad, recipe.crop_mode,
+                      recipe.cutout, tta)
+        self.folder = os.path.join(cache_dir or data_lib.default_cache_dir(), "teacher_banks",
+                                   key.digest())
+        os.makedirs(self.folder, exist_ok=True)
+        fileio.write_json(os.path.join(self.folder, "key.json"), key.__dict__)
+
+    def _augmented(self, bank_epoch):
+        batches = list(data_lib.epoch_batches(
+            self.split, self.recipe.batch_size, seed=BANK_SEED, epoch=bank_epoch,
+            cutout=self.recipe.cutout, crop_pad=self.recipe.crop_pad,
+            crop_mode=self.recipe.crop_mode))
+        return (np.concatenate([b[0] for b in batches]),
+                np.concatenate([b[1] for b in batches]).astype(np.int32))
+
+    def _logits(self, bank_epoch, images):
+        path = os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")
+        expected = (len(images), int(self.teacher.output_shape[-1]))
+        if os.path.isfile(path):
+            logits = np.load(path, allow_pickle=False)
+            if logits.shape == expected and logits.dtype == np.float32:
+                return logits
+        started = time.time()
+        logits = self.teacher.predict(images.astype(np.float32), batch_size=500, verbose=0)
+        if self.tta == "flip":
+            mirrored = images[:, :, ::-1].astype(np.float32)
+            logits = 0.5 * (logits + self.teacher.predict(mirrored, batch_size=500, verbose=0))
+        logits = np.asarray(logits, np.float32)
+        with fileio.atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, logits)
+        print(f"[bank] teacher logits for augmented epoch {bank_epoch + 1}/{self.size} "
+              f"({self.tta} TTA): {time.time() - started:.0f}s, kept in {self.folder}",
+              flush=True)
+        return logits
+
+    def epoch(self, epoch, seed):
+        """(images, labels, teacher logits) of student epoch ``epoch``, in the student's order."""
+        bank_epoch = epoch % self.size
+        images, labels = self._augmented(bank_epoch)
+        logits = self._logits(bank_epoch, images)
+        order = np.random.default_rng([seed, epoch, 2]).permutation(len(labels))
+        return images[order], labels[order], logits[order]
