@@ -22,7 +22,9 @@ from absl import flags
 from fnet_tf.arch import flags as arch_flags
 from fnet_tf.core import cli
 from fnet_tf.core.errors import UserError
+from fnet_tf.quantization import options as quantization_options
 from fnet_tf.run.rundir import local_or_name
+from fnet_tf.training import qat_plans
 from fnet_tf.training.recipe import Recipe
 
 FLAGS = flags.FLAGS
@@ -53,11 +55,7 @@ flags.DEFINE_integer("teacher_bank", 0, "--teacher: compute its logits once for 
                      "epoch e trains on bank epoch e mod N); 0: run the teacher on every batch.")
 flags.DEFINE_enum("teacher_tta", "none", ["none", "flip"], "--teacher: its logits as they are, "
                   "or the mean over the image and its mirror (flip test-time augmentation).")
-flags.DEFINE_enum("qat_recipe", "finetune", ["finetune", "scratch", "statassist"],
-                  "finetune: float to convergence (--epochs), then QAT at a lower LR; scratch: QAT "
-                  "from initialized weights (--epochs 0); statassist: a short float warm-up "
-                  "(--statassist_epochs) whose weights and optimizer state carry into QAT, which "
-                  "then trains from scratch (full LR schedule, restarted).")
+flags.DEFINE_enum("qat_recipe", "finetune", list(qat_plans.PLANS), qat_plans.flag_help())
 flags.DEFINE_integer("statassist_epochs", None, "--qat_recipe statassist: float warm-up epochs "
                      "(default: --epochs).")
 flags.DEFINE_enum("statassist_warmup", "anneal", ["anneal", "ramp"], "--qat_recipe statassist: "
@@ -91,24 +89,7 @@ flags.DEFINE_string("worker_dir", None, "With --distribute multi_worker, where a
                     "at the end). The chief ignores it.")
 flags.DEFINE_integer("qat_epochs", 0, "Quantization-aware training epochs after float "
                      "training (0: stop after float).")
-flags.DEFINE_string("qat_scheme", "int8", "QAT scheme: int8 (per-channel weights), "
-                    "int8_per_tensor, ternary_hybrid (--ternary_*), dbq (--dbq_*).")
-flags.DEFINE_float("ternary_fraction", 0.5, "--qat_scheme ternary_hybrid: the share of all "
-                   "conv/dense weights held by ternary filters (first conv and classifier stay "
-                   "8-bit).")
-flags.DEFINE_string("ternary_allocation", "uniform", "--qat_scheme ternary_hybrid: 'uniform' "
-                    "(the same filter share in every eligible layer) or 'sensitivity' (the least "
-                    "sensitive layers first, from --sensitivity_csv).")
-flags.DEFINE_string("sensitivity_csv", None, "The float run's analysis/sensitivity.csv (python "
-                    "-m fnet_tf.analyze RUN --sensitivity), for --ternary_allocation sensitivity.")
-flags.DEFINE_integer("dbq_branches", 2, "--qat_scheme dbq: ternary branches per filter (K; "
-                     "a filter then holds at most 3^K values).")
-flags.DEFINE_float("dbq_temperature", 0.5, "--qat_scheme dbq: the smooth steps' temperature at "
-                   "the start of QAT, relative to each filter's mean |w|.")
-flags.DEFINE_float("dbq_temperature_end", 0.01, "--qat_scheme dbq: the temperature at the end of "
-                   "QAT (validation and export always use the hard step).")
-flags.DEFINE_string("dbq_anneal", "exponential", "--qat_scheme dbq: the temperature schedule "
-                    "over the QAT steps, exponential or linear.")
+quantization_options.define_flags()  # --qat_scheme and each scheme's own options
 flags.DEFINE_integer("qat_calibration_images", 512, "Before QAT's first step, set its activation "
                      "ranges from this many training images run through the float model (0: "
                      "TF-MOT's [-6, 6] start, which a short QAT on a small dataset never leaves).")
@@ -181,29 +162,20 @@ def validate_flags():
         (FLAGS.gradboost_clip > 0, f"--gradboost_clip must be positive, got {FLAGS.gradboost_clip}"),
         (0 <= FLAGS.gradboost_decay < 1, f"--gradboost_decay must be in [0, 1), got "
          f"{FLAGS.gradboost_decay}"),
-        (FLAGS.qat_recipe == "finetune" or FLAGS.qat_epochs > 0,
-         f"--qat_recipe {FLAGS.qat_recipe} is a QAT recipe: pass --qat_epochs N (N > 0)"),
-        (FLAGS.qat_recipe == "finetune" or FLAGS.init_from is None,
-         f"--qat_recipe {FLAGS.qat_recipe} trains from scratch: drop --init_from"),
-        (FLAGS.qat_recipe != "scratch" or FLAGS.epochs == 0,
-         "--qat_recipe scratch has no float phase: pass --epochs 0"),
-        (FLAGS.qat_recipe == "statassist" or FLAGS.statassist_epochs is None,
-         "--statassist_epochs needs --qat_recipe statassist"),
-        (FLAGS.qat_recipe == "statassist" or FLAGS.statassist_warmup == "anneal",
-         "--statassist_warmup needs --qat_recipe statassist"),
-        (FLAGS.statassist_epochs is None or FLAGS.statassist_epochs > 0,
-         f"--statassist_epochs must be 1 or more, got {FLAGS.statassist_epochs}"),
-        (FLAGS.statassist_epochs is None or not FLAGS["epochs"].present
-         or FLAGS.epochs == FLAGS.statassist_epochs,
-         f"--epochs {FLAGS.epochs} and --statassist_epochs {FLAGS.statassist_epochs} disagree: "
-         f"with --qat_recipe statassist the float phase is the warm-up; pass one of them"),
-        (FLAGS.qat_recipe != "statassist" or FLAGS.epochs > 0 or FLAGS.statassist_epochs,
-         "--qat_recipe statassist needs a float warm-up: --statassist_epochs N (N > 0)"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    for message in plan().problems(FLAGS.epochs, FLAGS.qat_epochs, FLAGS.init_from,
+                                   FLAGS.statassist_epochs, FLAGS.statassist_warmup,
+                                   FLAGS["epochs"].present):
+        raise UserError(message)
     image_size()  # fails fast if malformed
+
+
+def plan():
+    """The QAT phase plan of --qat_recipe (``fnet_tf.training.qat_plans``)."""
+    return qat_plans.get_plan(FLAGS.qat_recipe)
 
 
 def image_size():
@@ -249,10 +221,8 @@ def model_fields():
 
 
 def float_epochs():
-    """The float phase's epochs: --epochs, or StatAssist's warm-up."""
-    if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_epochs:
-        return FLAGS.statassist_epochs
-    return FLAGS.epochs
+    """The float phase's epochs: --epochs, or a warm-up plan's (StatAssist's) own."""
+    return plan().float_epochs(FLAGS.epochs, FLAGS.statassist_epochs)
 
 
 def recipe_from_flags():
@@ -265,8 +235,7 @@ def recipe_from_flags():
         teacher_tta=FLAGS.teacher_tta if FLAGS.teacher else "none",
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"],
         schedule=FLAGS.schedule,
-        warmup=("ramp" if FLAGS.qat_recipe == "statassist" and FLAGS.statassist_warmup == "ramp"
-                else "capped"),
+        warmup=plan().float_warmup(FLAGS.statassist_warmup),
         warmup_epochs=FLAGS.warmup_epochs,
         weight_decay=(FLAGS.weight_decay if FLAGS.weight_decay is not None
                       else defaults["weight_decay"]),
@@ -275,14 +244,8 @@ def recipe_from_flags():
 
 
 def qat_recipe(recipe):
-    """finetune: --qat_lr (default --lr / 20), no warm-up; scratch and statassist train QAT
-    from scratch: the float recipe's peak LR and warm-up, restarted."""
-    if FLAGS.qat_recipe != "finetune":
-        lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr
-        return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup="capped", lookahead=False)
-    lr = FLAGS.qat_lr if FLAGS.qat_lr is not None else recipe.lr / 20
-    return replace(recipe, epochs=FLAGS.qat_epochs, lr=lr, warmup_epochs=0.0, warmup="capped",
-                   lookahead=False)  # lookahead is a float-training recipe (airbench's)
+    """The QAT phase's recipe: the plan's LR and warm-up, or --qat_lr."""
+    return plan().qat_recipe(recipe, FLAGS.qat_epochs, FLAGS.qat_lr)
 
 
 def recorded_flags():
@@ -330,6 +293,10 @@ def main(argv):
     from fnet_tf.training import distribute
 
     spec = architectures.model_spec(*model_fields(), input_size())  # fails fast if unknown
+    if FLAGS.qat_epochs and not spec.meta["qat"]:
+        raise UserError(f"{FLAGS.model} is a float model that TF-MOT cannot quantize-aware-train "
+                        f"(a BN after pooling folds into no conv): train it with --qat_epochs 0 "
+                        f"and export it with post-training quantization, --scheme ptq")
     data_lib.check_source(FLAGS.data)
     h, w = spec.input_shape[:2]
     run_path = FLAGS.run_dir or os.path.join("runs", spec.name + (
@@ -344,7 +311,6 @@ def main(argv):
 
 def _train(spec, run):
     from fnet_tf.data import datasets as data_lib
-    from fnet_tf.quantization.schemes import get_scheme
     from fnet_tf.training import distribute
 
     recipe = recipe_from_flags()
@@ -356,12 +322,7 @@ def _train(spec, run):
               "teacher": os.path.abspath(FLAGS.teacher) if FLAGS.teacher else None,
               **dataclasses.asdict(recipe), **{k: getattr(FLAGS, k) for k in RESUMABLE_ANYWAY}}
     if FLAGS.qat_epochs:
-        csv_path = os.path.abspath(FLAGS.sensitivity_csv) if FLAGS.sensitivity_csv else None
-        scheme = get_scheme(FLAGS.qat_scheme).configured(
-            ternary_fraction=FLAGS.ternary_fraction, ternary_allocation=FLAGS.ternary_allocation,
-            sensitivity_csv=csv_path, dbq_branches=FLAGS.dbq_branches,
-            dbq_temperature=FLAGS.dbq_temperature, dbq_temperature_end=FLAGS.dbq_temperature_end,
-            dbq_anneal=FLAGS.dbq_anneal)
+        scheme = quantization_options.configured_scheme(FLAGS.qat_scheme, FLAGS)
         if not scheme.qat:
             raise UserError(f"--qat_scheme {scheme.name} does no training ({scheme.description}): "
                             f"export it with export/to_tflite.py --scheme {scheme.name}")
@@ -377,7 +338,7 @@ def _train(spec, run):
 
     need_float = not run.is_complete("float")
     need_qat = FLAGS.qat_epochs > 0 and not run.is_complete("qat")
-    if need_float and recipe.epochs == 0 and not init_source and FLAGS.qat_recipe != "scratch":
+    if need_float and recipe.epochs == 0 and not init_source and plan().float_phase:
         raise UserError(f"--epochs 0 needs a trained float model: pass --init_from RUN_DIR, or "
                         f"train float first in {run.path}")
     if not (need_float or need_qat):
@@ -426,8 +387,11 @@ def _train(spec, run):
         spec = replace(spec, num_classes=len(dataset.classes))
         from fnet_tf.arch.spec import summarize
 
-        print(f"{spec.name}: " + ", ".join(f"{k} {v:,}" for k, v in summarize(spec).items()),
-              flush=True)
+        cost, stored = summarize(spec), spec.cost()
+        print(f"{spec.name}: params {cost['params']:,} (Keras, BN statistics included; "
+              f"{stored.weights + stored.biases:,} in the INT8 file, BN folded), macs "
+              f"{cost['macs']:,}, size_int8_bytes {cost['size_int8_bytes']:,}, size_fp32_bytes "
+              f"{cost['size_fp32_bytes']:,}", flush=True)
     verbose = FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2)
     with strategy.scope():
         float_model = None
@@ -439,7 +403,7 @@ def _train(spec, run):
             elif init_source:
                 start = _start_model(init_source, users_model, spec, dataset)
                 float_model = _train_float(spec, dataset, recipe, run, verbose, start)
-            elif FLAGS.qat_recipe == "scratch":
+            elif not plan().float_phase:
                 float_model = _float_initialized(spec, dataset, run)
             else:
                 float_model = _train_float(spec, dataset, recipe, run, verbose)
@@ -615,7 +579,7 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
             print(f"stopped; resume with the same command (run directory {run.path})",
                   file=sys.stderr)
             return None
-    statassist = FLAGS.qat_recipe == "statassist"
+    statassist = plan().float_is_warmup
     if statassist:
         print(f"[float] StatAssist warm-up: {cli.count(recipe.epochs, 'epoch')}; the weights "
               f"and the optimizer state carry into QAT", flush=True)
@@ -782,21 +746,6 @@ def _float_from_keras3(path, run, dataset, spec):
     return model
 
 
-def _quantized(scheme, model):
-    """``scheme.quantize(model)``; a layer TF-MOT has no QAT config for is one line."""
-    try:
-        return scheme.quantize(model)
-    except RuntimeError as e:
-        if "is not supported" not in str(e):
-            raise
-        layer = str(e).split(":", 1)[0].replace("Layer ", "").strip()
-        raise UserError(f"QAT cannot quantize layer {layer!r} of {model.name} (TF-MOT has no "
-                        f"quantization config for {type(model.get_layer(layer)).__name__} "
-                        f"layers): replace it with built-in conv/dense/pooling layers, or "
-                        f"export the float model with post-training quantization (python "
-                        f"export/to_tflite.py MODEL --data DIR)") from None
-
-
 def _calibrate_ranges(float_model, dataset, batch_size):
     """on_fresh_start of QAT: its activation ranges from --qat_calibration_images training
     images (``fnet_tf.quantization.range_calibration``), not TF-MOT's [-6, 6]."""
@@ -830,10 +779,10 @@ def _train_qat(float_model, spec, dataset, recipe, scheme, run, verbose):
     trainable = float_model
     if form != "native":
         trainable = transfer_weights(float_model, build_model(spec, grouped_form=form))
-    model = _quantized(scheme, trainable)
+    model = scheme.quantize(trainable)  # a layer TF-MOT cannot QAT is one line
     print(f"[qat] scheme {scheme.name}: {scheme.description}; {cli.count(recipe.epochs, 'epoch')} "
           f"at peak lr {recipe.lr:g}", flush=True)
-    carry = _carry_optimizer_state(run) if FLAGS.qat_recipe == "statassist" else None
+    carry = _carry_optimizer_state(run) if plan().float_is_warmup else None
     calibrate = _calibrate_ranges(trainable, dataset, recipe.batch_size)
 
     def fresh_start(model, optimizer):

@@ -199,7 +199,8 @@ def model_spec(name, level=0, width=1.0, image_size=None):
     if image_size is not None:
         spec = replace(spec, input_shape=(int(image_size[0]), int(image_size[1]), 3))
     return replace(spec, name=tag.replace(",", "-").replace(".", "_"),
-                   meta={"model": name, "level": level, "width": width, "max_level": top})
+                   meta={"model": name, "level": level, "width": width, "max_level": top,
+                         "qat": base.meta.get("qat", True)})
 
 
 def create_model(name, level=0, width=1.0, *, keras=None, kernel_initializer="he_normal"):
@@ -302,4 +303,5 @@ def airbench_whitened():
     pooling, no bias, logits scaled by 1/9). Trained with ``--lookahead`` and
     ``--crop_pad 2 --crop_mode reflect`` (BUILD_NOTES)."""
     return ModelSpec("airbench_whitened", (
-        WhiteningStem(2), *(ConvPoolGroup(width) for width in AIRBENCH_WIDTHS)))
+        WhiteningStem(2), *(ConvPoolGroup(width) for width in AIRBENCH_WIDTHS)),
+        meta={"qat": False})  # BN after pooling folds into no conv: TF-MOT cannot QAT it

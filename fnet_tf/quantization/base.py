@@ -1,5 +1,18 @@
-"""The interface every quantization scheme implements."""
+"""The interface every quantization scheme implements, and how a scheme declares its options."""
 import contextlib
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting of a scheme, which the training command offers as ``--NAME``
+    (``fnet_tf.quantization.options`` defines the flags from the registry)."""
+
+    name: str
+    kind: type          # int, float or str
+    default: object
+    help: str
+    is_path: bool = False  # a file: recorded as an absolute path
 
 
 class Scheme:
@@ -7,8 +20,12 @@ class Scheme:
     description = ""
     qat = True           # False: post-training quantization only (no fine-tuning)
     per_channel = True   # weights quantized per output channel in the converted model
-    option_names = ()    # the scheme's own settings (CLI flags of the same names)
+    declared_options = ()  # Option(...) each: the scheme's own settings (CLI flags)
     options = {}
+
+    @property
+    def option_names(self):
+        return tuple(o.name for o in self.declared_options)
 
     def configured(self, **options):
         """A copy of this scheme with its own settings (``option_names``) applied; settings it

@@ -33,11 +33,12 @@ import numpy as np
 
 from fnet_tf.core import backend
 from fnet_tf.core.errors import UserError
+from fnet_tf.quantization.base import Option
 from fnet_tf.quantization.registry import register_scheme
 from fnet_tf.quantization.ternary_hybrid import bake_weights, layer_form
 from fnet_tf.quantization.ternary_hybrid import quantizer_classes as weight_classes
 from fnet_tf.quantization.ternary_hybrid import twn_filters, weight_layers
-from fnet_tf.quantization.tfmot_int8 import TfmotScheme
+from fnet_tf.quantization.tfmot_int8 import TfmotScheme, unsupported_layers_refused
 
 MAX_BRANCHES = 4
 ANNEALS = ("exponential", "linear")
@@ -199,7 +200,16 @@ def initialize_branches(qat_model):
 class Dbq(TfmotScheme):
     name = "dbq"
     description = "TF-MOT QAT with DBQ weights (sums of K learnable ternary branches)"
-    option_names = ("dbq_branches", "dbq_temperature", "dbq_temperature_end", "dbq_anneal")
+    declared_options = (
+        Option("dbq_branches", int, 2, "ternary branches per filter (K; a filter then holds at "
+               "most 3^K values)"),
+        Option("dbq_temperature", float, 0.5, "the smooth steps' temperature at the start of "
+               "QAT, relative to each filter's mean |w|"),
+        Option("dbq_temperature_end", float, 0.01, "the temperature at the end of QAT "
+               "(validation and export always use the hard step)"),
+        Option("dbq_anneal", str, "exponential", "the temperature schedule over the QAT steps, "
+               "exponential or linear"),
+    )
 
     def __init__(self, dbq_branches=2, dbq_temperature=0.5, dbq_temperature_end=0.01,
                  dbq_anneal="exponential"):
@@ -237,7 +247,7 @@ class Dbq(TfmotScheme):
                                         *layer_form(layer))
 
         scheme = weight_classes()["WeightScheme"](config_for)
-        with self.scope():
+        with self.scope(), unsupported_layers_refused(model):
             annotated = tfmot.quantization.keras.quantize_annotate_model(model)
             qat = tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
         initialize_branches(qat)

@@ -19,8 +19,9 @@ import os
 from fnet_tf.arch.grouped import training_groups
 from fnet_tf.core import backend, fileio
 from fnet_tf.core.errors import UserError
+from fnet_tf.quantization.base import Option
 from fnet_tf.quantization.registry import register_scheme
-from fnet_tf.quantization.tfmot_int8 import TfmotScheme
+from fnet_tf.quantization.tfmot_int8 import TfmotScheme, unsupported_layers_refused
 
 WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
 TWN_THRESHOLD = 0.7  # a weight is kept when |w| > TWN_THRESHOLD * mean|w| of its filter
@@ -224,7 +225,16 @@ def read_sensitivity(path):
 class TernaryHybrid(TfmotScheme):
     name = "ternary_hybrid"
     description = "TF-MOT QAT with per-layer hybrid ternary/int8 filter banks"
-    option_names = ("ternary_fraction", "ternary_allocation", "sensitivity_csv")
+    declared_options = (
+        Option("ternary_fraction", float, 0.5, "the share of all conv/dense weights held by "
+               "ternary filters (first conv and classifier stay 8-bit)"),
+        Option("ternary_allocation", str, "uniform", "'uniform' (the same filter share in "
+               "every eligible layer) or 'sensitivity' (the least sensitive layers first, from "
+               "--sensitivity_csv)"),
+        Option("sensitivity_csv", str, None, "the float run's analysis/sensitivity.csv (python "
+               "-m fnet_tf.analyze RUN --sensitivity), for --ternary_allocation sensitivity",
+               is_path=True),
+    )
 
     def __init__(self, ternary_fraction=0.5, ternary_allocation="uniform", sensitivity_csv=None):
 
@@ -269,6 +279,6 @@ class TernaryHybrid(TfmotScheme):
                                                   *layer_form(layer))
 
         scheme = classes["WeightScheme"](config_for)
-        with self.scope():
+        with self.scope(), unsupported_layers_refused(model):
             annotated = tfmot.quantization.keras.quantize_annotate_model(model)
             return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)

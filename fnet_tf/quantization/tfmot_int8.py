@@ -9,7 +9,10 @@ deployed model is at least as precise as the trained one.
 and in the converted model (the converter's per-channel quantization switched off); checked
 end to end on TF 2.21 / TF-MOT 0.8.1: the exported file has one weight scale per conv.
 """
+import contextlib
+
 from fnet_tf.core import backend
+from fnet_tf.core.errors import UserError
 from fnet_tf.quantization.base import Scheme
 from fnet_tf.quantization.registry import register_scheme
 
@@ -27,10 +30,29 @@ class TfmotScheme(Scheme):
 
         scheme = default_8bit_quantize_scheme.Default8BitQuantizeScheme(
             disable_per_axis=not self.per_channel)
-        with self.scope():
+        with self.scope(), unsupported_layers_refused(model):
             annotated = tfmot.quantization.keras.quantize_annotate_model(
                 annotate_preprocessing(model))
             return tfmot.quantization.keras.quantize_apply(annotated, scheme=scheme)
+
+
+@contextlib.contextmanager
+def unsupported_layers_refused(model):
+    """TF-MOT's refusal of a layer it has no QAT config for (a BN that follows no conv, a
+    custom layer) as one line naming the layer and the way out."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "is not supported" not in str(e):
+            raise
+        layer = str(e).split(":", 1)[0].replace("Layer ", "").strip()
+        kind = type(model.get_layer(layer)).__name__ if layer in {
+            l.name for l in model.layers} else "this kind of"
+        raise UserError(f"QAT cannot quantize layer {layer!r} of {model.name} (TF-MOT has no "
+                        f"quantization config for {kind} layers; a BatchNormalization must "
+                        f"follow a conv to fold): replace it with built-in conv/dense/pooling "
+                        f"layers, or export the float model with post-training quantization "
+                        f"(--scheme ptq)") from None
 
 
 PREPROCESSING_LAYERS = ("Rescaling", "Normalization")
