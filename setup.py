@@ -37,6 +37,10 @@ setup(
         "absl-py>=1.4",
         "Pillow>=10",
     ],
-    # transfer: benchmarks/transfer.py's images (scikit-learn's bundled handwritten digits)
-    extras_require={"test": ["pytest>=8"], "transfer": ["scikit-learn>=1.3"]},
+    # transfer: benchmarks/transfer.py's images (scikit-learn's bundled handwritten digits);
+    # ray: fnet-sweep/fnet-tune --executor ray (tests/test_executors.py runs it on two nodes);
+    # search: fnet-tune --search tpe (Optuna's TPE sampler)
+    extras_require={"test": ["pytest>=8", "ray>=2.40", "optuna>=3.6"],
+                    "transfer": ["scikit-learn>=1.3"], "ray": ["ray>=2.40"],
+                    "search": ["optuna>=3.6"]},
 )

@@ -16,20 +16,22 @@ At the end all INT8 files are timed in one interleaved pass and ``OUT`` gets ``s
 
 Float training can come from Keras 3 on an accelerator machine (``tools/accel_float.sh``):
 ``--float_from DIR`` imports ``DIR/<model>-l<level>/`` instead of training float here.
-Several machines can each take some levels (``--levels 0-3`` here, ``--levels 4-7`` there)
-into copies of the same ``--out``; ``--report`` over the merged ``runs/`` makes one table.
+Several machines: ``--executor ray`` runs each point as a Ray task on this machine's cores or
+a cluster (``--ray_address``; ``fnet_tf/search/executors.py``, docs/sweeps.md); by hand, each
+machine can take some levels into a copy of ``--out`` and ``--report`` merges the ``runs/``.
+A point's steps are ``fnet_tf/search/sweep_points.py``.
 """
+import functools
 import os
-import time
 
 from absl import flags
 
 from fnet_tf.arch import flags as arch_flags
-from fnet_tf.arch.architectures import width_text
-from fnet_tf.core import cli, fileio
-from fnet_tf.core.child import run_streamed
+from fnet_tf.core import cli
 from fnet_tf.core.errors import UserError
-from fnet_tf.run.rundir import same_setting
+from fnet_tf.data import datasets as data_lib
+from fnet_tf.search import executors, sweep_points
+from fnet_tf.search import sweep_report as report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "factorizenet", "Registered model to sweep.")
@@ -79,6 +81,7 @@ flags.DEFINE_string("select", None, "Print the best level under constraints, e.g
                     "'macs<=5e6,latency_ms<=0.3' (keys: macs, params, latency_ms, size_bytes, "
                     "accuracy), from the existing sweep.csv; trains nothing.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+executors.define_flags()
 flags.DEFINE_string("design_space", None, "Time a design space untrained and stop (no training): "
                     "'levels=0-7 per stage; width=0.75,1,1.25' (fnet_tf/search/design_space.py); then "
                     "--levels front trains its MACs/latency front, --levels capacity_front the "
@@ -91,160 +94,30 @@ flags.DEFINE_integer("calibration_images", 200, "--design_space: training images
                      "each untrained file.")
 
 
-class Point:
-    """One sweep point (level, seed, initializer) and its run directory."""
-
-    def __init__(self, out, model, level, seed, init, width=None):
-        self.level, self.seed, self.init = level, seed, init
-        self.width = FLAGS.width if width is None else width
-        # a design's own width (--levels front) is named; the sweep-wide --width never was
-        shown = str(level).replace(".", "_") + ("" if self.width == FLAGS.width else (
-            "-w" + width_text(self.width).replace(",", "-").replace(".", "_")))
-        self.name = f"{model}-l{shown}-s{seed}-{init}"
-        self.run_dir = os.path.join(out, "runs", self.name)
-
-    def run(self):
-        from fnet_tf.run.rundir import RunDir
-
-        return RunDir(self.run_dir)
+def settings_from_flags(threads=None):
+    """The flags every point shares, as a plain value a Ray task can carry."""
+    return sweep_points.SweepSettings(
+        model=FLAGS.model, width=FLAGS.width, data=FLAGS.data, out=FLAGS.out,
+        epochs=FLAGS.epochs, qat_epochs=FLAGS.qat_epochs, qat_scheme=FLAGS.qat_scheme,
+        recipe_flags=FLAGS.recipe_flags, batch_size=FLAGS.batch_size,
+        val_split=FLAGS.val_split, image_size=FLAGS.image_size,
+        threads=FLAGS.threads if threads is None else threads, float_from=FLAGS.float_from,
+        check_images=FLAGS.check_images, ptq_per_tensor=FLAGS.ptq_per_tensor,
+        sensitivity_images=FLAGS.sensitivity_images, cache_dir=FLAGS.cache_dir)
 
 
-def plan_points(out, model, designs, inits, seeds):
-    """Every (design, init, seed) point, in the order the sweep trains them."""
-    return [Point(out, model, lvl, seed, init, width)
-            for lvl, width in designs for init in inits for seed in seeds]
-
-
-def _image_size():
-    from fnet_tf.data import datasets as data_lib
-
-    return data_lib.image_size_flag(FLAGS.image_size)
-
-
-def train_args(point):
-    args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(point.level),
-            "--width", str(point.width), "--data", FLAGS.data, "--run_dir", point.run_dir,
-            "--qat_epochs", str(FLAGS.qat_epochs), "--qat_scheme", FLAGS.qat_scheme,
-            "--batch_size", str(FLAGS.batch_size), "--val_split", str(FLAGS.val_split),
-            "--seed", str(point.seed), "--init", point.init, "--threads", str(FLAGS.threads),
-            "--verbose", "2"]
-    if FLAGS.cache_dir:
-        args += ["--cache_dir", FLAGS.cache_dir]
-    if FLAGS.image_size:
-        args += ["--image_size", FLAGS.image_size]
-    if FLAGS.recipe_flags:
-        args += ["--flagfile", os.path.abspath(FLAGS.recipe_flags)]
-    if FLAGS.float_from:
-        source = os.path.join(FLAGS.float_from, f"{FLAGS.model}-l{point.level}")
-        return args + ["--epochs", "0", "--init_from", source]
-    return args + ["--epochs", str(FLAGS.epochs)]
-
-
-def export_args(point, scheme, out):
-    args = ["-m", "fnet_tf.to_tflite", point.run_dir, "--scheme", scheme, "--out", out,
-            "--check_images", str(FLAGS.check_images)]
-    return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
-
-
-def recipe_file_settings(path):
-    """``{flag: value text}`` of a --recipe_flags file's ``--name=value`` lines (``--name``:
-    "true", ``--noname``: "false")."""
-    settings = {}
-    for line in fileio.read_text(path, fileio.JSON_LIMIT).splitlines():
-        line = line.strip()
-        if not line.startswith("--"):
-            continue
-        name, has_value, value = line[2:].partition("=")
-        if not has_value:
-            name, value = (name[2:], "false") if name.startswith("no") else (name, "true")
-        settings[name] = value
-    return settings
-
-
-def _agrees(stored, wanted):
-    """Whether a config.json value and the sweep's setting (a value or its flag text) agree."""
-    if isinstance(wanted, str) and not isinstance(stored, str) and stored is not None:
-        if isinstance(stored, bool):
-            return wanted.lower() in ("true", "1") if stored else wanted.lower() in ("false", "0")
-        try:
-            return float(wanted) == float(stored)
-        except (TypeError, ValueError):
-            return False
-    return same_setting(stored, wanted)
-
-
-def point_changes(point):
-    """``[(flag, recorded, now)]`` for the training settings this sweep would give ``point``
-    that its run directory's config.json records otherwise (empty for a new run)."""
-    stored = point.run().config() or {}
-    size = _image_size()
-    wanted = {"model": FLAGS.model, "epochs": 0 if FLAGS.float_from else FLAGS.epochs,
-              "qat_epochs": FLAGS.qat_epochs, "qat_scheme": FLAGS.qat_scheme,
-              "batch_size": FLAGS.batch_size, "val_split": FLAGS.val_split, "data": FLAGS.data,
-              "seed": point.seed, "init": point.init,
-              "image_size": list(size) if size else None}
-    if not FLAGS.recipe_flags:
-        wanted["teacher"] = None  # a distilled point is not reused for an undistilled sweep
-    else:
-        wanted.update({k: (os.path.abspath(v) if k in ("teacher", "sensitivity_csv") else v)
-                       for k, v in recipe_file_settings(FLAGS.recipe_flags).items()})
-    return [(k, stored[k], v) for k, v in wanted.items()
-            if k in stored and not _agrees(stored[k], v)]
-
-
-def run_point(point, index, total):
-    """Every missing step of one point, in order; complete steps are reused."""
-    from fnet_tf.search import sweep_report as report
-
-    prefix = f"level {point.level} ({index}/{total}) seed {point.seed} {point.init}"
-    run = point.run()
-    cache_args = ["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else []
-    after_training = [
-        ("export QAT int8", lambda: run.is_complete(f"export:{report.QAT_FILE}"),
-         lambda: run_streamed(export_args(point, "auto", os.path.join(point.run_dir, report.QAT_FILE)),
-                         f"{prefix}: export")),
-        ("export PTQ int8", lambda: run.is_complete(f"export:{report.PTQ_FILE}"),
-         lambda: run_streamed(export_args(point, "ptq", os.path.join(point.run_dir, report.PTQ_FILE)),
-                         f"{prefix}: export PTQ")),
-        ("export PTQ per-tensor int8",
-         lambda: not FLAGS.ptq_per_tensor or run.is_complete(f"export:{report.PTQ_PER_TENSOR_FILE}"),
-         lambda: run_streamed(export_args(point, "ptq_per_tensor",
-                                          os.path.join(point.run_dir, report.PTQ_PER_TENSOR_FILE)),
-                              f"{prefix}: export PTQ per-tensor")),
-        ("sensitivity", lambda: not FLAGS.sensitivity_images or os.path.isfile(
-            os.path.join(point.run_dir, "analysis", "sensitivity.csv")),
-         lambda: run_streamed(["-m", "fnet_tf.analyze", point.run_dir, "--sensitivity",
-                               "--limit", str(FLAGS.sensitivity_images)] + cache_args,
-                              f"{prefix}: sensitivity")),
-        ("analyze", lambda: report.analysis_complete(point.run_dir),
-         lambda: run_streamed(["-m", "fnet_tf.analyze", point.run_dir, "--tool_check=false",
-                          "--latency_runs", "50", "--threads", "1"] + cache_args,
-                         f"{prefix}: analyze")),
-    ]
-    # Training is done when its models are, or when every step that reads them is (a finished
-    # run parked by tools/park.py travels without its Keras models).
-    steps = [("train", lambda: (run.is_complete("float") and run.is_complete("qat"))
-              or all(done() for _, done, _ in after_training),
-              lambda: run_streamed(train_args(point), f"{prefix}: train"))] + after_training
-    changes = point_changes(point) if run.has_progress() else []
-    if changes:
-        shown = ", ".join(f"--{k}={old!r} (now {new!r})" for k, old, new in changes[:4])
-        raise UserError(f"{point.run_dir} was trained with other settings: {shown}; pass a new "
-                        f"--out for the new settings, or the recorded ones to resume or re-report")
-    for name, done, do in steps:
-        if done():
-            print(f"{prefix}: {name} complete, reusing {point.run_dir}", flush=True)
-            continue
-        started = time.time()
-        print(f"{prefix}: {name} ...", flush=True)
-        do()
-        print(f"{prefix}: {name} done in {time.time() - started:.0f}s", flush=True)
+def point_jobs(settings, points):
+    """The executor's jobs: one per point, each every missing step of the point."""
+    return [executors.Job(p.name, p.run_dir,
+                          functools.partial(sweep_points.run_point, settings, p, i, len(points)),
+                          functools.partial(sweep_points.point_finished, settings, p))
+            for i, p in enumerate(points, 1)]
 
 
 def _validate():
     if not FLAGS.out:
         raise UserError("--out is required: the sweep directory, e.g. sweeps/factorizenet")
-    _image_size()  # fails fast if malformed
+    data_lib.image_size_flag(FLAGS.image_size)  # fails fast if malformed
     if FLAGS.select or FLAGS.report:
         return
     if FLAGS.design_space:
@@ -282,13 +155,10 @@ def main(argv):
     if len(argv) > 1:
         raise UserError(f"unexpected arguments {' '.join(argv[1:])!r}: flags only")
     _validate()
-    from fnet_tf.search import sweep_report as report
-
     if FLAGS.select:
         print(report.select_text(FLAGS.out, FLAGS.select))
         return 0
     if FLAGS.design_space:
-        from fnet_tf.data import datasets as data_lib
         from fnet_tf.search import design_space
 
         data_lib.check_source(FLAGS.data)
@@ -298,11 +168,10 @@ def main(argv):
                          calibration_images=FLAGS.calibration_images,
                          latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir,
                          passes=FLAGS.latency_passes, probes=FLAGS.latency_probes,
-                         image_size=_image_size())
+                         image_size=data_lib.image_size_flag(FLAGS.image_size))
         return 0
     if not FLAGS.report:
         from fnet_tf.arch import architectures
-        from fnet_tf.data import datasets as data_lib
 
         top = architectures.model_spec(FLAGS.model, 0, FLAGS.width).meta["max_level"]
         if FLAGS.levels in ("front", "capacity_front"):
@@ -327,10 +196,13 @@ def main(argv):
             if missing:
                 raise UserError(f"--float_from {FLAGS.float_from} has no {FLAGS.model}-l"
                                 f"{missing[0]}/: train it there or drop that level")
-        points = plan_points(FLAGS.out, FLAGS.model, designs, FLAGS.init,
-                             range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
-        for i, point in enumerate(points, 1):
-            run_point(point, i, len(points))
+        executor = executors.from_flags(FLAGS)
+        settings = settings_from_flags(executor.threads)
+        if executor.name != "local":
+            settings = settings.absolute()  # a task runs in another folder, maybe elsewhere
+        points = sweep_points.plan_points(settings, designs, FLAGS.init,
+                                          range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds))
+        executor.run(point_jobs(settings, points), FLAGS.out)
     report.write_report(FLAGS.out, data=FLAGS.data, peer=FLAGS.peer,
                         latency_runs=FLAGS.latency_runs, cache_dir=FLAGS.cache_dir)
     return 0

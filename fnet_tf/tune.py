@@ -15,19 +15,23 @@ trials are reused and the trial in progress continues from its last epoch.
 (the winning settings), ``chosen.flags`` (the same as an absl flagfile: ``fnet_tf.train
 --flagfile OUT/chosen.flags``, ``fnet_tf.sweep --recipe_flags OUT/chosen.flags``) and
 ``val_curves.png`` (validation accuracy per epoch).
+
+``--search tpe --space lr=0.02:0.5:log ...`` lets Optuna's TPE sampler propose the trials
+instead (``fnet_tf/search/recipe_search.py``), and ``--executor ray`` trains them as Ray tasks
+(``fnet_tf/search/executors.py``; docs/sweeps.md).
 """
 import csv
+import functools
 import io
 import os
-import time
 
 from absl import flags
 
 from fnet_tf.arch import flags as arch_flags
 from fnet_tf.core import cli
-from fnet_tf.core.child import run_streamed
 from fnet_tf.core.errors import UserError
 from fnet_tf.core.wording import count
+from fnet_tf.search import executors, recipe_grid, recipe_search
 from fnet_tf.search.recipe_grid import BASE, plan_trials
 
 FLAGS = flags.FLAGS
@@ -46,37 +50,50 @@ flags.DEFINE_integer("seed", 0, "Seed of every trial (weights, data order, augme
 flags.DEFINE_integer("threads", 0, "CPU threads for training (0: all cores).")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
 flags.DEFINE_bool("report", False, "Only rank the finished trials in --out; trains nothing.")
+flags.DEFINE_enum("search", "grid", ["grid", "tpe"], "'grid': the base recipe and one "
+                  "--vary change at a time; 'tpe': Optuna's TPE sampler over --space for --trials "
+                  "trials (fnet_tf/search/recipe_search.py).")
+flags.DEFINE_multi_string("space", [], "--search tpe: SETTING=LOW:HIGH[:log] or "
+                          "SETTING=CHOICE,CHOICE. Repeatable.")
+flags.DEFINE_integer("trials", 12, "--search tpe: trials in all.")
+flags.DEFINE_integer("trials_at_once", 2, "--search tpe: trials the sampler proposes at once "
+                     "(trained side by side with --executor ray).")
+executors.define_flags()
 
 COLUMNS = ["trial", "setting", "value", "val_accuracy", "best_val_accuracy", "best_epoch",
            "epochs", "mean_epoch_seconds"]
 
 
-def train_args(run_dir, settings):
+def train_args(settings, threads, data, cache_dir):
+    """A trial's fnet_tf.train arguments, all but --run_dir."""
     args = ["-m", "fnet_tf.train", "--model", FLAGS.model, "--level", str(FLAGS.level),
-            "--width", str(FLAGS.width), "--data", FLAGS.data, "--run_dir", run_dir,
-            "--epochs", str(FLAGS.epochs), "--qat_epochs", "0", "--val_split",
-            str(FLAGS.val_split), "--seed", str(FLAGS.seed), "--threads", str(FLAGS.threads),
-            "--evaluate_test=false", "--layer_stats=false", "--verbose", "2"]
+            "--width", str(FLAGS.width), "--data", data, "--epochs", str(FLAGS.epochs),
+            "--qat_epochs", "0", "--val_split", str(FLAGS.val_split), "--seed", str(FLAGS.seed),
+            "--threads", str(threads), "--evaluate_test=false", "--layer_stats=false",
+            "--verbose", "2"]
     args += [f"--{k}={v}" for k, v in settings.items()]
-    return args + (["--cache_dir", FLAGS.cache_dir] if FLAGS.cache_dir else [])
+    return args + (["--cache_dir", cache_dir] if cache_dir else [])
 
 
-def trial_result(run_dir):
-    """Validation figures of a finished trial, or None when it has not finished."""
-    from fnet_tf.run.rundir import RunDir
+def run_trials(trials, executor):
+    executor.run(trial_jobs(trials, executor), FLAGS.out)
 
-    run = RunDir(run_dir)
-    if not run.is_complete("float"):
-        return None
-    curve = [(int(r["epoch"]), float(r["val_accuracy"])) for r in run.history()
-             if r.get("phase") == "float" and r.get("val_accuracy")]
-    if not curve:
-        return None
-    metrics = run.read_json(run.METRICS, {}).get("float", {})
-    best_epoch, best = max(curve, key=lambda c: c[1])
-    return {"val_accuracy": metrics.get("val_accuracy", curve[-1][1]),
-            "best_val_accuracy": best, "best_epoch": best_epoch, "epochs": len(curve),
-            "mean_epoch_seconds": metrics.get("mean_epoch_seconds"), "curve": curve}
+
+def trial_jobs(trials, executor):
+    """One executor job per trial, each training it (or reusing it when finished)."""
+    spread = executor.name != "local"  # a Ray task runs in another folder, maybe elsewhere
+    place = os.path.abspath if spread else (lambda path: path)
+    data = place(FLAGS.data)
+    cache_dir = place(FLAGS.cache_dir) if FLAGS.cache_dir else None
+    threads = executor.threads if executor.threads is not None else FLAGS.threads
+    jobs = []
+    for i, (name, _, _, settings) in enumerate(trials, 1):
+        run_dir = place(os.path.join(FLAGS.out, "trials", name))
+        args = train_args(settings, threads, data, cache_dir)
+        jobs.append(executors.Job(name, run_dir, functools.partial(
+            recipe_grid.run_trial, args, f"trial {i}/{len(trials)} {name}", FLAGS.epochs),
+            recipe_grid.trial_finished))
+    return jobs
 
 
 def report(out, trials):
@@ -84,9 +101,10 @@ def report(out, trials):
     from fnet_tf.analysis import plots
     from fnet_tf.core import fileio
 
+    searched = any(setting == "search" for _, setting, _, _ in trials)
     rows = []
     for name, setting, value, settings in trials:
-        result = trial_result(os.path.join(out, "trials", name))
+        result = recipe_grid.trial_result(os.path.join(out, "trials", name))
         if result:
             rows.append({"trial": name, "setting": setting, "value": value,
                          "settings": settings, **result})
@@ -103,13 +121,17 @@ def report(out, trials):
     lines = [f"# Recipe tuning: {FLAGS.model} level {FLAGS.level}, {epochs} epochs per "
              f"trial, validation split ({FLAGS.val_split} held-out training images), seed "
              f"{FLAGS.seed}", "",
-             "Base recipe: fnet_tf.train's defaults"
-             + (f" with {', '.join(f'{k}={v}' for k, v in trials[0][3].items())}"
-                if trials[0][3] else "") + "; each other trial changes one setting.", "",
-             "| rank | trial | val top-1 (last epoch) | vs base | best val (epoch) | s/epoch |",
+             (f"Optuna's TPE sampler (seed {FLAGS.seed}) over " + ", ".join(FLAGS.space)
+              + f"; {count(len(trials), 'trial')} proposed" if searched else
+              "Base recipe: fnet_tf.train's defaults"
+              + (f" with {', '.join(f'{k}={v}' for k, v in trials[0][3].items())}"
+                 if trials[0][3] else "") + "; each other trial changes one setting."), "",
+             f"| rank | trial | val top-1 (last epoch) | {'settings' if searched else 'vs base'} "
+             f"| best val (epoch) | s/epoch |",
              "| --- | --- | --- | --- | --- | --- |"]
     for rank, r in enumerate(rows, 1):
         delta = f"{100 * (r['val_accuracy'] - base['val_accuracy']):+.2f}" if base else "?"
+        delta = r["value"] if searched else delta
         secs = f"{r['mean_epoch_seconds']:.1f}" if r["mean_epoch_seconds"] else "?"
         lines.append(f"| {rank} | {r['trial']} | {100 * r['val_accuracy']:.2f}% | {delta} | "
                      f"{100 * r['best_val_accuracy']:.2f}% ({r['best_epoch']}) | {secs} |")
@@ -145,7 +167,15 @@ def main(argv):
                         f"got {FLAGS.val_split}")
     if FLAGS.epochs < 1:
         raise UserError(f"--epochs must be 1 or more, got {FLAGS.epochs}")
+    tpe = FLAGS.search == "tpe"
+    if tpe and (FLAGS.vary or FLAGS.trials < 1 or FLAGS.trials_at_once < 1):
+        raise UserError("--search tpe takes --space ranges (not --vary) and --trials and "
+                        "--trials_at_once of 1 or more")
+    space = recipe_grid.parse_space(FLAGS.space) if tpe else None
     trials = plan_trials(FLAGS.base, FLAGS.vary)
+    base = trials[0][3]
+    if tpe:
+        trials = recipe_search.recorded_trials(base, FLAGS.out)  # what --report ranks
     if not FLAGS.report:
         from fnet_tf.arch import architectures
         from fnet_tf.data import datasets as data_lib
@@ -154,16 +184,14 @@ def main(argv):
             raise UserError("--data is required to train (e.g. ../shared/data/cifar10-jpeg.tar.gz)")
         architectures.model_spec(FLAGS.model, FLAGS.level, FLAGS.width)  # fails fast if unknown
         data_lib.check_source(FLAGS.data)
-        for i, (name, _, _, settings) in enumerate(trials, 1):
-            run_dir = os.path.join(FLAGS.out, "trials", name)
-            prefix = f"trial {i}/{len(trials)} {name}"
-            if trial_result(run_dir):
-                print(f"{prefix}: complete, reusing {run_dir}", flush=True)
-                continue
-            started = time.time()
-            print(f"{prefix}: training {count(FLAGS.epochs, 'epoch')} ...", flush=True)
-            run_streamed(train_args(run_dir, settings), prefix)
-            print(f"{prefix}: done in {time.time() - started:.0f}s", flush=True)
+        executor = executors.from_flags(FLAGS)
+        if tpe:
+            recipe_search.import_optuna()  # says so before any work
+            trials = recipe_search.search(space, base, FLAGS.trials, FLAGS.trials_at_once,
+                                          FLAGS.seed, FLAGS.out,
+                                          lambda batch: run_trials(batch, executor))
+        else:
+            run_trials(trials, executor)
     print(report(FLAGS.out, trials))
     return 0
 

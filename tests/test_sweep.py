@@ -125,14 +125,16 @@ def test_bad_sweep_input_is_one_line(args, message):
 
 
 def test_first_seed_adds_seeds_after_the_ones_a_sweep_already_has():
-    # in a child: a Point names itself against the parsed --width
-    code = ("from absl import flags; from fnet_tf import sweep; flags.FLAGS(['sweep']); "
-            "points = sweep.plan_points('out', 'factorizenet', [(0, 1.0), (7, 1.0)], "
-            "['he_normal'], range(2, 4)); "
-            "print([(p.level, p.seed) for p in points], len({p.run_dir for p in points}))")
-    result = run_module(["-c", code])
-    assert result.returncode == 0, result.stderr[-500:]
-    assert last_line(result.stdout) == "[(0, 2), (0, 3), (7, 2), (7, 3)] 4"
+    from fnet_tf.search import sweep_points
+
+    settings = sweep_points.SweepSettings(model="factorizenet", width=1.0, data="d", out="out",
+                                          epochs=1, qat_epochs=1)
+    points = sweep_points.plan_points(settings, [(0, 1.0), (7, 1.0)], ["he_normal"], range(2, 4))
+    assert [(p.level, p.seed) for p in points] == [(0, 2), (0, 3), (7, 2), (7, 3)]
+    assert len({p.run_dir for p in points}) == 4
+    # a design's own width is named; the sweep-wide one is not
+    named = sweep_points.plan_points(settings, [(3, 0.5)], ["he_normal"], [0])[0]
+    assert named.name == "factorizenet-l3-w0_5-s0-he_normal", named.name
 
 
 def test_init_ablation_plot(tmp_path):

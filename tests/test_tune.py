@@ -94,3 +94,50 @@ def test_train_refuses_to_skip_the_test_split_without_a_validation_split(tmp_pat
                          "--val_split", "0", "--evaluate_test=false",
                          "--run_dir", str(tmp_path / "r")])
     assert result.returncode == 2 and "pass --val_split N" in last_line(result.stderr)
+
+
+def test_the_search_space_is_parsed_and_its_mistakes_named():
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.search.recipe_grid import parse_space
+
+    space = parse_space(["lr=0.02:0.5:log", "batch_size=64:256", "optimizer=sgd,adamw"])
+    assert (space["lr"].low, space["lr"].high, space["lr"].log) == (0.02, 0.5, True)
+    assert isinstance(space["batch_size"].low, int) and not space["batch_size"].log
+    assert space["optimizer"].choices == ("sgd", "adamw")
+    for item, message in [("lr=0.5:0.02", "LOW < HIGH"), ("lr=0:1:log", "LOW > 0"),
+                          ("momentum=0:1", "not a tunable"), ("optimizer=a:b", "number setting"),
+                          ("lr=0.1", "one choice"), ("lr=0.1:0.2:ln", "LOW:HIGH:log")]:
+        with pytest.raises(UserError, match=message):
+            parse_space([item])
+
+
+def test_a_tpe_search_samples_inside_its_space_scores_validation_and_resumes(tmp_path,
+                                                                              tiny_archive):
+    pytest.importorskip("optuna")
+    out = tmp_path / "search"
+    args = ["-m", "fnet_tf.tune", "--level", "3", "--width", "0.25", "--data", tiny_archive,
+            "--epochs", "1", "--val_split", "20", "--base", "batch_size=8", "--out", str(out),
+            "--search", "tpe", "--space", "lr=0.01:0.3:log", "--space", "label_smoothing=0:0.2",
+            "--trials", "3", "--trials_at_once", "2"]
+    first = run_module(args)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    record = json.loads((out / "search_trials.json").read_text())
+    assert sorted(record) == ["search-000", "search-001", "search-002"]
+    for params in record.values():
+        assert 0.01 <= params["lr"] <= 0.3 and 0 <= params["label_smoothing"] <= 0.2
+    assert len({round(p["lr"], 6) for p in record.values()}) == 3  # sampled, not repeated
+    for name, params in record.items():
+        config = json.loads((out / "trials" / name / "config.json").read_text())
+        assert config["lr"] == pytest.approx(params["lr"]) and config["batch_size"] == 8
+        metrics = json.loads((out / "trials" / name / "metrics.json").read_text())["float"]
+        assert not any(k.startswith("test") for k in metrics)  # validation only
+    with open(out / "tune.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    assert "Optuna's TPE sampler" in (out / "tune.md").read_text()
+
+    more = run_module(args[:-3] + ["4", "--trials_at_once", "2"])  # one trial more
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert more.stdout.count(": training 1 epoch") == 1, more.stdout[-2000:]
+    assert len(json.loads((out / "search_trials.json").read_text())) == 4
+    other = run_module(args[:-10] + ["--search", "tpe", "--space", "lr=0.5:0.9", "--trials", "5"])
+    assert other.returncode == 2 and "another --space" in last_line(other.stderr)

@@ -3,7 +3,9 @@
 A child keeps TensorFlow's memory and threads out of the driver (a sweep or a tuning grid),
 and a killed child loses only its own unfinished epoch: every step resumes on its own.
 """
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 
@@ -20,6 +22,20 @@ def is_noise(line):
     return line.startswith(NOISE_PREFIXES) or "oneDNN" in line or "UserWarning" in line
 
 
+class StepKilled(UserError):
+    """A child step ended by a signal (SIGKILL from the OOM killer, a node going away): the
+    step itself is sound, so running it again resumes it (the Ray executor retries these)."""
+
+
+def _die_with_parent():
+    """In the child, before exec: on Linux, SIGKILL when the parent dies (a sweep driver or a
+    Ray worker killed outright must not leave its training running unseen). Elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_streamed(args, prefix):
     """Run ``python args`` in the caller's directory (so relative paths in ``args`` mean what
     the user typed), with this checkout's ``fnet_tf`` importable, echoing its output lines
@@ -27,14 +43,19 @@ def run_streamed(args, prefix):
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     last = ""
     for line in proc.stdout:
         line = line.rstrip()
         if line and not is_noise(line):
             print(f"{prefix} | {line}", flush=True)
             last = line
-    if proc.wait() != 0:
+    code = proc.wait()
+    if code < 0:
+        raise StepKilled(f"{prefix}: step killed by signal {-code} ({last}); run this command "
+                         f"again: the step resumes from its last checkpoint")
+    if code != 0:
         raise UserError(f"{prefix}: step failed ({last}); fix that and re-run this command "
                         f"with the fix: finished steps are kept, a point that never trained an "
                         f"epoch starts again")

@@ -17,6 +17,7 @@ import tempfile
 from fnet_tf.core.errors import UserError
 
 CRASH_ENV = "FNET_TF_CRASH_AT"
+CRASH_ONCE_ENV = "FNET_TF_CRASH_ONCE"  # a marker file: crash only while it does not exist
 JSON_LIMIT = 16 << 20  # bytes: far above any JSON we write (run.json, metrics, meta.json)
 CSV_LIMIT = 64 << 20  # bytes: line files (history.csv, layers.csv, sweep.csv, *.jsonl)
 _UMASK = os.umask(0)
@@ -30,7 +31,9 @@ def crash_point(kind, path):
     power cut or the OOM killer would). A no-op otherwise.
 
     POINT is ``atomic-file`` or ``atomic-dir`` (any artifact fully written under its temporary
-    name, not yet renamed into place), or ``atomic-file/<name>`` for one file name.
+    name, not yet renamed into place), or ``atomic-file/<name>`` for one file name. With
+    ``FNET_TF_CRASH_ONCE=MARKER`` too, only the first process to get there crashes (it creates
+    MARKER first), so a retried or resumed process runs on (the executor tests).
     """
     spec = os.environ.get(CRASH_ENV)
     if not spec:
@@ -40,6 +43,12 @@ def crash_point(kind, path):
         return
     _crash_counts[target] = _crash_counts.get(target, 0) + 1
     if _crash_counts[target] == int(count or 1):
+        marker = os.environ.get(CRASH_ONCE_ENV)
+        if marker:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

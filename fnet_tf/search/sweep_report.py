@@ -83,6 +83,8 @@ def finished_runs(out):
         return []
     runs = []
     for name in sorted(os.listdir(root)):
+        if name.startswith("."):  # a run directory still arriving from a Ray node
+            continue
         path = os.path.join(root, name)
         config = _read_json(os.path.join(path, "config.json"))
         if config and analysis_complete(path) and os.path.isfile(os.path.join(path, PTQ_FILE)):
