@@ -37,6 +37,10 @@ flags.DEFINE_float("min_agreement", None, "Fail (exit 2, no file written) when t
                    "top-1 agreement with the Keras model on --check_images test images is below "
                    "this share, e.g. 0.98 in a pipeline. Below 0.90 a warning is printed anyway.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
+flags.DEFINE_string("repair", None, "Before post-training quantization (--scheme ptq or "
+                    "ptq_per_tensor): cle (cross-layer equalization), bias_correction, or both "
+                    "'cle,bias_correction' (fnet_tf/quantization/repair.py); the file is named "
+                    "*_repaired_int8.tflite unless --out says otherwise.")
 cli.define_trust_model_code()
 
 WARN_BELOW_AGREEMENT = 0.90
@@ -147,6 +151,9 @@ def main(argv):
         if FLAGS.check_images <= 0:
             raise UserError("--min_agreement needs --check_images N (N > 0) to measure it")
     target = argv[1]
+    from fnet_tf.quantization import repair
+
+    repairs = repair.parse_repairs(FLAGS.repair)
     if FLAGS.out is not None and (FLAGS.out.endswith(("/", os.sep)) or os.path.isdir(FLAGS.out)
                                   or not FLAGS.out.endswith(".tflite")):
         raise UserError(f"--out {FLAGS.out!r} is not a .tflite file name: pass the file to write, "
@@ -166,11 +173,21 @@ def main(argv):
     from fnet_tf.tflite import measure as benchmark
 
     model, scheme, run, default_out, data_source = _resolve(target)
+    if repairs and scheme.qat:
+        raise UserError(f"--repair acts on the float model before post-training quantization, "
+                        f"not on the {scheme.name} QAT model: pass --scheme ptq or ptq_per_tensor")
+    if repairs:
+        default_out = default_out[:-len("_int8.tflite")] + "_repaired_int8.tflite"
     if not data_source:
         raise UserError("no calibration data: pass --data (the run's config names none)")
     image_size = tuple(model.input_shape[1:3])
     dataset = data_lib.load(data_source, cache_dir=FLAGS.cache_dir, image_size=image_size)
     out = FLAGS.out or default_out
+    if repairs:
+        calibration = dataset.train.images[:FLAGS.calibration_samples].astype("float32")
+        model, repair_report = repair.repaired(model, repairs, calibration,
+                                               per_channel=scheme.per_channel)
+        print("\n".join(repair_report.lines()), flush=True)
     representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)
     content = export.convert_int8(model, representative, scheme)
     report = benchmark.graph_stats(content)  # the int8 check, ops, params, I/O quantization
@@ -220,7 +237,8 @@ def main(argv):
     # run.json lists only the run directory's own files
     if run is not None and all(run.inside(os.path.relpath(p, run.path)) for p in written):
         run.complete(f"export:{os.path.basename(out)}", written, scheme=scheme.name,
-                     agreement=agreement, calibration_samples=FLAGS.calibration_samples)
+                     agreement=agreement, calibration_samples=FLAGS.calibration_samples,
+                     repair=list(repairs))
     return 0
 
 

@@ -22,7 +22,7 @@ DEVICE = "device"  # single files for the board: import nothing from fnet_tf, an
 COMMANDS = {"train", "to_tflite", "analyze", "sweep", "tune", "zoo", "models", "keras3_float"}
 # loaded late on purpose, inside the function that needs them
 HEAVY = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "tensorflow_datasets",
-         "matplotlib", "keras", "ray", "jax")
+         "matplotlib", "keras", "ray", "jax", "optuna")
 # the library modules that load TensorFlow when imported (each defines Keras classes at its
 # top); every other library module imports without loading it
 LOADS_TENSORFLOW = {"fnet_tf.analysis.callback", "fnet_tf.training.lookahead",
