@@ -17,7 +17,8 @@ those layers are skipped and named.
 each output channel by ``delta_i = sum_k (Wq - W)[k, i] * E[x_k]``, with ``E[x]`` the per-channel
 mean of A's input over calibration images (training split) and ``Wq`` the weights as TFLite will
 round them (symmetric int8, per channel or per tensor as the scheme says). The correction
-subtracts ``delta_i`` from the bias TFLite folds (BN beta, or the layer's bias).
+subtracts ``delta_i`` from the bias TFLite folds (BN beta, or the layer's bias). It treats
+every output position alike: at a zero-padded border the true shift is smaller.
 
 Both act on a copy of the float model (``repaired``); ``report`` describes what changed.
 """
