@@ -27,13 +27,22 @@ class StepKilled(UserError):
     step itself is sound, so running it again resumes it (the Ray executor retries these)."""
 
 
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# resolved here, in the parent: between fork and exec the child only calls it (no dlopen there,
+# whose loader lock another thread of the parent, a Ray worker's, may have held at the fork)
+_PRCTL = _libc_prctl() if sys.platform == "linux" else None
+
+
 def _die_with_parent():
     """In the child, before exec: on Linux, SIGKILL when the parent dies (a sweep driver or a
-    Ray worker killed outright must not leave its training running unseen). Elsewhere a no-op."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    Ray worker killed outright must not leave its training running unseen)."""
+    _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_streamed(args, prefix):
@@ -44,7 +53,7 @@ def run_streamed(args, prefix):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                            preexec_fn=_die_with_parent if _PRCTL is not None else None)
     last = ""
     for line in proc.stdout:
         line = line.rstrip()
