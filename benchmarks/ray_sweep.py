@@ -51,9 +51,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def write_slice(source, path, per_class, test_per_class):
-    """A class-balanced slice of the JPEG archive (the first N images of each class)."""
+    """A class-balanced slice of the JPEG archive (the first N images of each class). The
+    archive's listing passes the dataset loader's bounds first (``check_archive``)."""
     if os.path.isfile(path):
         return path
+    from fnet_tf.data import datasets as data_lib
+
+    data_lib.check_archive(source, os.path.dirname(os.path.abspath(path)))
     quota = {"train": per_class, "test": test_per_class}
     taken = {}
     tmp = path + ".partial"

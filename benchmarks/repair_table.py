@@ -62,6 +62,7 @@ def measure(target, dataset, calibration):
     from fnet_tf.tflite import convert, measure as litert
 
     model = load_float(target)
+    _, unrepaired = repair.repaired(model, ("cle",))  # the ratios before CLE, for every row
     rows = []
     for scheme_name in SCHEMES:
         scheme = get_scheme(scheme_name)
@@ -73,11 +74,7 @@ def measure(target, dataset, calibration):
                                                              FLAGS.calibration_samples)
             content = convert.convert_int8(fixed, representative, scheme)
             result = litert.evaluate_tflite(content, dataset.test, FLAGS.limit, progress=False)
-            if report is None:
-                _, report = repair.repaired(model, ("cle",))  # the ratios before, for the row
-                ratios = report.ratio_before
-            else:
-                ratios = report.ratio_after if "cle" in repairs else report.ratio_before
+            ratios = report.ratio_after if "cle" in repairs else unrepaired.ratio_before
             widest = max(ratios, key=ratios.get) if ratios else ""
             rows.append({"model": label(target), "scheme": scheme_name,
                          "repair": ",".join(repairs) or "none",

@@ -141,10 +141,9 @@ def find_pairs(model):
 
 
 def _bn_factor(bn):
-    """(gamma / sqrt(var + eps)) per channel, and the folded bias shift (beta - mean * factor)."""
-    gamma, beta, mean, var = _bn_weights(bn)
-    factor = gamma / np.sqrt(var + bn.epsilon)
-    return factor, beta - mean * factor
+    """gamma / sqrt(var + eps) per channel: what the converter multiplies the kernel by."""
+    gamma, _, _, var = _bn_weights(bn)
+    return gamma / np.sqrt(var + bn.epsilon)
 
 
 def _bn_weights(bn):
@@ -176,7 +175,7 @@ def folded_kernel(layer, bn):
     kernel = layer.get_weights()[0]
     if bn is None:
         return kernel
-    factor, _ = _bn_factor(bn)
+    factor = _bn_factor(bn)
     if isinstance(layer, backend.keras.layers.DepthwiseConv2D):
         kh, kw, c, m = kernel.shape
         return kernel * factor.reshape(1, 1, c, m)
