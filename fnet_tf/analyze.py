@@ -39,6 +39,16 @@ flags.DEFINE_bool("sensitivity", False, "Per-layer sensitivity of a run's float 
                   "validation accuracy with only each layer (and all but it) quantized to "
                   "ternary, 4 and 8 bits (sensitivity.csv/.png/.md; --limit images, default "
                   "2,000, spread over the validation split).")
+flags.DEFINE_string("repair", None, "Also measure repairs before post-training quantization on "
+                    "the float model, e.g. 'cle,bias_correction' or 'cle,adaround' (one run "
+                    "directory or zoo:NAME): PTQ per-channel, per-tensor and 4-bit-weight "
+                    "accuracy and per-layer ratios and SQNR before and after (repair.csv/.png, "
+                    "repair_* columns in layers.csv, a report section); with --sensitivity, "
+                    "the sensitivity of the repaired model.")
+flags.DEFINE_integer("calibration_samples", 500, "--repair: training images to calibrate, "
+                     "correct and AdaRound on.")
+flags.DEFINE_integer("adaround_iterations", 1000, "--repair adaround: optimisation steps per "
+                     "layer.")
 cli.define_trust_model_code()
 
 
@@ -117,6 +127,19 @@ class Target:
             return (model, model), None
         return None, f"no trained model in {self.run.path}"
 
+    def float_model(self):
+        """The float Keras model the repairs act on; UserError where there is none."""
+        from fnet_tf.run import artifacts
+
+        if self.released is not None:
+            from fnet_tf.release import zoo
+
+            return zoo.keras_model(self.released)
+        if self.run is None or not self.run.verified("float"):
+            raise UserError(f"--repair needs a float Keras model: {self.path} has none (pass a "
+                            f"run directory with a trained float model, or zoo:NAME)")
+        return artifacts.float_model(self.run, FLAGS.trust_model_code)
+
 
 def measure(target, dataset):
     """Accuracy and graph statistics of one target (latency is measured separately)."""
@@ -141,8 +164,9 @@ def measure(target, dataset):
             "data": {"source": dataset.source, "split": "test"}}
 
 
-def layerwise(target, dataset, out):
-    """layers.csv and the layer-wise plots; returns (rows, note)."""
+def layerwise(target, dataset, out, repair_layers=None):
+    """layers.csv and the layer-wise plots; returns (rows, note). ``repair_layers``: the
+    ``--repair`` figures per weight layer, added as repair_* columns."""
     from fnet_tf.analysis import layerwise as lw
     from fnet_tf.analysis import plots
     from fnet_tf.core import fileio
@@ -167,6 +191,14 @@ def layerwise(target, dataset, out):
               "raw_weight_std", "raw_channel_range_max", "raw_channel_range_ratio",
               "act_min", "act_p0_1", "act_p1", "act_p50", "act_p99", "act_p99_9", "act_max",
               "scale", "mse", "sqnr_db", "rmse_lsb", "max_err_lsb", "tensor"]
+    if repair_layers:
+        from fnet_tf.analysis.repair_effect import LAYER_FIELDS
+
+        by_layer = {r["layer"]: r for r in repair_layers}
+        fields += list(LAYER_FIELDS)
+        for row in rows:
+            row.update({k: v for k, v in by_layer.get(row.get("weight_layer"), {}).items()
+                        if k in LAYER_FIELDS})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -231,7 +263,7 @@ def share(value):
     return "n/a" if value is None else f"{value:.2%}"
 
 
-def report(metrics, rows, note, out, op_rows=None):
+def report(metrics, rows, note, out, op_rows=None, extra_lines=()):
     from fnet_tf.core import fileio
 
     lat = metrics["latency_ms"]
@@ -287,6 +319,8 @@ def report(metrics, rows, note, out, op_rows=None):
                   "![activations](activation_histograms.png)", "![weights](weight_histograms.png)"]
     if op_rows:
         lines += [""] + _op_latency_lines(metrics, op_rows)
+    if extra_lines:
+        lines += [""] + list(extra_lines)
     lines += ["", "![summary](summary.png)", ""]
     fileio.write_text(os.path.join(out, "report.md"), "\n".join(lines))
 
@@ -300,6 +334,14 @@ def main(argv):
         raise UserError(f"--latency_runs must be 1 or more, got {FLAGS.latency_runs}")
     if FLAGS.limit is not None and FLAGS.limit < 1:
         raise UserError(f"--limit must be positive, got {FLAGS.limit}")
+    from fnet_tf.quantization.repair import parse_repairs
+
+    repairs = parse_repairs(FLAGS.repair)
+    if repairs and (len(argv) != 2 or FLAGS.evolution):
+        raise UserError("--repair analyses one run directory or released model (zoo:NAME), "
+                        "without --evolution")
+    if FLAGS.calibration_samples < 1 or FLAGS.adaround_iterations < 1:
+        raise UserError("--calibration_samples and --adaround_iterations must be positive")
     if FLAGS.evolution:
         return plot_evolution(argv[1:])
     if FLAGS.sensitivity:
@@ -308,6 +350,9 @@ def main(argv):
     from fnet_tf.data import datasets as data_lib
 
     targets = unique_names([Target(p) for p in argv[1:]])
+    if repairs and targets[0].run is None and targets[0].released is None:
+        raise UserError(f"--repair needs a float Keras model: {argv[1]} is a bare .tflite (pass "
+                        f"its run directory, or zoo:NAME)")
     source = FLAGS.data or next((t.data for t in targets if t.data), None)
     if not source:
         raise UserError("pass --data (e.g. ../shared/data/cifar10-jpeg.tar.gz): a .tflite file "
@@ -363,11 +408,13 @@ def main(argv):
             op_rows, metrics["latency_by_op"] = time_ops(target)
             write_op_latency(op_rows, target.name, out)
         _write_csv(os.path.join(out, "bit_budget.csv"), target.budget_rows)
-        rows, note = layerwise(target, dataset, out)
+        repair_layers, repair_lines = (run_repairs(target, repairs, dataset, out) if repairs
+                                       else (None, ()))
+        rows, note = layerwise(target, dataset, out, repair_layers)
         metrics["analysis_seconds"] = time.time() - started
         plots.summary(metrics, os.path.join(out, "summary.png"), target.name)
         fileio.write_json(os.path.join(out, "metrics.json"), metrics)
-        report(metrics, rows, note, out, op_rows)
+        report(metrics, rows, note, out, op_rows, repair_lines)
         if target.run:
             target.run.update_metrics("int8", {k: metrics[k] for k in (
                 "accuracy_top1", "accuracy_top5", "num_images", "latency_ms", "size_bytes",
@@ -375,7 +422,8 @@ def main(argv):
         print(_table(results))
         if note:
             print(note)
-        print(f"wrote {out}/ (metrics.json, report.md{', layers.csv' if rows else ''}, plots) "
+        print(f"wrote {out}/ (metrics.json, report.md{', layers.csv' if rows else ''}"
+              f"{', repair.csv' if repairs else ''}, plots) "
               f"in {metrics['analysis_seconds']:.1f}s")
         return 0
     out = FLAGS.out or "analysis/comparison"
@@ -401,6 +449,30 @@ def main(argv):
           f"{', op_latency_by_kind.png, <model>/op_latency.csv' if FLAGS.op_latency else ''}"
           f"{', layers_compared.md/.png, <model>/layers.csv' if FLAGS.compare_layers else ''})")
     return 0
+
+
+def run_repairs(target, repairs, dataset, out):
+    """``--repair``: repair.csv, repair.png and the report section; returns (per-layer rows
+    for layers.csv, report lines)."""
+    from fnet_tf.analysis import plots, repair_effect
+    from fnet_tf.quantization.adaround import AdaRoundSettings
+
+    model = target.float_model()
+
+    def progress(text):
+        print(f"{target.name}: repair: {text}", file=sys.stderr, flush=True)
+
+    accuracy, layers, fixed = repair_effect.measure_repairs(
+        model, repairs, dataset, FLAGS.calibration_samples, FLAGS.layer_images, FLAGS.limit,
+        FLAGS.threads, AdaRoundSettings(iterations=FLAGS.adaround_iterations), progress)
+    _write_csv(os.path.join(out, "repair.csv"), accuracy)
+    plots.repair_layers(layers, os.path.join(out, "repair.png"),
+                        f"{target.name}: before and after {', '.join(repairs)}")
+    for row in accuracy:
+        print(f"{target.name}: {row['weights']} weights, {row['activations']} activations, "
+              f"{row['when']} the repairs: {row['accuracy']:.2%}")
+    return layers, repair_effect.report_lines(repairs, accuracy, layers, fixed,
+                                              FLAGS.calibration_samples, FLAGS.layer_images)
 
 
 def compare_layers(targets, dataset, out):
@@ -446,10 +518,12 @@ def plot_evolution(paths):
 
 
 def run_sensitivity(paths):
-    """``--sensitivity``: fnet_tf.analysis.sensitivity on a run's float model."""
+    """``--sensitivity``: fnet_tf.analysis.sensitivity on a run's float model (repaired first
+    with ``--repair``)."""
     from fnet_tf.analysis import plots, sensitivity
     from fnet_tf.core import fileio
     from fnet_tf.data import datasets as data_lib
+    from fnet_tf.quantization.repair import parse_repairs
     from fnet_tf.release import zoo
     from fnet_tf.run import artifacts
     from fnet_tf.run.rundir import RunDir
@@ -475,6 +549,16 @@ def run_sensitivity(paths):
         model = artifacts.float_model(run, FLAGS.trust_model_code)
     dataset = data_lib.load(source, cache_dir=FLAGS.cache_dir, val_split=config["val_split"],
                             image_size=tuple(model.input_shape[1:3]))
+    repairs = parse_repairs(FLAGS.repair)
+    if repairs:  # the sensitivity of the repaired float model (AdaRound: on the 8-bit grid)
+        from fnet_tf.quantization import repair
+        from fnet_tf.quantization.adaround import AdaRoundSettings
+
+        context = repair.Context(
+            images=dataset.train.images[:FLAGS.calibration_samples].astype(np.float32),
+            rounding=AdaRoundSettings(iterations=FLAGS.adaround_iterations))
+        model, fixed = repair.repaired(model, repairs, context=context)
+        print("\n".join(fixed.lines()), file=sys.stderr, flush=True)
     count = min(FLAGS.limit or 2000, len(dataset.val))
     pick = np.linspace(0, len(dataset.val) - 1, count).round().astype(int)  # every class
     images, labels = dataset.val.images[pick], dataset.val.labels[pick]
@@ -484,7 +568,8 @@ def run_sensitivity(paths):
         progress=lambda text: print(f"sensitivity: {text}", file=sys.stderr, flush=True))
     out = FLAGS.out or default_out
     _write_csv(os.path.join(out, "sensitivity.csv"), rows)
-    name = released or os.path.basename(run.path)
+    name = (released or os.path.basename(run.path)) + (
+        f" after {', '.join(repairs)}" if repairs else "")
     plots.sensitivity_bars(rows, sensitivity.BITS, os.path.join(out, "sensitivity.png"),
                            f"{name}: validation top-1 with only each layer quantized")
     lines = [f"# Sensitivity of {name}", ""] + sensitivity.report_lines(rows, baselines, count)

@@ -37,9 +37,10 @@ flags.DEFINE_float("min_agreement", None, "Fail (exit 2, no file written) when t
                    "top-1 agreement with the Keras model on --check_images test images is below "
                    "this share, e.g. 0.98 in a pipeline. Below 0.90 a warning is printed anyway.")
 flags.DEFINE_string("cache_dir", None, "Dataset cache directory.")
-flags.DEFINE_string("repair", None, "Before post-training quantization (--scheme ptq or "
-                    "ptq_per_tensor): cle (cross-layer equalization), bias_correction, or both "
-                    "'cle,bias_correction' (fnet_tf/quantization/repair.py); the file is named "
+flags.DEFINE_string("repair", None, "Before post-training quantization (a ptq scheme), a "
+                    "comma list of cle (cross-layer equalization), bias_absorption, adaround "
+                    "(learned 8-bit rounding) and bias_correction, e.g. 'cle,bias_correction' "
+                    "(fnet_tf/quantization/repair.py); the file is named "
                     "*_repaired_int8.tflite unless --out says otherwise.")
 cli.define_trust_model_code()
 
@@ -185,8 +186,9 @@ def main(argv):
     out = FLAGS.out or default_out
     if repairs:
         calibration = dataset.train.images[:FLAGS.calibration_samples].astype("float32")
-        model, repair_report = repair.repaired(model, repairs, calibration,
-                                               per_channel=scheme.per_channel)
+        context = repair.Context(images=calibration, per_channel=scheme.per_channel,
+                                 progress=lambda text: print(text, file=sys.stderr, flush=True))
+        model, repair_report = repair.repaired(model, repairs, context=context)
         print("\n".join(repair_report.lines()), flush=True)
     representative = data_lib.representative_dataset(dataset.train, FLAGS.calibration_samples)
     content = export.convert_int8(model, representative, scheme)

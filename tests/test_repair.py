@@ -6,7 +6,7 @@ import pytest
 
 from fnet_tf.core.backend import keras
 from fnet_tf.core.errors import UserError
-from fnet_tf.quantization import repair
+from fnet_tf.quantization import adaround, bias_correction, equalization, repair
 
 
 def _pair_model(first="conv", pool=False):
@@ -44,7 +44,7 @@ def test_cle_keeps_the_float_outputs_and_evens_a_100x_pair(first, pool):
     model = _uneven(_pair_model(first, pool))
     images = np.random.default_rng(1).normal(size=(16, 8, 8, 4)).astype(np.float32)
     before = model.predict(images, verbose=0)
-    ratio_before = repair.channel_ratio(model.get_layer("a"), model.get_layer("bn"))
+    ratio_before = equalization.channel_ratio(model.get_layer("a"), model.get_layer("bn"))
     assert ratio_before > 50  # the hand-made spread (BN's gamma/sd moves it a little)
 
     fixed, report = repair.repaired(model, ("cle",))
@@ -53,12 +53,12 @@ def test_cle_keeps_the_float_outputs_and_evens_a_100x_pair(first, pool):
     assert report.pairs == [("a", "b")]
     assert report.ratio_before["a"] == pytest.approx(ratio_before)
     assert report.ratio_after["a"] < ratio_before / 5  # sqrt(r_A r_B) in both layers
-    a_ranges = repair.output_ranges(fixed.get_layer("a"), fixed.get_layer("bn"))
+    a_ranges = equalization.output_ranges(fixed.get_layer("a"), fixed.get_layer("bn"))
     kernel_b = fixed.get_layer("b").get_weights()[0]
     b_ranges = np.abs(kernel_b).max(axis=(0, 1, 3))
     np.testing.assert_allclose(a_ranges, b_ranges, rtol=1e-4)  # equal per channel
     # the original model is untouched
-    assert repair.channel_ratio(model.get_layer("a"), model.get_layer("bn")) == ratio_before
+    assert equalization.channel_ratio(model.get_layer("a"), model.get_layer("bn")) == ratio_before
 
 
 def test_cle_skips_what_it_cannot_scale_and_says_why():
@@ -69,7 +69,7 @@ def test_cle_skips_what_it_cannot_scale_and_says_why():
     added = keras.layers.Add()([branch, x])  # stem's output also feeds the residual add
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(added))
     outputs = keras.layers.Dense(3)(pooled)
-    pairs, skipped = repair.find_pairs(keras.Model(inputs, outputs))
+    pairs, skipped = equalization.find_pairs(keras.Model(inputs, outputs))
     assert pairs == []
     why = dict(skipped)
     assert "several layers" in why["stem"] and "Add" in why["branch"]
@@ -93,7 +93,7 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
         k, b = m.get_layer("a").get_weights()
         view = lambda w: w.reshape(-1, w.shape[-1])  # noqa: E731
         rounded = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="q")(inputs))
-        rounded.get_layer("q").set_weights([repair.quantize_symmetric(k, False, view), b])
+        rounded.get_layer("q").set_weights([bias_correction.quantize_symmetric(k, False, view), b])
         return (rounded.predict(images, verbose=0).mean(axis=(0, 1, 2))
                 - model.predict(images, verbose=0).mean(axis=(0, 1, 2)))
 
@@ -108,8 +108,10 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights():
 
 def test_repairs_are_named_and_bias_correction_needs_images():
     assert repair.parse_repairs("cle, bias_correction") == ("cle", "bias_correction")
-    with pytest.raises(UserError, match="'adaround' is not one of"):
-        repair.parse_repairs("cle,adaround")
+    assert repair.parse_repairs("bias_correction,adaround,cle") == (
+        "cle", "adaround", "bias_correction")  # the order they run in
+    with pytest.raises(UserError, match="'gptq' is not one of"):
+        repair.parse_repairs("cle,gptq")
     with pytest.raises(UserError, match="calibration images"):
         repair.repaired(_pair_model(), ("bias_correction",))
 
@@ -129,5 +131,115 @@ def test_the_exporter_repairs_before_post_training_quantization(qat_run, tiny_ar
     refused = run_module(["-m", "fnet_tf.to_tflite", qat_run, "--scheme", "int8",
                           "--repair", "cle", "--data", tiny_archive])
     assert refused.returncode == 2 and "--scheme ptq" in last_line(refused.stderr)
-    unknown = run_module(["-m", "fnet_tf.to_tflite", qat_run, "--repair", "adaround"])
-    assert unknown.returncode == 2 and "'adaround' is not one of" in last_line(unknown.stderr)
+    unknown = run_module(["-m", "fnet_tf.to_tflite", qat_run, "--repair", "gptq"])
+    assert unknown.returncode == 2 and "'gptq' is not one of" in last_line(unknown.stderr)
+
+
+def test_bias_absorption_keeps_the_float_outputs_and_moves_the_floor():
+    """A depthwise -> BN -> ReLU -> 1x1 conv pair whose BN output never falls below a positive
+    floor in two channels: the floor leaves BN's beta, the outputs stay within 1e-4."""
+    model = _uneven(_pair_model("depthwise"))
+    bn = model.get_layer("bn")
+    gamma, beta, mean, var = bn.get_weights()
+    bn.set_weights([gamma * 0.1, np.array([3.0, 2.0, 0.0, -1.0], np.float32), mean, var])
+    images = np.random.default_rng(2).normal(size=(32, 8, 8, 4)).astype(np.float32)
+    before = model.predict(images, verbose=0)
+    fixed, report = repair.repaired(model, ("bias_absorption",), images)
+    after = fixed.predict(images, verbose=0)
+    assert np.max(np.abs(after - before)) <= 1e-4 * max(1.0, np.max(np.abs(before)))
+    assert set(report.absorbed) == {"a"}
+    moved = np.array([3.0, 2.0, 0.0, -1.0]) - fixed.get_layer("bn").get_weights()[1]
+    assert moved[0] > 0.5 and moved[1] > 0.5 and moved[3] == 0.0
+    probe = keras.Model(fixed.inputs, fixed.get_layer("bn").output)
+    floors = probe.predict(images, verbose=0)[..., :2].min(axis=(0, 1, 2))
+    np.testing.assert_allclose(floors, 0.0, atol=1e-5)  # each floor moved whole, not beyond
+
+
+def test_bias_absorption_skips_a_next_layer_that_reads_zero_padding():
+    inputs = keras.Input((8, 8, 4))
+    x = keras.layers.Conv2D(4, 1, name="a")(inputs)
+    x = keras.layers.ReLU()(x)
+    outputs = keras.layers.Conv2D(4, 3, padding="same", name="b")(x)
+    model = keras.Model(inputs, outputs)
+    images = np.ones((4, 8, 8, 4), np.float32)
+    _, report = repair.repaired(model, ("bias_absorption",), images)
+    assert report.absorbed == {}
+    assert "reads zero padding" in dict(report.skipped)["a"]
+
+
+def test_adaround_reconstructs_a_layer_better_than_nearest_rounding():
+    """4-bit weights of one conv, fixed seed: AdaRound's codes stay on the grid (each weight
+    rounded down or up) and its output error is below nearest rounding's (by 11% here)."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((8, 8, 8))
+    model = keras.Model(inputs, keras.layers.Conv2D(8, 3, padding="same", name="a")(inputs))
+    model.get_layer("a").set_weights([rng.normal(size=(3, 3, 8, 8)).astype(np.float32),
+                                      np.zeros(8, np.float32)])
+    images = np.maximum(rng.normal(size=(128, 8, 8, 8)), 0).astype(np.float32)
+    op, = adaround.weight_layers(model)
+    targets = model.predict(images, verbose=0)
+    step = adaround.step_sizes(op.folded(), op.reduce_axes(), 4)
+    nearest = adaround.round_nearest(op.folded(), step, 4)
+    learned = adaround.adaround_kernel(op, images, targets, step, 4,
+                                       adaround.AdaRoundSettings(iterations=300, seed=0))
+    codes = learned / step
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-6)
+    assert np.abs(codes).max() <= 7
+    assert np.all(np.abs(codes - op.folded() / step) < 1 + 1e-6)  # floor or ceil
+    assert np.any(np.round(codes) != np.round(nearest / step))  # it chose differently
+    error_nearest = adaround.reconstruction_error(op, images, targets, nearest)
+    error_learned = adaround.reconstruction_error(op, images, targets, learned)
+    assert error_learned < 0.95 * error_nearest, (error_nearest, error_learned)  # 3.07 vs 3.44
+
+
+def test_adaround_in_the_repairs_puts_the_weights_on_the_8_bit_grid():
+    """After ``--repair adaround`` each folded kernel is (step x integer codes) with the
+    channel's largest weight at +-127, so the converter's max|w|/127 finds the same step."""
+    model = _uneven(_pair_model("conv"))
+    images = np.maximum(np.random.default_rng(3).normal(size=(64, 8, 8, 4)), 0).astype(np.float32)
+    context = repair.Context(images=images, rounding=adaround.AdaRoundSettings(iterations=50))
+    fixed, report = repair.repaired(model, ("adaround",), context=context)
+    assert set(report.rounding) == {"a", "b"}
+    for op in adaround.weight_layers(fixed):
+        folded = op.folded()
+        step = np.abs(folded).max(axis=op.reduce_axes(), keepdims=True) / 127
+        np.testing.assert_allclose(folded / step, np.round(folded / step), atol=1e-3)
+
+
+def test_analyze_reports_the_repairs_layer_by_layer(qat_run, tiny_archive, tmp_path):
+    import csv
+    import os
+
+    from conftest import last_line, run_module
+
+    if not os.path.isfile(os.path.join(qat_run, "model_int8.tflite")):
+        exported = run_module(["-m", "fnet_tf.to_tflite", qat_run, "--data", tiny_archive,
+                               "--check_images", "10"])
+        assert exported.returncode == 0, exported.stderr[-2000:]
+    out = str(tmp_path / "analysis")
+    result = run_module(["-m", "fnet_tf.analyze", qat_run, "--data", tiny_archive, "--out", out,
+                         "--repair", "cle,bias_absorption,adaround,bias_correction",
+                         "--limit", "20", "--latency_runs", "5", "--tool_check=false",
+                         "--op_latency=false", "--layer_images", "16",
+                         "--calibration_samples", "24", "--adaround_iterations", "10"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out, "repair.csv")) as f:
+        accuracy = list(csv.DictReader(f))
+    kinds = {(r["weights"], r["when"]) for r in accuracy}
+    assert kinds == {("float", "before")} | {
+        (w, when) for w in ("int8 per-channel", "int8 per-tensor", "4-bit per-channel")
+        for when in ("before", "after")}
+    assert all(0 <= float(r["accuracy"]) <= 1 and r["num_images"] == "20" for r in accuracy)
+    with open(os.path.join(out, "layers.csv")) as f:
+        layers = list(csv.DictReader(f))
+    with_weights = [r for r in layers if r["weight_layer"]]
+    assert with_weights and all(r["repair_w4_sqnr_db_before"] and r["repair_w4_sqnr_db_after"]
+                                for r in with_weights)
+    assert any(r["repair_int8_per_tensor_sqnr_db_after"] for r in with_weights)
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Repairs: cle, bias_absorption, adaround, bias_correction" in report
+    assert "| 4-bit per-channel | float |" in report
+    assert os.path.getsize(os.path.join(out, "repair.png")) > 1000
+    bare = run_module(["-m", "fnet_tf.analyze", os.path.join(qat_run, "model_int8.tflite"),
+                       "--data", tiny_archive, "--repair", "cle"])
+    assert bare.returncode == 2 and "bare .tflite" in last_line(bare.stderr)

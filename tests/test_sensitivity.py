@@ -100,6 +100,13 @@ def test_analyze_sensitivity_writes_csv_plot_and_report(tiny_archive, tmp_path):
     report = open(os.path.join(out, "sensitivity.md")).read()
     assert "most sensitive" in report and "least sensitive" in report
     assert "most sensitive" in result.stdout
+    repaired = run_module(["-m", "fnet_tf.analyze", run_dir, "--sensitivity", "--limit", "20",
+                           "--repair", "bias_correction", "--calibration_samples", "20",
+                           "--out", os.path.join(run_dir, "repaired")])
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert "bias corrected by up to" in repaired.stderr  # the repair ran before the analysis
+    assert "after bias_correction" in open(os.path.join(run_dir, "repaired",
+                                                        "sensitivity.md")).read()
 
 
 def test_sensitivity_needs_a_validation_split(qat_run):

@@ -540,3 +540,27 @@ def layers_by_depth(rows_by_model, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def repair_layers(rows, path, title):
+    """Per weight layer, before and after the repairs: the channel-range ratio (log), the INT8
+    per-tensor output SQNR and the 4-bit-weight output SQNR (``analysis.repair_effect``)."""
+    names = [r["layer"] for r in rows]
+    x = np.arange(len(names))
+    panels = (("repair_channel_range_ratio", "widest / narrowest\nchannel range", True),
+              ("repair_int8_per_tensor_sqnr_db", "INT8 per-tensor\noutput SQNR (dB)", False),
+              ("repair_w4_sqnr_db", "4-bit weights\noutput SQNR (dB)", False))
+    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.5 * len(names) + 2), 8.5), sharex=True)
+    for ax, (key, label, log) in zip(axes, panels):
+        for offset, when, color in ((-0.2, "before", "tab:gray"), (0.2, "after", "tab:blue")):
+            values = [r.get(f"{key}_{when}") for r in rows]
+            values = [np.nan if v is None else min(float(v), 1e6 if log else 80) for v in values]
+            ax.bar(x + offset, values, 0.4, color=color, label=when)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(title)
+    axes[-1].set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    _save(fig, path)
