@@ -149,9 +149,7 @@ def write(rows):
             f"{acc(m, 'ptq_per_tensor', 'cle,bias_correction')} | "
             f"{acc(m, 'ptq_per_tensor', 'cle,bias_absorption,bias_correction')} | "
             f"{acc(m, 'ptq_per_tensor', 'cle,adaround')} | "
-            f"{acc(m, 'ptq', 'cle,bias_correction')} | {before.get('widest_ratio', '')} "
-            f"({before.get('widest_ratio_layer', '')}) -> {after.get('widest_ratio', '')} "
-            f"({after.get('widest_ratio_layer', '')}) |")
+            f"{acc(m, 'ptq', 'cle,bias_correction')} | {_ratio_change(before, after)} |")
     lines += ["", "## 4-bit weights (per output channel, BN folded; activations float; Keras)", "",
               "| model | float | nearest rounding | AdaRound | AdaRound - float (pts) |",
               "| --- | ---: | ---: | ---: | ---: |"]
@@ -164,6 +162,13 @@ def write(rows):
     fileio.write_text(os.path.join(FLAGS.out, "repair.md"), "\n".join(lines) + "\n")
     plot(models, at)
     print("\n".join(lines))
+
+
+def _ratio_change(before, after):
+    if not before.get("widest_ratio_layer"):
+        return "no equalizable pair"
+    return (f"{before['widest_ratio']} ({before['widest_ratio_layer']}) -> "
+            f"{after.get('widest_ratio', '')} ({after.get('widest_ratio_layer', '')})")
 
 
 def _model_order(rows):

@@ -243,3 +243,31 @@ def test_analyze_reports_the_repairs_layer_by_layer(qat_run, tiny_archive, tmp_p
     bare = run_module(["-m", "fnet_tf.analyze", os.path.join(qat_run, "model_int8.tflite"),
                        "--data", tiny_archive, "--repair", "cle"])
     assert bare.returncode == 2 and "bare .tflite" in last_line(bare.stderr)
+
+
+def test_the_int8_file_stores_adarounds_codes():
+    """Exported per tensor after ``adaround``, each conv's int8 weights are the codes AdaRound
+    chose (the converter's max|w|/127 step finds AdaRound's grid)."""
+    from fnet_tf.quantization.schemes import get_scheme
+    from fnet_tf.tflite import convert
+
+    scheme = get_scheme("ptq_per_tensor")
+    images = np.maximum(np.random.default_rng(3).normal(size=(64, 8, 8, 4)), 0).astype(np.float32)
+    context = repair.Context(images=images, per_channel=False,
+                             rounding=adaround.AdaRoundSettings(iterations=50))
+    fixed, report = repair.repaired(_uneven(_pair_model("conv")), ("adaround",), context=context)
+    assert any(row["kept"] == "adaround" for row in report.rounding.values())
+
+    def representative():
+        for i in range(8):
+            yield [images[i:i + 1]]
+
+    it = convert.interpreter(convert.convert_int8(fixed, representative, scheme))
+    stored = [it.get_tensor(op["inputs"][1]).astype(int) for op in it._get_ops_details()
+              if op["op_name"] == "CONV_2D"]
+    for op, weights in zip(adaround.weight_layers(fixed), stored):
+        folded = op.folded()
+        on_grid = folded / (np.abs(folded).max() / 127)  # AdaRound's codes, exactly
+        codes = np.round(on_grid).astype(int)
+        np.testing.assert_allclose(on_grid, codes, atol=1e-3)
+        np.testing.assert_array_equal(weights, np.transpose(codes, (3, 0, 1, 2)))

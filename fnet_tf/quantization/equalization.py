@@ -37,6 +37,7 @@ def _pools():
     layers = backend.keras.layers
     return (layers.MaxPooling2D, layers.AveragePooling2D)
 
+
 @dataclasses.dataclass
 class Pair:
     """An equalizable pair: A (with its BN, if any) -> ReLU -> B."""
