@@ -194,6 +194,16 @@ def test_zoo_front_names_who_beats_resnet8_on_every_axis(tmp_path):
     assert zoo_front.beats(points[1], dict(seeded_base, accuracy_mean=0.848)) == [
         "accuracy (seed means)"]
     assert zoo_front.beats(dict(points[1], seeds=1), dict(seeded_base, accuracy_mean=0.9)) == []
+    # the means set against twice the standard error of their difference
+    three = dict(seeded_base, seeds=3, accuracy_mean=0.8482, accuracy_std=0.0045)
+    ahead = dict(points[1], seeds=3, accuracy_mean=0.8502, accuracy_std=0.0021)
+    assert zoo_front.seed_comparison(ahead, three) == (  # 2 sqrt(.21^2/3 + .45^2/3) = 0.57
+        "seed means +0.20 pts (3 vs 3 seeds), 2 SE 0.57: a tie within 2 SE")
+    assert zoo_front.seed_comparison(dict(ahead, accuracy_mean=0.8562), three).endswith(
+        "+0.80 pts (3 vs 3 seeds), 2 SE 0.57: ahead by more than 2 SE")
+    assert zoo_front.seed_comparison(dict(ahead, accuracy_mean=0.8402), three).endswith(
+        "behind by more than 2 SE")
+    assert zoo_front.seed_comparison(dict(ahead, seeds=1), three) is None
     assert zoo_front.peer_entry(rows) == {"name": "peer.tflite", "accuracy": 0.75,
                                           "latency_ratio": 1.0, "macs": 12_501_632,
                                           "size_bytes": 96_000}

@@ -5,6 +5,7 @@ front over all families and the peer; and the table of who beats our ResNet-8 on
 Only the released models' ``metrics.json`` are read (``tools/release.py`` measures and times,
 this draws), so ``python -m fnet_tf.zoo pareto`` renders it again without timing anything.
 """
+import math
 import os
 
 from fnet_tf.analysis import plots
@@ -62,7 +63,27 @@ def verdict(p, points):
         regime = zoo.regime_text(p["regime"])
         return f"not compared: no ResNet-8 released with its training ({regime})"
     missed = ", ".join(beats(p, base)) or "**nothing: better on every axis**"
-    return missed if base["name"] == BASELINE else f"{missed} (vs {base['name']})"
+    text = missed if base["name"] == BASELINE else f"{missed} (vs {base['name']})"
+    compared = seed_comparison(p, base)
+    return text if compared is None else f"{text}; {compared}"
+
+
+def seed_comparison(candidate, baseline):
+    """Where both were trained with several seeds: the difference of their INT8 means against
+    twice its standard error, ``sqrt(s1^2/n1 + s2^2/n2)`` (sample stds); None otherwise."""
+    if candidate.get("seeds", 1) < 2 or baseline.get("seeds", 1) < 2:
+        return None
+    difference = candidate["accuracy_mean"] - baseline["accuracy_mean"]
+    two_se = 2 * math.sqrt(candidate["accuracy_std"] ** 2 / candidate["seeds"]
+                           + baseline["accuracy_std"] ** 2 / baseline["seeds"])
+    if difference > two_se:
+        word = "ahead by more than 2 SE"
+    elif difference < -two_se:
+        word = "behind by more than 2 SE"
+    else:
+        word = "a tie within 2 SE"
+    return (f"seed means {100 * difference:+.2f} pts ({candidate['seeds']} vs "
+            f"{baseline['seeds']} seeds), 2 SE {100 * two_se:.2f}: {word}")
 
 
 def peer_entry(rows):
@@ -123,7 +144,9 @@ def front_markdown(points, peer=None):
               "(`tools/release.py`). A model beats our ResNet-8 when it is more accurate (its "
               "file, and its seeds' mean where both have several) with no more MACs, no slower "
               "and no larger, against the ResNet-8 trained the same way (the same float epochs, "
-              "regularizers and distillation teacher; the lr may be tuned per model)."]
+              "regularizers and distillation teacher; the lr may be tuned per model). Where both "
+              "have several seeds, the difference of the means is set against twice its "
+              "standard error, sqrt(s1^2/n1 + s2^2/n2)."]
     return "\n".join(lines) + "\n"
 
 
