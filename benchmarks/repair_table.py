@@ -89,7 +89,7 @@ def measure(target, dataset, calibration, done):
         if scheme_name == "float":
             accuracy = repair_effect.keras_accuracy(model, dataset.test, FLAGS.limit)
         elif scheme_name == "w4":
-            quantized, _ = repair_effect.four_bit_model(model, repairs, calibration, settings)
+            quantized, _, _ = repair_effect.four_bit_model(model, repairs, calibration, settings)
             accuracy = repair_effect.keras_accuracy(quantized, dataset.test, FLAGS.limit)
         else:
             scheme = get_scheme(scheme_name)

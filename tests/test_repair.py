@@ -271,3 +271,19 @@ def test_the_int8_file_stores_adarounds_codes():
         codes = np.round(on_grid).astype(int)
         np.testing.assert_allclose(on_grid, codes, atol=1e-3)
         np.testing.assert_array_equal(weights, np.transpose(codes, (3, 0, 1, 2)))
+
+
+def test_four_bit_layers_are_compared_with_the_float_model_they_were_rounded_from():
+    """After CLE the layers inside a pair hold rescaled channels: their 4-bit SQNR is taken
+    against the equalized float model (against the original it would be meaningless)."""
+    from fnet_tf.analysis import repair_effect
+
+    model = _uneven(_pair_model("conv"))
+    images = np.random.default_rng(4).normal(size=(32, 8, 8, 4)).astype(np.float32)
+    quantized, reference, _ = repair_effect.four_bit_model(model, ("cle",), images)
+    np.testing.assert_allclose(reference.predict(images, verbose=0),
+                               model.predict(images, verbose=0), atol=1e-4)
+    sqnr = repair_effect.weight_layer_sqnr(reference, quantized, images)
+    assert set(sqnr) == {"a", "b"} and min(sqnr.values()) > 10, sqnr
+    against_original = repair_effect.weight_layer_sqnr(model, quantized, images)
+    assert against_original["a"] < sqnr["a"] - 10  # why the reference matters

@@ -39,13 +39,17 @@ def _copy(model):
 
 
 def four_bit_model(model, repairs, images, settings=None, progress=None):
-    """(4-bit-weight copy of ``model``, per-layer AdaRound errors): see the module."""
+    """(4-bit-weight copy of ``model``, the float model it was rounded from, per-layer
+    AdaRound errors): see the module. The float model is ``model`` after the float-preserving
+    repairs named: its layers' outputs are what the 4-bit layers' are compared with (CLE
+    rescales channels inside a pair, so ``model``'s are not)."""
     kept = tuple(r for r in repairs if r in FLOAT_PRESERVING)
-    fixed = repair.repaired(model, kept, images)[0] if kept else _copy(model)
+    reference = repair.repaired(model, kept, images)[0] if kept else model
+    quantized = _copy(reference)
     method = "adaround" if "adaround" in repairs else "nearest"
-    errors = adaround.quantize_weights(fixed, WEIGHT_BITS, method=method, images=images,
+    errors = adaround.quantize_weights(quantized, WEIGHT_BITS, method=method, images=images,
                                        settings=settings, progress=progress)
-    return fixed, errors
+    return quantized, reference, errors
 
 
 def keras_accuracy(model, split, limit=None):
@@ -107,12 +111,13 @@ def measure_repairs(model, repairs, dataset, calibration_samples=500, layer_imag
     sqnr_w4 = {}
     for when, rounding in (("before", ()), ("after", repairs)):
         progress(f"4-bit weights {when} the repairs")
-        quantized, _ = four_bit_model(model, rounding, calibration, settings, progress)
+        quantized, reference, _ = four_bit_model(model, rounding, calibration, settings,
+                                                 progress)
         accuracy.append({"weights": f"{WEIGHT_BITS}-bit per-channel", "activations": "float",
                          "when": when, "accuracy": keras_accuracy(quantized, dataset.test, limit),
                          "num_images": len(dataset.test) if limit is None
                          else min(limit, len(dataset.test))})
-        sqnr_w4[when] = weight_layer_sqnr(model, quantized, layer_batch)
+        sqnr_w4[when] = weight_layer_sqnr(reference, quantized, layer_batch)
     accuracy.insert(0, {"weights": "float", "activations": "float", "when": "before",
                         "accuracy": keras_accuracy(model, dataset.test, limit),
                         "num_images": accuracy[0]["num_images"]})
