@@ -137,7 +137,7 @@ def _pin_extremes(codes, folded, axes, per_channel, n):
     return np.where(at_peak, np.sign(folded) * n, codes)
 
 
-def adaround_kernel(op, inputs, targets, step, bits, settings=None, log=None):
+def adaround_kernel(op, inputs, targets, step, bits, settings=None):
     """The AdaRounded folded kernel of ``op`` (a WeightLayer): ``inputs`` to the layer (from the
     partly rounded model), ``targets`` its float folded outputs, both numpy arrays."""
     tf = backend.tf
