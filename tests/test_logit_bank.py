@@ -53,3 +53,24 @@ def test_another_augmentation_is_another_bank(tmp_path):
     b = LogitBank(model, path, split, "tiny", Recipe(cutout=8), 1, "none", str(tmp_path))
     c = LogitBank(model, path, split, "tiny", Recipe(cutout=0), 1, "flip", str(tmp_path))
     assert len({a.folder, b.folder, c.folder}) == 3
+
+
+def test_an_oversized_cache_file_is_recomputed_not_read(tmp_path, monkeypatch):
+    """A bank file larger than its array plus a header is not read (the read is bounded)."""
+    import os
+
+    model, path = _teacher(tmp_path)
+    split = data.Split(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
+    bank = LogitBank(model, path, split, "tiny", Recipe(batch_size=8), 1, "none", str(tmp_path))
+    _, _, logits = bank.epoch(0, seed=0)
+    cached = os.path.join(bank.folder, "epoch_0000.npy")
+    with open(cached, "wb") as f:  # a huge array where 8 x 3 logits belong
+        np.save(f, np.zeros((100_000, 3), np.float32))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("an oversized cache file was deserialized")
+
+    monkeypatch.setattr(np, "load", no_load)
+    _, _, again = bank.epoch(0, seed=0)
+    np.testing.assert_allclose(again, logits, rtol=1e-6)
+    assert os.path.getsize(cached) < 1000  # rewritten with the right logits

@@ -27,6 +27,7 @@ from fnet_tf.run.portable_weights import WEIGHTS
 
 BANK_SEED = 1000  # the bank's augmentation seed: one bank serves every student seed
 TTA_MODES = ("none", "flip")
+NPY_HEADER_MAX = 4096  # bytes a .npy header may take before the array (it is 128 in practice)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class LogitBank:
     def _logits(self, bank_epoch, images):
         path = os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")
         expected = (len(images), int(self.teacher.output_shape[-1]))
-        if os.path.isfile(path):
+        # a cached file larger than its array plus a .npy header is not ours: recomputed, not read
+        if os.path.isfile(path) and os.path.getsize(path) <= 4 * expected[0] * expected[1] + NPY_HEADER_MAX:
             logits = np.load(path, allow_pickle=False)
             if logits.shape == expected and logits.dtype == np.float32:
                 return logits
