@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from fnet_tf.core import backend
-from fnet_tf.quantization import keras_graph
+from fnet_tf.quantization import equalization, keras_graph
 
 ZETA, GAMMA = 1.1, -0.1
 WEIGHT_TYPES = ("Conv2D", "DepthwiseConv2D", "Dense")
@@ -67,14 +67,11 @@ class WeightLayer:
             self.factor = np.ones(self.channels_shape())
             self.bias = np.broadcast_to(bias, self.channels_shape()).reshape(-1)
         else:
-            values = {w.name.split("/")[-1].split(":")[0]: v
-                      for w, v in zip(bn.weights, bn.get_weights())}
-            n = values["moving_mean"].shape[0]
-            gamma = values.get("gamma", np.ones(n)).astype(np.float64)
-            beta = values.get("beta", np.zeros(n)).astype(np.float64)
-            factor = gamma / np.sqrt(values["moving_variance"].astype(np.float64) + bn.epsilon)
+            gamma, beta, mean, variance = (v.astype(np.float64)
+                                           for v in equalization.bn_weights(bn))
+            factor = gamma / np.sqrt(variance + bn.epsilon)
             self.factor = factor.reshape(self.channels_shape())
-            self.bias = (beta + factor * (bias - values["moving_mean"])).reshape(-1)
+            self.bias = (beta + factor * (bias - mean)).reshape(-1)
 
     def channels_shape(self):
         """The shape that broadcasts one value per output channel over the kernel."""

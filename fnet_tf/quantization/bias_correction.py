@@ -11,8 +11,9 @@ import numpy as np
 
 from fnet_tf.core import backend
 from fnet_tf.quantization import keras_graph
-from fnet_tf.quantization.equalization import (EPS_RANGE, bn_weights, is_weight_layer,
-                                               output_channel_view, set_bn, folded_kernel)
+from fnet_tf.quantization.equalization import (EPS_RANGE, bn_weights, constant_input_response,
+                                               folded_kernel, is_weight_layer,
+                                               output_channel_view, set_bn)
 from fnet_tf.quantization.repair_report import RepairReport
 
 
@@ -44,13 +45,7 @@ def correct_bias(model, images, per_channel=True, report=None, batch_size=100):
         folded = folded_kernel(layer, bn)
         view = lambda w, layer=layer: output_channel_view(layer, w)  # noqa: E731
         error = quantize_symmetric(folded, per_channel, view) - folded
-        if isinstance(layer, backend.keras.layers.DepthwiseConv2D):
-            kh, kw, c, m = error.shape
-            delta = (error.sum(axis=(0, 1)) * mean_input[:, None]).reshape(c * m)
-        else:
-            delta = np.einsum("kio,i->o", error.reshape(-1, error.shape[-2], error.shape[-1]),
-                              mean_input)
-        delta = delta.astype(np.float32)
+        delta = constant_input_response(layer, error, mean_input).astype(np.float32)
         if bn is not None:
             gamma, beta, _, _ = bn_weights(bn)
             set_bn(bn, gamma, beta - delta)

@@ -197,6 +197,15 @@ def equalize(model, iterations=4, report=None):
 
 
 
+def constant_input_response(layer, kernel, values):
+    """What ``kernel`` (shaped as ``layer``'s) adds to each output channel when every input
+    position holds ``values`` (one per input channel), away from zero-padded borders."""
+    if isinstance(layer, backend.keras.layers.DepthwiseConv2D):
+        kh, kw, c, m = kernel.shape
+        return (kernel.sum(axis=(0, 1)) * values[:, None]).reshape(c * m)
+    return np.einsum("kio,i->o", kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]), values)
+
+
 def _reads_no_padding(layer):
     return tuple(layer.kernel_size) == (1, 1) or layer.padding == "valid"
 
@@ -205,13 +214,7 @@ def _shift_into(second, graph, shift):
     """Add ``shift`` (one value per input channel of ``second``) to ``second``'s input, taken
     back out of its output: ``W^T shift`` goes into its bias or its BN's moving mean.
     Returns False where ``second`` has neither."""
-    kernel = second.get_weights()[0].astype(np.float64)
-    if isinstance(second, backend.keras.layers.DepthwiseConv2D):
-        kh, kw, c, m = kernel.shape
-        moved = (kernel.sum(axis=(0, 1)) * shift[:, None]).reshape(c * m)
-    else:
-        moved = np.einsum("kio,i->o", kernel.reshape(-1, kernel.shape[-2], kernel.shape[-1]),
-                          shift)
+    moved = constant_input_response(second, second.get_weights()[0].astype(np.float64), shift)
     bn = keras_graph.batch_norm_after(graph, second)
     if second.use_bias:
         weights = second.get_weights()
