@@ -55,6 +55,9 @@ flags.DEFINE_integer("teacher_bank", 0, "--teacher: compute its logits once for 
                      "epoch e trains on bank epoch e mod N); 0: run the teacher on every batch.")
 flags.DEFINE_enum("teacher_tta", "none", ["none", "flip"], "--teacher: its logits as they are, "
                   "or the mean over the image and its mirror (flip test-time augmentation).")
+flags.DEFINE_bool("bank_mirror", False, "--teacher_bank with --teacher_tta flip: mirror a "
+                  "random half of each bank epoch's views, drawn anew each student epoch (a flip-TTA "
+                  "logit is its mirror's too), so the student sees twice the bank's views.")
 flags.DEFINE_enum("qat_recipe", "finetune", list(qat_plans.PLANS), qat_plans.flag_help())
 flags.DEFINE_integer("statassist_epochs", None, "--qat_recipe statassist: float warm-up epochs "
                      "(default: --epochs).")
@@ -159,6 +162,9 @@ def validate_flags():
         (FLAGS.teacher_bank >= 0, f"--teacher_bank must be 0 or more, got {FLAGS.teacher_bank}"),
         (FLAGS.teacher or not (FLAGS.teacher_bank or FLAGS.teacher_tta != "none"),
          "--teacher_bank and --teacher_tta need --teacher"),
+        (not FLAGS.bank_mirror or (FLAGS.teacher_bank and FLAGS.teacher_tta == "flip"),
+         "--bank_mirror mirrors views whose logits are flip-invariant: pass it with "
+         "--teacher_bank N and --teacher_tta flip"),
         (FLAGS.gradboost_clip > 0, f"--gradboost_clip must be positive, got {FLAGS.gradboost_clip}"),
         (0 <= FLAGS.gradboost_decay < 1, f"--gradboost_decay must be in [0, 1), got "
          f"{FLAGS.gradboost_decay}"),
@@ -233,6 +239,7 @@ def recipe_from_flags():
         kd_alpha=FLAGS.kd_alpha if FLAGS.teacher else 0.0, kd_temperature=FLAGS.kd_temperature,
         teacher_bank=FLAGS.teacher_bank if FLAGS.teacher else 0,
         teacher_tta=FLAGS.teacher_tta if FLAGS.teacher else "none",
+        bank_mirror=bool(FLAGS.bank_mirror and FLAGS.teacher),
         lr=FLAGS.lr if FLAGS.lr is not None else defaults["lr"],
         schedule=FLAGS.schedule,
         warmup=plan().float_warmup(FLAGS.statassist_warmup),
@@ -597,7 +604,8 @@ def _train_float(spec, dataset, recipe, run, verbose, start=None):
             from fnet_tf.training.logit_bank import LogitBank
 
             bank = LogitBank(teacher, FLAGS.teacher, dataset.train, dataset.source, recipe,
-                             recipe.teacher_bank, recipe.teacher_tta, FLAGS.cache_dir)
+                             recipe.teacher_bank, recipe.teacher_tta, FLAGS.cache_dir,
+                             mirror=recipe.bank_mirror)
             teacher = None
             print(f"[float] teacher logits from a bank of "
                   f"{cli.count(recipe.teacher_bank, 'augmented epoch')} in {bank.folder}",

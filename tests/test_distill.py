@@ -59,7 +59,8 @@ def test_a_tiny_run_distills_from_a_teacher_run(tiny_archive, qat_run, tmp_path)
 
 
 @pytest.mark.parametrize("extra,needle", [(["--kd_alpha", "2"], "--kd_alpha"),
-                                          (["--teacher", "/no/such"], "--teacher")])
+                                          (["--teacher", "/no/such"], "--teacher"),
+                                          (["--bank_mirror"], "--bank_mirror")])
 def test_bad_distillation_flags_are_one_line(tiny_archive, tmp_path, extra, needle):
     result = run_module(["-m", "fnet_tf.train", "--data", tiny_archive, "--run_dir",
                          str(tmp_path / "r"), "--epochs", "1", *extra])

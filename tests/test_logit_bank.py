@@ -1,5 +1,6 @@
 """The teacher-logit bank (``fnet_tf.training.logit_bank``): computed once, reused, the student's view."""
 import numpy as np
+import pytest
 
 from fnet_tf.data import datasets as data
 from fnet_tf.training.logit_bank import LogitBank
@@ -74,3 +75,34 @@ def test_an_oversized_cache_file_is_recomputed_not_read(tmp_path, monkeypatch):
     _, _, again = bank.epoch(0, seed=0)
     np.testing.assert_allclose(again, logits, rtol=1e-6)
     assert os.path.getsize(cached) < 1000  # rewritten with the right logits
+
+
+def test_a_mirrored_bank_flips_about_half_its_views_with_their_own_logits(tmp_path):
+    """With flip-TTA logits, mirroring a view keeps its logit right: the student's mirrored views
+    carry the teacher's logits of the mirror, and each epoch draws a new half."""
+    model, path = _teacher(tmp_path)
+    rng = np.random.default_rng(1)
+    split = data.Split(rng.integers(0, 256, (64, 32, 32, 3)).astype(np.uint8),
+                       rng.integers(0, 3, 64).astype(np.int32))
+    recipe = Recipe(batch_size=16)
+    plain = LogitBank(model, path, split, "tiny", recipe, 1, "flip", str(tmp_path))
+    mirrored = LogitBank(model, path, split, "tiny", recipe, 1, "flip", str(tmp_path), mirror=True)
+    assert mirrored.folder == plain.folder  # the same teacher work
+    views, _, _ = plain.epoch(0, seed=3)
+    images, _, logits = mirrored.epoch(0, seed=3)
+    flipped = [not np.array_equal(a, b) for a, b in zip(images, views)]
+    assert all(np.array_equal(a, b[:, ::-1]) for a, b, f in zip(images, views, flipped) if f)
+    assert 16 <= sum(flipped) <= 48
+    np.testing.assert_allclose(logits, model.predict(images[:, :, ::-1].astype(np.float32),
+                                                     verbose=0) * 0.5
+                               + model.predict(images.astype(np.float32), verbose=0) * 0.5,
+                               rtol=1e-5, atol=1e-5)
+    later, _, _ = mirrored.epoch(1, seed=3)  # bank epoch 0 again, another half mirrored
+    assert sorted(map(bytes, later)) != sorted(map(bytes, images))
+
+
+def test_a_bank_without_flip_tta_refuses_to_mirror(tmp_path):
+    model, path = _teacher(tmp_path)
+    split = data.Split(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
+    with pytest.raises(ValueError, match="flip"):
+        LogitBank(model, path, split, "tiny", Recipe(), 1, "none", str(tmp_path), mirror=True)

@@ -126,7 +126,8 @@ def recipe_text(recipe):
                  + (", its flip test-time-augmented logits" if get("teacher_tta") == "flip"
                     else "")
                  + (f", from a bank of {get('teacher_bank')} augmented epochs"
-                    if get("teacher_bank") else "") + ")")
+                    if get("teacher_bank") else "")
+                 + (", each view mirrored at random" if get("bank_mirror") else "") + ")")
     if get("init_from"):
         text += (f", fine-tuned from `{get('init_from')}`" + (
             f" (the classifier alone for the first {count(get('freeze_epochs'), 'epoch')})"

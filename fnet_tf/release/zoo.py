@@ -145,7 +145,8 @@ RECIPE_FIELD_DEFAULTS = {"qat_options": {}, "optimizer": "sgd", "qat_recipe": "f
                          "teacher": None, "kd_alpha": 0.0, "kd_temperature": 4.0,
                          "crop_pad": 4, "crop_mode": "zeros", "lookahead": False,
                          "image_size": None, "init_from": None, "freeze_epochs": 0,
-                         "teacher_bank": 0, "teacher_tta": "none", "qat_calibration_images": 0}
+                         "teacher_bank": 0, "teacher_tta": "none", "bank_mirror": False,
+                         "qat_calibration_images": 0}
 
 
 def card_recipe(config, float_info):
@@ -158,7 +159,7 @@ def card_recipe(config, float_info):
         "seed", "init", "optimizer", "momentum", "schedule", "warmup", "cutout", "teacher",
         "kd_alpha", "kd_temperature", "qat_recipe", "qat_epochs", "qat_scheme", "qat_lr",
         "qat_options", "crop_pad", "crop_mode", "lookahead", "image_size", "init_from",
-        "freeze_epochs", "teacher_bank", "teacher_tta", "qat_calibration_images")
+        "freeze_epochs", "teacher_bank", "teacher_tta", "bank_mirror", "qat_calibration_images")
         if k in config},
         **{k: v for k, v in keras3.items() if k != "epochs"},
         "float_epochs": keras3.get("epochs", float_info.get("epochs", config.get("epochs")))}

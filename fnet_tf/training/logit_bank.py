@@ -11,6 +11,9 @@ Student epoch ``e`` trains on bank epoch ``e mod K``: the same augmented images 
 saw (teacher and student see the same view), in an order drawn from the student's seed and
 ``e``, so each cycle visits them in a new order. With ``tta="flip"`` a logit is the mean of the
 teacher's logits on the image and on its mirror (the teacher's flip test-time augmentation).
+Such a logit is the mirror's logit as well, so with ``mirror=True`` each student epoch mirrors a
+random half of its views (drawn from the student's seed and ``e``): the student sees twice the
+bank's views for the same teacher work, and no view twice in the same orientation every cycle.
 """
 import hashlib
 import json
@@ -63,11 +66,13 @@ class LogitBank:
     """The teacher's logits for ``size`` augmented epochs of ``split`` (see the module)."""
 
     def __init__(self, teacher, teacher_path, split, dataset_source, recipe, size, tta,
-                 cache_dir=None):
+                 cache_dir=None, mirror=False):
         if tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
-        self.teacher, self.split, self.recipe, self.size, self.tta = (
-            teacher, split, recipe, int(size), tta)
+        if mirror and tta != "flip":
+            raise ValueError("mirror=True needs flip-invariant logits (tta='flip')")
+        self.teacher, self.split, self.recipe, self.size, self.tta, self.mirror = (
+            teacher, split, recipe, int(size), tta, bool(mirror))
         key = BankKey(fileio.sha256_file(teacher_file(teacher_path)), dataset_source,
                       len(split), tuple(int(v) for v in split.images.shape[1:]),
                       recipe.batch_size, recipe.crop_pad, recipe.crop_mode,
@@ -113,4 +118,8 @@ class LogitBank:
         images, labels = self._augmented(bank_epoch)
         logits = self._logits(bank_epoch, images)
         order = np.random.default_rng([seed, epoch, 2]).permutation(len(labels))
-        return images[order], labels[order], logits[order]
+        images, labels, logits = images[order], labels[order], logits[order]
+        if self.mirror:
+            flip = np.random.default_rng([seed, epoch, 3]).random(len(labels)) < 0.5
+            images[flip] = images[flip, :, ::-1]
+        return images, labels, logits

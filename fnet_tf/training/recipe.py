@@ -29,3 +29,5 @@ class Recipe:
     kd_temperature: float = 4.0    # and its softmax temperature
     teacher_bank: int = 0          # >0: its logits from a bank of this many augmented epochs
     teacher_tta: str = "none"      # "flip": the mean of its logits on the image and its mirror
+    bank_mirror: bool = False      # a bank of flip-TTA logits: mirror a random half of each
+                                   # epoch's views (a mirror has the same logits): 2x the views
