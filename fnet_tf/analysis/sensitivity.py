@@ -22,6 +22,8 @@ Assumptions (stated because the sub-8-bit schemes build on them):
 import numpy as np
 
 from fnet_tf.analysis.layerwise import CONV_TYPES, next_layer
+from fnet_tf.quantization.adaround import round_nearest, step_sizes
+from fnet_tf.quantization.equalization import bn_weights
 from fnet_tf.quantization.ternary_hybrid import twn_filters
 
 BITS = ("ternary", 4, 8)
@@ -34,10 +36,8 @@ def quantize_filters(kernel, bits):
     flat = w.reshape(-1, w.shape[-1])
     if bits == "ternary":
         return twn_filters(flat)[2].reshape(w.shape)
-    levels = 2 ** (int(bits) - 1) - 1
-    peak = np.max(np.abs(flat), axis=0)
-    scale = np.where(peak > 0, peak / levels, 1.0)
-    return (np.clip(np.round(flat / scale), -levels, levels) * scale).reshape(w.shape)
+    # the grid AdaRound and the exporter use: step max|w| / (2^(b-1) - 1) per filter
+    return round_nearest(flat, step_sizes(flat, (0,), bits), bits).reshape(w.shape)
 
 
 def _fold_factors(model):
@@ -51,7 +51,7 @@ def _fold_factors(model):
         nxt = next_layer(layer)
         factor = None
         if nxt is not None and type(nxt).__name__ == "BatchNormalization":
-            gamma, _, _, variance = nxt.get_weights()
+            gamma, _, _, variance = bn_weights(nxt)  # gamma is 1 where BN has no scale
             factor = gamma / np.sqrt(variance + nxt.epsilon)
         factors[layer.name] = (kind, factor)
     return factors

@@ -13,7 +13,7 @@ from fnet_tf.core import backend
 from fnet_tf.quantization import keras_graph
 from fnet_tf.quantization.equalization import (EPS_RANGE, bn_weights, constant_input_response,
                                                folded_kernel, is_weight_layer,
-                                               output_channel_view, set_bn)
+                                               output_channel_view, update_bn)
 from fnet_tf.quantization.repair_report import RepairReport
 
 
@@ -47,8 +47,8 @@ def correct_bias(model, images, per_channel=True, report=None, batch_size=100):
         error = quantize_symmetric(folded, per_channel, view) - folded
         delta = constant_input_response(layer, error, mean_input).astype(np.float32)
         if bn is not None:
-            gamma, beta, _, _ = bn_weights(bn)
-            set_bn(bn, gamma, beta - delta)
+            _, beta, _, _ = bn_weights(bn)
+            update_bn(bn, beta=beta - delta)
         elif layer.use_bias:
             weights = layer.get_weights()
             weights[1] = weights[1] - delta

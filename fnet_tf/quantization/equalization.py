@@ -97,19 +97,29 @@ def _bn_factor(bn):
     return gamma / np.sqrt(var + bn.epsilon)
 
 
+def _bn_names(bn):
+    """BN's weight names in ``get_weights`` order: gamma and beta only where scale/center."""
+    return [w.name.split("/")[-1].split(":")[0] for w in bn.weights]
+
+
 def bn_weights(bn):
-    weights = dict(zip([w.name.split("/")[-1].split(":")[0] for w in bn.weights], bn.get_weights()))
+    """(gamma, beta, moving mean, moving variance); ones/zeros where scale/center is off."""
+    weights = dict(zip(_bn_names(bn), bn.get_weights()))
     channels = weights["moving_mean"].shape[0]
     gamma = weights.get("gamma", np.ones(channels, np.float32))
     beta = weights.get("beta", np.zeros(channels, np.float32))
     return gamma, beta, weights["moving_mean"], weights["moving_variance"]
 
 
-def set_bn(bn, gamma, beta):
-    names = [w.name.split("/")[-1].split(":")[0] for w in bn.weights]
-    if "gamma" not in names or "beta" not in names:
-        raise UserError(f"{bn.name} has no gamma or beta (scale/center off): cannot equalize")
-    bn.set_weights([gamma if n == "gamma" else beta if n == "beta" else w
+def update_bn(bn, **values):
+    """Replace BN's weights named in ``values`` (gamma, beta, moving_mean, moving_variance);
+    one a layer lacks (scale or center off) is a UserError naming it."""
+    names = _bn_names(bn)
+    missing = sorted(set(values) - set(names))
+    if missing:
+        raise UserError(f"{bn.name} has no {' or '.join(missing)} (scale/center off): cannot "
+                        f"repair it in place")
+    bn.set_weights([np.asarray(values[n], np.float32) if n in values else w
                     for n, w in zip(names, bn.get_weights())])
 
 
@@ -162,7 +172,7 @@ def _equalize(pair):
     scale = np.where((r1 > EPS_RANGE) & (r2 > EPS_RANGE), scale, 1.0).astype(np.float32)
     if bn is not None:
         gamma, beta, _, _ = bn_weights(bn)
-        set_bn(bn, gamma / scale, beta / scale)
+        update_bn(bn, gamma=gamma / scale, beta=beta / scale)
     else:
         weights = first.get_weights()
         kernel = weights[0]
@@ -221,9 +231,8 @@ def _shift_into(second, graph, shift):
         weights[1] = (weights[1] + moved).astype(np.float32)
         second.set_weights(weights)
     elif bn is not None:
-        names = [w.name.split("/")[-1].split(":")[0] for w in bn.weights]
-        bn.set_weights([w - moved.astype(np.float32) if n == "moving_mean" else w
-                        for n, w in zip(names, bn.get_weights())])
+        _, _, mean, _ = bn_weights(bn)
+        update_bn(bn, moving_mean=mean - moved)
     else:
         return False
     return True
@@ -257,8 +266,8 @@ def absorb_biases(model, images, report=None):
                                    f"no bias or BN to take the offset"))
             continue
         if pair.bn is not None:
-            gamma, beta, _, _ = bn_weights(pair.bn)
-            set_bn(pair.bn, gamma, (beta - shift).astype(np.float32))
+            _, beta, _, _ = bn_weights(pair.bn)
+            update_bn(pair.bn, beta=beta - shift)
         else:
             weights = pair.first.get_weights()
             weights[1] = (weights[1] - shift).astype(np.float32)
