@@ -43,25 +43,6 @@ VAL_SPLIT = 5000  # fnet-train's default: the teachers held these out
 COLUMNS = ("teacher", "split", "tta", "temperature", "top1", "p_true", "entropy", "wrong_spread")
 
 
-def target_figures(logits, labels, temperature):
-    """The columns above (but the names) from ``logits`` (N, C) and integer ``labels``."""
-    import numpy as np
-
-    logits = np.asarray(logits, np.float64)
-    scaled = logits / temperature
-    scaled -= scaled.max(-1, keepdims=True)
-    probs = np.exp(scaled)
-    probs /= probs.sum(-1, keepdims=True)
-    entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1) / np.log(logits.shape[-1])
-    ordered = np.sort(logits, -1)
-    others = ordered[:, :-1]
-    lead = ordered[:, -1] - others.mean(-1)
-    spread = others.std(-1) / np.maximum(lead, 1e-9)
-    return {"top1": float((logits.argmax(-1) == labels).mean()),
-            "p_true": float(probs[np.arange(len(labels)), labels].mean()),
-            "entropy": float(entropy.mean()), "wrong_spread": float(spread.mean())}
-
-
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("usage: python benchmarks/teacher_targets.py TEACHER [TEACHER ...]")
@@ -70,6 +51,7 @@ def main(argv):
     from fnet_tf.core.backend import configure_threads
     from fnet_tf.data import datasets as data_lib
     from fnet_tf.training import distill
+    from fnet_tf.training.distill import target_figures
 
     configure_threads(FLAGS.threads)
     rows = []

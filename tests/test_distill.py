@@ -69,24 +69,19 @@ def test_bad_distillation_flags_are_one_line(tiny_archive, tmp_path, extra, need
 
 
 def test_teacher_target_figures_see_softness_and_erased_class_similarity():
-    """benchmarks/teacher_targets.py: uniform logits carry no information (entropy 1), and
+    """distill.target_figures (benchmarks/teacher_targets.py): uniform logits carry no information (entropy 1), and
     logits whose wrong classes are all alike (what label smoothing drives toward) have no
     spread, while a temperature softens the target without changing the spread."""
-    import importlib.util
+    from fnet_tf.training.distill import target_figures
 
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
-                        "teacher_targets.py")
-    spec = importlib.util.spec_from_file_location("teacher_targets", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     labels = np.array([0, 1])
-    flat = module.target_figures(np.zeros((2, 10)), labels, 1.0)
+    flat = target_figures(np.zeros((2, 10)), labels, 1.0)
     assert abs(flat["entropy"] - 1) < 1e-9 and abs(flat["p_true"] - 0.1) < 1e-9
     alike = np.full((2, 10), 1.0)
     alike[0, 0] = alike[1, 1] = 5.0
-    assert module.target_figures(alike, labels, 1.0)["wrong_spread"] < 1e-9
+    assert target_figures(alike, labels, 1.0)["wrong_spread"] < 1e-9
     varied = alike + np.linspace(0, 1, 10) * (np.arange(10) > 1)
-    cold, hot = (module.target_figures(varied, labels, t) for t in (1.0, 4.0))
+    cold, hot = (target_figures(varied, labels, t) for t in (1.0, 4.0))
     assert cold["top1"] == hot["top1"] == 1.0 and cold["wrong_spread"] > 0.05
     assert hot["wrong_spread"] == cold["wrong_spread"] and hot["entropy"] > cold["entropy"]
     assert hot["p_true"] < cold["p_true"]

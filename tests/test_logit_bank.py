@@ -106,3 +106,35 @@ def test_a_bank_without_flip_tta_refuses_to_mirror(tmp_path):
     split = data.Split(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
     with pytest.raises(ValueError, match="flip"):
         LogitBank(model, path, split, "tiny", Recipe(), 1, "none", str(tmp_path), mirror=True)
+
+
+def test_fill_computes_only_the_bank_epochs_the_cache_lacks(tmp_path):
+    """tools/teacher_bank.py fills a bank beside its student: what is there is not redone, and
+    a student reads the filled epochs without running the teacher."""
+    model, path = _teacher(tmp_path)
+    split = data.Split(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int32))
+    bank = LogitBank(model, path, split, "tiny", Recipe(batch_size=8), 3, "none", str(tmp_path))
+    bank.epoch(1, seed=0)  # a student computed bank epoch 1
+    assert bank.fill([2, 1, 0]) == [2, 0]
+    assert bank.fill(range(3)) == []
+    with pytest.raises(ValueError, match="outside"):
+        bank.fill([3])
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the student recomputed a filled bank epoch")
+
+    model.predict = no_teacher
+    for epoch in range(3):
+        bank.epoch(epoch, seed=0)
+
+
+def test_the_bank_epochs_a_fill_names_are_read_or_refused_in_one_line():
+    from fnet_tf.core.errors import UserError
+    from fnet_tf.training.logit_bank import parse_bank_epochs
+
+    assert parse_bank_epochs(None, 3) == [0, 1, 2]
+    assert parse_bank_epochs("4-6,1", 20) == [4, 5, 6, 1]
+    with pytest.raises(UserError, match="has 20"):
+        parse_bank_epochs("19-20", 20)
+    with pytest.raises(UserError, match="A-B"):
+        parse_bank_epochs("x", 20)

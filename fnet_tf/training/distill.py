@@ -107,3 +107,27 @@ def load_teacher(path, num_classes, trust_code=False):
                         f"has {num_classes}")
     model.trainable = False
     return model
+
+
+def target_figures(logits, labels, temperature):
+    """What distillation targets carry, from a teacher's ``logits`` (N, C) and the integer
+    ``labels``: ``top1``; ``p_true``, the mean probability the T-softened target gives the true
+    class; ``entropy``, its mean entropy as a share of the uniform one (1: no information);
+    ``wrong_spread``, the mean over images of std(the other logits) / (top logit - their mean),
+    how much the target says about class similarity beyond the label (label smoothing erases
+    it; ``benchmarks/teacher_targets.py`` prints these per teacher)."""
+    import numpy as np
+
+    logits = np.asarray(logits, np.float64)
+    scaled = logits / temperature
+    scaled -= scaled.max(-1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(-1, keepdims=True)
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(-1) / np.log(logits.shape[-1])
+    ordered = np.sort(logits, -1)
+    others = ordered[:, :-1]
+    lead = ordered[:, -1] - others.mean(-1)
+    spread = others.std(-1) / np.maximum(lead, 1e-9)
+    return {"top1": float((logits.argmax(-1) == labels).mean()),
+            "p_true": float(probs[np.arange(len(labels)), labels].mean()),
+            "entropy": float(entropy.mean()), "wrong_spread": float(spread.mean())}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fnet_tf.core import fileio
+from fnet_tf.core.errors import UserError
 from fnet_tf.data import datasets as data_lib
 from fnet_tf.run.artifacts import FLOAT_MODEL, is_run_dir
 from fnet_tf.run.portable_weights import WEIGHTS
@@ -31,6 +32,24 @@ from fnet_tf.run.portable_weights import WEIGHTS
 BANK_SEED = 1000  # the bank's augmentation seed: one bank serves every student seed
 TTA_MODES = ("none", "flip")
 NPY_HEADER_MAX = 4096  # bytes a .npy header may take before the array (it is 128 in practice)
+
+
+def parse_bank_epochs(text, size):
+    """The bank epochs ``text`` names ('A-B', 'A,B' or None: all of 0..size-1); UserError
+    for anything else (``tools/teacher_bank.py --bank_epochs``)."""
+    if not text:
+        return list(range(size))
+    chosen = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise UserError(f"--bank_epochs {text!r}: pass 'A-B' or 'A,B,C' (0-based numbers)")
+        chosen.extend(range(int(first), int(last or first) + 1))
+    outside = [e for e in chosen if e >= size]
+    if outside:
+        raise UserError(f"--bank_epochs {text!r} names bank epoch {outside[0]}, but the bank has "
+                        f"{size} (0..{size - 1})")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,19 @@ class LogitBank:
               f"({self.tta} TTA): {time.time() - started:.0f}s, kept in {self.folder}",
               flush=True)
         return logits
+
+    def fill(self, bank_epochs):
+        """Compute the logits of each of ``bank_epochs`` the cache lacks, in that order, so
+        another process (``tools/teacher_bank.py``) can fill a bank beside the student that
+        reads it; returns the bank epochs computed here."""
+        computed = []
+        for bank_epoch in bank_epochs:
+            if not 0 <= bank_epoch < self.size:
+                raise ValueError(f"bank epoch {bank_epoch} is outside 0..{self.size - 1}")
+            if not os.path.isfile(os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")):
+                self._logits(bank_epoch, self._augmented(bank_epoch)[0])
+                computed.append(bank_epoch)
+        return computed
 
     def epoch(self, epoch, seed):
         """(images, labels, teacher logits) of student epoch ``epoch``, in the student's order."""
