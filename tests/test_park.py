@@ -146,3 +146,41 @@ def test_a_finished_sweep_run_travels_as_its_results_and_is_not_retrained(tiny_a
     with open(tmp_path / "sweep" / "sweep.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["qat_int8_accuracy"]) >= 0, rows
+
+
+def test_a_teacher_bank_travels_into_the_new_machines_cache(tmp_path):
+    key = "0123456789abcdef01234567"
+    folder = tmp_path / "old-cache" / "teacher_banks" / key
+    folder.mkdir(parents=True)
+    (folder / "key.json").write_text('{"tta": "flip"}')
+    logits = np.arange(30, dtype=np.float32).reshape(3, 10)
+    for epoch in range(2):
+        np.save(folder / f"epoch_{epoch:04d}.npy", logits + epoch)
+    (folder / ".epoch_0002.npy.tmp").write_text("half-written")  # not carried
+    archive = tmp_path / "bank.tar.gz"
+    saved = run_module([PARK, "save_bank", str(folder), "--out", str(archive)])
+    assert saved.returncode == 0, saved.stderr[-2000:]
+    assert "2 bank epochs" in saved.stdout
+
+    cache = tmp_path / "new-cache"
+    env = {"FNET_TF_CACHE": str(cache)}
+    (cache / "teacher_banks" / key).mkdir(parents=True)
+    np.save(cache / "teacher_banks" / key / "epoch_0001.npy", logits + 1)  # computed here already
+    restored = run_module([PARK, "restore", str(archive)], env=env)
+    assert restored.returncode == 0, restored.stderr[-2000:]
+    assert "restored 2 files" in restored.stdout and "(1 there already)" in restored.stdout
+    landed = cache / "teacher_banks" / key
+    assert sorted(os.listdir(landed)) == ["epoch_0000.npy", "epoch_0001.npy", "key.json"]
+    np.testing.assert_array_equal(np.load(landed / "epoch_0000.npy"), logits)
+
+    not_a_bank = run_module([PARK, "save_bank", str(tmp_path)])
+    assert not_a_bank.returncode == 2 and "not a teacher bank folder" in last_line(not_a_bank.stderr)
+    forged = tmp_path / "forged.tar.gz"  # a bank manifest with a file a bank never holds
+    with tarfile.open(forged, "w:gz") as tar:
+        manifest = tmp_path / "PARKED.json"
+        manifest.write_text(json.dumps({"bank": key}))
+        tar.add(manifest, arcname="PARKED.json")
+        tar.add(folder / "key.json", arcname="parked/run.py")
+    refused = run_module([PARK, "restore", str(forged)], env=env)
+    assert refused.returncode == 2 and "not a bank" in last_line(refused.stderr)
+    assert not os.path.exists(landed / "run.py")

@@ -20,6 +20,12 @@ metrics, history, config and run.json, without the Keras models the exports were
 the run is analyzed). The sweep reuses such a run without retraining it; a tool that needs its
 Keras model (re-exporting, ``analyze`` of a re-exported file) says the model is missing. Pass
 ``--keep_finished_models`` to carry them anyway.
+
+A teacher's logit bank (``--teacher_bank``: tens of MB, an hour or more of teacher work) lives in
+the data cache, outside the run directory. ``save_bank FOLDER`` (the folder a student's log
+names) parks it as ``results/in-progress/bank-<its key>.tar.gz``; ``restore`` of that archive
+puts its files back into this machine's cache (the files it lacks: a bank file is fixed by its
+key), where every student with that teacher, data and augmentation finds them.
 """
 import datetime
 import io
@@ -50,6 +56,8 @@ ROOT = "parked"  # the archive's top folder; the manifest says where it came fro
 _EPOCH_DIR = re.compile(r"^epoch-\d{4,}$")
 _SKIPPED_DIRS = ("tensorboard", "__pycache__")
 _SAFE = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # entries are checked too
+_BANK_FILE = re.compile(r"^(key\.json|epoch_\d{4}\.npy)$")
+_BANK_KEY = re.compile(r"^[0-9a-f]{24}$")
 
 
 def _run_dirs(directory):
@@ -167,6 +175,58 @@ def save(directory):
     return 0
 
 
+def save_bank(folder):
+    from fnet_tf.core import fileio
+
+    key = os.path.basename(os.path.normpath(folder))
+    if not (os.path.isfile(os.path.join(folder, "key.json")) and _BANK_KEY.match(key)):
+        raise UserError(f"{folder!r} is not a teacher bank folder (teacher_banks/<key> with a "
+                        f"key.json): pass the folder a student's log names after 'teacher "
+                        f"logits from a bank of ... in'")
+    names = sorted(n for n in os.listdir(folder) if _BANK_FILE.match(n))
+    epochs = sum(n.endswith(".npy") for n in names)
+    out = FLAGS.out or os.path.join("results", "in-progress", f"bank-{key}.tar.gz")
+    manifest = {"bank": key, "bank_epochs": epochs,
+                "parked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with fileio.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        data = (json.dumps(manifest, indent=2) + "\n").encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for name in names:
+            tar.add(os.path.join(folder, name), arcname=f"{ROOT}/{name}", recursive=False)
+    print(f"parked the bank {key} ({cli.count(epochs, 'bank epoch')}) in {out} "
+          f"({os.path.getsize(out) / 1e6:.1f} MB); restore with: python tools/park.py restore {out}")
+    return 0
+
+
+def _restore_bank(archive, tar, members, manifest):
+    """The bank's files the cache lacks, each written atomically into ``teacher_banks/<key>``."""
+    from fnet_tf.core import fileio
+    from fnet_tf.data import datasets as data_lib
+
+    key = manifest.get("bank")
+    files = [m for m in members if m.name != MANIFEST and m.isfile()]
+    if (not isinstance(key, str) or not _BANK_KEY.match(key)
+            or not all(_BANK_FILE.match(m.name[len(ROOT) + 1:]) for m in files)):
+        raise UserError(f"{archive!r} is not a bank written by tools/park.py save_bank; "
+                        f"refusing to unpack it")
+    target = FLAGS.to or os.path.join(data_lib.default_cache_dir(), "teacher_banks", key)
+    os.makedirs(target, exist_ok=True)
+    added = 0
+    with tar:
+        for m in files:
+            path = os.path.join(target, m.name[len(ROOT) + 1:])
+            if os.path.exists(path):
+                continue
+            with fileio.atomic_path(path) as tmp, tar.extractfile(m) as src, open(tmp, "wb") as f:
+                f.write(src.read(m.size))
+            added += 1
+    print(f"restored {cli.count(added, 'file')} of the bank {key} into {target} "
+          f"({len(files) - added} there already); students read it from there")
+    return 0
+
+
 def _open_archive(path):
     """The archive's members and manifest, after its listing passed the dataset loader's
     bounds (``data.check_archive``: declared size, entry count, links, paths) and with the
@@ -205,6 +265,8 @@ def restore(archive):
     from fnet_tf.core import fileio
 
     tar, members, manifest = _open_archive(archive)
+    if "bank" in manifest:
+        return _restore_bank(archive, tar, members, manifest)
     target = FLAGS.to or manifest.get("path")
     if not target:
         raise UserError(f"{archive!r} does not say where it came from: pass --to DIR")
@@ -231,9 +293,11 @@ def restore(archive):
 
 
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("save", "restore"):
-        raise UserError("usage: python tools/park.py save DIR | restore ARCHIVE.tar.gz")
-    return save(argv[2]) if argv[1] == "save" else restore(argv[2])
+    commands = {"save": save, "save_bank": save_bank, "restore": restore}
+    if len(argv) != 3 or argv[1] not in commands:
+        raise UserError("usage: python tools/park.py save DIR | save_bank BANK_FOLDER | "
+                        "restore ARCHIVE.tar.gz")
+    return commands[argv[1]](argv[2])
 
 
 if __name__ == "__main__":
