@@ -27,6 +27,13 @@ import sys
 
 from absl import app, flags
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fnet_tf.core import fileio  # noqa: E402
+from fnet_tf.core.backend import configure_threads  # noqa: E402
+from fnet_tf.data import datasets as data_lib  # noqa: E402
+from fnet_tf.training import distill  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", "../shared/data/cifar10-jpeg.tar.gz", "The teachers' dataset.")
 flags.DEFINE_list("temperatures", ["1", "2", "4"], "The distillation temperatures to measure.")
@@ -38,7 +45,6 @@ flags.DEFINE_enum("split", "val", ["val", "test"], "Where to measure: the 5,000 
 flags.DEFINE_string("out", None, "Write the rows to this CSV file too.")
 flags.DEFINE_integer("threads", 1, "CPU threads.")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_SPLIT = 5000  # fnet-train's default: the teachers held these out
 COLUMNS = ("teacher", "split", "tta", "temperature", "top1", "p_true", "entropy", "wrong_spread")
 
@@ -46,13 +52,6 @@ COLUMNS = ("teacher", "split", "tta", "temperature", "top1", "p_true", "entropy"
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("usage: python benchmarks/teacher_targets.py TEACHER [TEACHER ...]")
-    sys.path.insert(0, REPO)
-    from fnet_tf.core import fileio
-    from fnet_tf.core.backend import configure_threads
-    from fnet_tf.data import datasets as data_lib
-    from fnet_tf.training import distill
-    from fnet_tf.training.distill import target_figures
-
     configure_threads(FLAGS.threads)
     rows = []
     for path in argv[1:]:
@@ -67,7 +66,7 @@ def main(argv):
         for temperature in map(float, FLAGS.temperatures):
             row = {"teacher": distill.teacher_name(path), "split": FLAGS.split,
                    "tta": FLAGS.tta, "temperature": temperature,
-                   **target_figures(logits, split.labels, temperature)}
+                   **distill.target_figures(logits, split.labels, temperature)}
             print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items()), flush=True)
             rows.append(row)

@@ -19,7 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from fnet_tf.core import cli  # noqa: E402
+from fnet_tf.core.backend import configure_threads  # noqa: E402
 from fnet_tf.core.errors import UserError  # noqa: E402
+from fnet_tf.data import datasets as data_lib  # noqa: E402
+from fnet_tf.training.distill import load_teacher  # noqa: E402
+from fnet_tf.training.logit_bank import LogitBank, parse_bank_epochs  # noqa: E402
+from fnet_tf.training.recipe import Recipe  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher", None, "The teacher: a run directory, a .keras file or a Keras 3 "
@@ -48,16 +53,9 @@ def main(argv):
                         f"--teacher")
     if FLAGS.teacher_bank < 1:
         raise UserError(f"--teacher_bank must be 1 or more, got {FLAGS.teacher_bank}")
-    from fnet_tf.training.logit_bank import LogitBank, parse_bank_epochs
-
     chosen = parse_bank_epochs(FLAGS.bank_epochs, FLAGS.teacher_bank)
     if FLAGS.reverse:
         chosen = chosen[::-1]
-    from fnet_tf.core.backend import configure_threads
-    from fnet_tf.data import datasets as data_lib
-    from fnet_tf.training.distill import load_teacher
-    from fnet_tf.training.recipe import Recipe
-
     data_lib.check_source(FLAGS.data)
     configure_threads(FLAGS.threads)
     dataset = data_lib.load(FLAGS.data, cache_dir=FLAGS.cache_dir, val_split=FLAGS.val_split)
