@@ -13,6 +13,8 @@ plain one-hot and score plain cross-entropy. ``alpha = 0`` is plain cross-entrop
 """
 import os
 
+import numpy as np
+
 from fnet_tf.arch import architectures
 from fnet_tf.arch.spec import build_model
 from fnet_tf.core import backend
@@ -116,8 +118,6 @@ def target_figures(logits, labels, temperature):
     ``wrong_spread``, the mean over images of std(the other logits) / (top logit - their mean),
     how much the target says about class similarity beyond the label (label smoothing erases
     it; ``benchmarks/teacher_targets.py`` prints these per teacher)."""
-    import numpy as np
-
     logits = np.asarray(logits, np.float64)
     scaled = logits / temperature
     scaled -= scaled.max(-1, keepdims=True)

@@ -13,7 +13,7 @@ saw (teacher and student see the same view), in an order drawn from the student'
 teacher's logits on the image and on its mirror (the teacher's flip test-time augmentation).
 Such a logit is the mirror's logit as well, so with ``mirror=True`` each student epoch mirrors a
 random half of its views (drawn from the student's seed and ``e``): the student sees twice the
-bank's views for the same teacher work, and no view twice in the same orientation every cycle.
+bank's views for the same teacher work, each view's orientation drawn anew every cycle.
 """
 import hashlib
 import json
@@ -109,8 +109,11 @@ class LogitBank:
         return (np.concatenate([b[0] for b in batches]),
                 np.concatenate([b[1] for b in batches]).astype(np.int32))
 
+    def _path(self, bank_epoch):
+        return os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")
+
     def _logits(self, bank_epoch, images):
-        path = os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")
+        path = self._path(bank_epoch)
         expected = (len(images), int(self.teacher.output_shape[-1]))
         # a cached file larger than its array plus a .npy header is not ours: recomputed, not read
         if os.path.isfile(path) and os.path.getsize(path) <= 4 * expected[0] * expected[1] + NPY_HEADER_MAX:
@@ -139,7 +142,7 @@ class LogitBank:
         for bank_epoch in bank_epochs:
             if not 0 <= bank_epoch < self.size:
                 raise ValueError(f"bank epoch {bank_epoch} is outside 0..{self.size - 1}")
-            if not os.path.isfile(os.path.join(self.folder, f"epoch_{bank_epoch:04d}.npy")):
+            if not os.path.isfile(self._path(bank_epoch)):
                 self._logits(bank_epoch, self._augmented(bank_epoch)[0])
                 computed.append(bank_epoch)
         return computed
