@@ -3,7 +3,7 @@ about the wrong classes.
 
     python benchmarks/teacher_targets.py sweeps/teachers/runs/frostnet_cifar-e80 \
         results/teachers/airbench_whitened-e24-teacher.keras \
-        --data ../shared/data/cifar10-jpeg.tar.gz --out results/teachers/targets.csv
+        --tta flip --temperatures 1,1.25,1.5,2,3,4 --out results/teachers/targets-val-flip.csv
 
 For each teacher (a run directory, a ``.keras`` file or a Keras 3 ``--out`` directory), on the
 5,000 validation images held out of its training (``--split val``, so a temperature can be chosen
@@ -54,8 +54,8 @@ def main(argv):
         raise app.UsageError("usage: python benchmarks/teacher_targets.py TEACHER [TEACHER ...]")
     configure_threads(FLAGS.threads)
     rows = []
+    dataset = data_lib.load(FLAGS.data, val_split=VAL_SPLIT)
     for path in argv[1:]:
-        dataset = data_lib.load(FLAGS.data, val_split=VAL_SPLIT)
         teacher = distill.load_teacher(path, len(dataset.classes))
         split = getattr(dataset, FLAGS.split)
         images = split.images.astype("float32")
