@@ -23,7 +23,7 @@ import numpy as np
 
 from fnet_tf.analysis.layerwise import CONV_TYPES, next_layer
 from fnet_tf.quantization.adaround import round_nearest, step_sizes
-from fnet_tf.quantization.equalization import bn_weights
+from fnet_tf.quantization.equalization import bn_factor
 from fnet_tf.quantization.ternary_hybrid import twn_filters
 
 BITS = ("ternary", 4, 8)
@@ -51,8 +51,7 @@ def _fold_factors(model):
         nxt = next_layer(layer)
         factor = None
         if nxt is not None and type(nxt).__name__ == "BatchNormalization":
-            gamma, _, _, variance = bn_weights(nxt)  # gamma is 1 where BN has no scale
-            factor = gamma / np.sqrt(variance + nxt.epsilon)
+            factor = bn_factor(nxt)  # gamma is 1 where BN has no scale
         factors[layer.name] = (kind, factor)
     return factors
 

@@ -91,7 +91,7 @@ def find_pairs(model):
     return pairs, skipped
 
 
-def _bn_factor(bn):
+def bn_factor(bn):
     """gamma / sqrt(var + eps) per channel: what the converter multiplies the kernel by."""
     gamma, _, _, var = bn_weights(bn)
     return gamma / np.sqrt(var + bn.epsilon)
@@ -136,7 +136,7 @@ def folded_kernel(layer, bn):
     kernel = layer.get_weights()[0]
     if bn is None:
         return kernel
-    factor = _bn_factor(bn)
+    factor = bn_factor(bn)
     if isinstance(layer, backend.keras.layers.DepthwiseConv2D):
         kh, kw, c, m = kernel.shape
         return kernel * factor.reshape(1, 1, c, m)
