@@ -142,6 +142,17 @@ def _run_summary(run_dir, directory, results_only):
             "epochs_planned": {"float": config.get("epochs"), "qat": config.get("qat_epochs")}}
 
 
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _add_manifest(tar, manifest):
+    data = (json.dumps(manifest, indent=2) + "\n").encode()
+    info = tarfile.TarInfo(MANIFEST)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
 def save(directory):
     from fnet_tf.core import fileio
 
@@ -154,13 +165,10 @@ def save(directory):
     name = os.path.basename(os.path.abspath(directory))
     out = FLAGS.out or os.path.join("results", "in-progress", f"{name}.tar.gz")
     manifest = {"path": os.path.relpath(os.path.abspath(directory)),
-                "parked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "parked_at": _now(),
                 "runs": [_run_summary(r, directory, r in results_only) for r in runs]}
     with fileio.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
-        data = (json.dumps(manifest, indent=2) + "\n").encode()
-        info = tarfile.TarInfo(MANIFEST)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        _add_manifest(tar, manifest)
         for path in _files_to_park(directory, results_only):
             tar.add(path, arcname=os.path.join(ROOT, os.path.relpath(path, directory)),
                     recursive=False)
@@ -186,13 +194,9 @@ def save_bank(folder):
     names = sorted(n for n in os.listdir(folder) if _BANK_FILE.match(n))
     epochs = sum(n.endswith(".npy") for n in names)
     out = FLAGS.out or os.path.join("results", "in-progress", f"bank-{key}.tar.gz")
-    manifest = {"bank": key, "bank_epochs": epochs,
-                "parked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    manifest = {"bank": key, "bank_epochs": epochs, "parked_at": _now()}
     with fileio.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
-        data = (json.dumps(manifest, indent=2) + "\n").encode()
-        info = tarfile.TarInfo(MANIFEST)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        _add_manifest(tar, manifest)
         for name in names:
             tar.add(os.path.join(folder, name), arcname=f"{ROOT}/{name}", recursive=False)
     print(f"parked the bank {key} ({cli.count(epochs, 'bank epoch')}) in {out} "
